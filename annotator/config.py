@@ -1,0 +1,139 @@
+"""One Settings object: environment variables (``ANNOTATOR_*``) and an optional TOML file.
+
+This is the only module that reads the environment. Everything else receives a ``Settings``.
+Precedence, highest first: explicit keyword arguments, environment, the TOML file named by
+``ANNOTATOR_CONFIG``, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from annotator.errors import ConfigError
+
+DEFAULT_MODEL = "default"  # the offline model shipped in a PyPI package, per modality
+
+
+def debug_enabled() -> bool:
+    """``ANNOTATOR_DEBUG=1`` shows tracebacks instead of one-line errors."""
+    return os.environ.get("ANNOTATOR_DEBUG", "") not in ("", "0", "false")
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "annotator"
+
+
+def _env(name: str, *also: str) -> AliasChoices:
+    """Accept ``ANNOTATOR_<NAME>``, conventional aliases, and the bare field name (for TOML)."""
+    return AliasChoices(f"ANNOTATOR_{name.upper()}", *also, name)
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of annotator.
+
+    Parameters
+    ----------
+    data_dir : Path
+        Where artifacts live: models, indexes, the embedding cache, and the default SQLite file.
+    database_url : str, optional
+        SQLAlchemy URL. Default: ``sqlite:///<data_dir>/annotator.db`` (WAL mode).
+    device : {"auto", "cpu", "cuda"}
+        Torch device; ``auto`` picks CUDA when available.
+    text_model, image_model, audio_model : str
+        Hugging Face id or local path, or ``"default"`` for the offline model shipped in a package.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(default_factory=_default_data_dir, validation_alias=_env("data_dir"))
+    database_url: str | None = Field(default=None, validation_alias=_env("database_url"))
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", validation_alias=_env("device"))
+    text_model: str = Field(default=DEFAULT_MODEL, validation_alias=_env("text_model"))
+    image_model: str = Field(default=DEFAULT_MODEL, validation_alias=_env("image_model"))
+    audio_model: str = Field(default=DEFAULT_MODEL, validation_alias=_env("audio_model"))
+    batch_size: int = Field(default=32, ge=1, validation_alias=_env("batch_size"))
+
+    label_studio_url: str | None = Field(
+        default=None, validation_alias=_env("label_studio_url", "LABEL_STUDIO_URL")
+    )
+    label_studio_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("label_studio_api_key", "LABEL_STUDIO_API_KEY")
+    )
+    local_files_document_root: Path | None = Field(
+        default=None,
+        validation_alias=_env("local_files_document_root", "LOCAL_FILES_DOCUMENT_ROOT"),
+    )
+    basic_auth_user: str | None = Field(default=None, validation_alias=_env("basic_auth_user"))
+    basic_auth_pass: SecretStr | None = Field(default=None, validation_alias=_env("basic_auth_pass"))
+
+    max_media_bytes: int = Field(default=50 * 1024 * 1024, ge=1, validation_alias=_env("max_media_bytes"))
+    media_timeout_s: float = Field(default=30.0, gt=0, validation_alias=_env("media_timeout_s"))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("ANNOTATOR_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise ConfigError(f"ANNOTATOR_CONFIG points at {config_file}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("basic_auth_pass", mode="after")
+    @classmethod
+    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value and value.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> Settings:
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError("set both ANNOTATOR_BASIC_AUTH_USER and ANNOTATOR_BASIC_AUTH_PASS, or neither")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in use: the configured one, or SQLite inside ``data_dir``."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'annotator.db'}"
+
+    def project_dir(self, project: str) -> Path:
+        """Artifact folder of one project (models, index)."""
+        return self.data_dir / "projects" / project
+
+    @property
+    def cache_dir(self) -> Path:
+        """Embedding cache, shared by all projects (keyed by content hash and encoder)."""
+        return self.data_dir / "embeddings"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build `Settings`, turning validation failures into one readable `ConfigError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,246 @@
+"""Fetch an item's media bytes and decode them, with size limits and clear per-item errors.
+
+Supported references: local paths (absolute, relative to a base folder, ``file://``), ``http(s)``
+URLs, and Label Studio URLs (``/data/upload/...``, ``/data/local-files/?d=...``,
+``/storage-data/...``) fetched from ``settings.label_studio_url`` with the configured key. A
+legacy key is sent as ``Token <key>``; a personal access token (a JWT) is first exchanged at
+``/api/token/refresh/`` for a short-lived access token sent as ``Bearer`` — Label Studio answers
+401 to a PAT sent as-is.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+import httpx
+import numpy as np
+
+from annotator.config import Settings
+from annotator.errors import MediaError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
+TEXT_SUFFIXES = {".txt"}
+LS_PREFIXES = ("/data/upload/", "/data/local-files", "/storage-data/")
+
+_MAGIC = [
+    (b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"), (b"RIFF", "riff"), (b"fLaC", "audio/flac"), (b"ID3", "audio/mpeg"),
+    (b"OggS", "audio/ogg"), (b"%PDF", "application/pdf"), (b"<svg", "image/svg+xml"),
+    (b"<?xml", "text/xml"), (b"{", "application/json"),
+]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sniff(data: bytes) -> str:
+    """Best-effort content type from magic bytes, used to say what arrived instead."""
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            if kind == "riff":
+                return "audio/wav" if data[8:12] == b"WAVE" else "image/webp" if data[8:12] == b"WEBP" else "riff"
+            return kind
+    if data[4:8] == b"ftyp":
+        return "video/mp4-or-audio/m4a"
+    try:
+        data[:512].decode("utf-8")
+        return "text/plain"
+    except UnicodeDecodeError:
+        return "application/octet-stream"
+
+
+def is_remote(ref: str) -> bool:
+    """True when ``ref`` is fetched over the network rather than read from disk."""
+    return ref.startswith(("http://", "https://", "s3://", "gs://", "azure-blob://")) or ref.startswith(LS_PREFIXES)
+
+
+def resolve_local(ref: str, base_dir: Path | None) -> Path:
+    path = Path(unquote(ref[7:])) if ref.startswith("file://") else Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path
+
+
+def _is_jwt(token: str) -> bool:
+    parts = token.split(".")
+    return len(parts) == 3 and all(parts) and token.startswith("eyJ")
+
+
+def _jwt_exp(token: str) -> float:
+    try:
+        payload = token.split(".")[1]
+        payload += "=" * (-len(payload) % 4)
+        return float(json.loads(base64.urlsafe_b64decode(payload))["exp"])
+    except Exception:  # noqa: BLE001 - an opaque token simply has no known expiry
+        return time.time() + 60
+
+
+class LabelStudioAuth:
+    """Builds the Authorization header for Label Studio, refreshing personal access tokens."""
+
+    def __init__(self, base_url: str, api_key: str, client: httpx.Client):
+        self.base_url, self.api_key, self._client = base_url.rstrip("/"), api_key, client
+        self._access: str | None = None
+        self._access_exp = 0.0
+        self._lock = threading.Lock()
+
+    def header(self) -> str:
+        if not _is_jwt(self.api_key):
+            return f"Token {self.api_key}"
+        with self._lock:
+            if self._access is None or time.time() > self._access_exp - 30:
+                resp = self._client.post(f"{self.base_url}/api/token/refresh/", json={"refresh": self.api_key})
+                if resp.status_code != 200:
+                    raise MediaError(
+                        f"{self.base_url}/api/token/refresh/",
+                        f"Label Studio refused the personal access token (HTTP {resp.status_code}); "
+                        "check ANNOTATOR_LABEL_STUDIO_API_KEY",
+                    )
+                self._access = resp.json()["access"]
+                self._access_exp = _jwt_exp(self._access)
+            return f"Bearer {self._access}"
+
+
+class MediaFetcher:
+    """Reads media bytes for item references; one instance per job (it pools connections).
+
+    Parameters
+    ----------
+    settings : Settings
+        Supplies the size limit, timeout, Label Studio URL and key, and the local-files root.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._client = httpx.Client(timeout=settings.media_timeout_s, follow_redirects=True)
+        key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
+        self._ls_auth = (
+            LabelStudioAuth(settings.label_studio_url, key, self._client)
+            if settings.label_studio_url and key else None
+        )
+
+    def __enter__(self) -> MediaFetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def fetch(self, ref: str, *, base_dir: Path | None = None) -> bytes:
+        """Return the bytes behind ``ref``; raise `MediaError` naming ``ref`` and the reason."""
+        if not isinstance(ref, str) or not ref.strip():
+            raise MediaError(repr(ref), "empty media reference")
+        if ref.startswith(("s3://", "gs://", "azure-blob://")):
+            raise MediaError(ref, "cloud storage URIs are fetched through Label Studio; import the task from Label Studio")
+        if ref.startswith("/data/local-files") and self.settings.local_files_document_root:
+            rel = parse_qs(urlparse(ref).query).get("d", [""])[0]
+            return self._read_local(self.settings.local_files_document_root / unquote(rel), ref)
+        if ref.startswith(LS_PREFIXES):
+            if not self.settings.label_studio_url:
+                raise MediaError(ref, "a Label Studio URL needs ANNOTATOR_LABEL_STUDIO_URL (or LABEL_STUDIO_URL) set")
+            return self._get(self.settings.label_studio_url.rstrip("/") + ref, ref, label_studio=True)
+        if ref.startswith(("http://", "https://")):
+            ls = self.settings.label_studio_url
+            return self._get(ref, ref, label_studio=bool(ls and ref.startswith(ls.rstrip("/"))))
+        return self._read_local(resolve_local(ref, base_dir), ref)
+
+    def _read_local(self, path: Path, ref: str) -> bytes:
+        if not path.is_file():
+            raise MediaError(ref, f"file not found: {path}")
+        size = path.stat().st_size
+        if size > self.settings.max_media_bytes:
+            raise MediaError(ref, f"file is {size} bytes, over the limit of {self.settings.max_media_bytes}")
+        return path.read_bytes()
+
+    def _get(self, url: str, ref: str, *, label_studio: bool) -> bytes:
+        headers = {}
+        if label_studio:
+            if self._ls_auth is None:
+                raise MediaError(ref, "Label Studio media needs ANNOTATOR_LABEL_STUDIO_API_KEY (or LABEL_STUDIO_API_KEY)")
+            headers["Authorization"] = self._ls_auth.header()
+        limit = self.settings.max_media_bytes
+        try:
+            with self._client.stream("GET", url, headers=headers) as resp:
+                if resp.status_code != 200:
+                    hint = " (check the API key)" if resp.status_code in (401, 403) else ""
+                    raise MediaError(ref, f"HTTP {resp.status_code} from {url}{hint}")
+                declared = resp.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > limit:
+                    raise MediaError(ref, f"response is {declared} bytes, over the limit of {limit}")
+                buf = bytearray()
+                for chunk in resp.iter_bytes():
+                    buf.extend(chunk)
+                    if len(buf) > limit:
+                        raise MediaError(ref, f"response exceeds the limit of {limit} bytes")
+                return bytes(buf)
+        except httpx.HTTPError as exc:
+            raise MediaError(ref, f"download failed: {type(exc).__name__}: {exc}") from exc
+
+
+def load_image(data: bytes, ref: str):
+    """Decode image bytes to an RGB PIL image; truncated or non-image data raises `MediaError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()  # catches truncation and corrupt chunks cheaply
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        kind = sniff(data)
+        if kind.startswith("image/"):
+            raise MediaError(ref, f"corrupt or truncated image ({kind}): {exc}") from exc
+        raise MediaError(ref, f"not an image: content looks like {kind}") from exc
+    if image.mode != "RGB":
+        if image.mode in ("RGBA", "LA", "P"):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, "white")
+            background.alpha_composite(image)
+            image = background
+        image = image.convert("RGB")
+    return image
+
+
+def load_audio(data: bytes, ref: str, *, sample_rate: int = 16000) -> np.ndarray:
+    """Decode audio bytes to mono float32 at ``sample_rate``; undecodable data raises `MediaError`."""
+    import soundfile as sf
+
+    try:
+        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        samples = samples.mean(axis=1)
+    except Exception as sf_exc:  # noqa: BLE001 - libsndfile raises several types; fall back to av
+        try:
+            samples, sr = _decode_with_av(data)
+        except Exception as av_exc:  # noqa: BLE001
+            kind = sniff(data)
+            what = "corrupt audio" if kind.startswith("audio/") else f"not audio: content looks like {kind}"
+            raise MediaError(ref, f"{what} ({sf_exc}; {av_exc})") from av_exc
+    if samples.size == 0:
+        raise MediaError(ref, "audio has no samples")
+    if sr != sample_rate:
+        from scipy.signal import resample_poly
+
+        g = np.gcd(int(sr), sample_rate)
+        samples = resample_poly(samples, sample_rate // g, int(sr) // g).astype(np.float32)
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def _decode_with_av(data: bytes) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
+        frames = [f.to_ndarray().reshape(-1) for frame in container.decode(stream) for f in resampler.resample(frame)]
+        return np.concatenate(frames).astype(np.float32), int(stream.rate)

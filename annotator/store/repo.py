@@ -1,0 +1,231 @@
+"""Repository functions: every query the library makes, keyword-only, each taking a Session.
+
+Callers never write SQL; bulk paths use executemany-style inserts so importing 10k items is one
+round of statements, not 10k transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from annotator.errors import NotFoundError
+from annotator.store.models import Item, Label, ModelVersion, Prediction, Project, TrainingRun, utcnow
+
+__all__ = ["ModelVersion"]  # re-exported for callers building rows
+
+
+# --- projects -------------------------------------------------------------------------------
+
+def get_project(session: Session, *, name: str) -> Project:
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        known = session.scalars(select(Project.name).order_by(Project.name)).all()
+        hint = f"; known projects: {', '.join(known)}" if known else "; import items first"
+        raise NotFoundError(f"no project named {name!r}{hint}")
+    return project
+
+
+def get_or_create_project(session: Session, *, name: str) -> Project:
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        project = Project(name=name)
+        session.add(project)
+        session.flush()
+    return project
+
+
+# --- items ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """What an import writes for one item."""
+
+    external_id: str
+    data: dict[str, Any]
+    text_sha: str | None = None
+    image_sha: str | None = None
+    audio_sha: str | None = None
+    ls_task_id: int | None = None
+
+
+def upsert_items(session: Session, *, project: Project, records: Sequence[ItemRecord]) -> dict[str, int]:
+    """Insert new items and update existing ones (matched by external id). Returns external id → pk."""
+    existing = dict(
+        session.execute(
+            select(Item.external_id, Item.id).where(Item.project_id == project.id)
+        ).all()
+    )
+    now = utcnow()
+    new_rows, changed_rows = [], []
+    for r in records:
+        row = {
+            "data": r.data, "text_sha": r.text_sha, "image_sha": r.image_sha,
+            "audio_sha": r.audio_sha, "ls_task_id": r.ls_task_id, "updated_at": now,
+        }
+        if r.external_id in existing:
+            changed_rows.append({"id": existing[r.external_id], **row})
+        else:
+            new_rows.append({"project_id": project.id, "external_id": r.external_id, "created_at": now, **row})
+    if changed_rows:
+        session.execute(update(Item), changed_rows)
+    if new_rows:
+        session.execute(insert(Item), new_rows)
+        wanted = {r["external_id"] for r in new_rows}
+        for ext, pk in session.execute(
+            select(Item.external_id, Item.id).where(Item.project_id == project.id)
+        ):
+            if ext in wanted:
+                existing[ext] = pk
+    return existing
+
+
+def list_items(session: Session, *, project: Project, external_ids: Iterable[str] | None = None) -> list[Item]:
+    query = select(Item).where(Item.project_id == project.id).order_by(Item.id)
+    if external_ids is not None:
+        ids = list(external_ids)
+        found = session.scalars(query.where(Item.external_id.in_(ids))).all()
+        missing = set(ids) - {i.external_id for i in found}
+        if missing:
+            raise NotFoundError(
+                f"project {project.name!r} has no item(s) {', '.join(sorted(missing)[:5])}"
+            )
+        return list(found)
+    return list(session.scalars(query))
+
+
+def count_items(session: Session, *, project: Project) -> int:
+    from sqlalchemy import func
+
+    return session.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id)) or 0
+
+
+# --- labels ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelRecord:
+    item_pk: int
+    values: list[str]
+    annotation_key: str
+    source: str = "human"
+    created_by: str | None = None
+
+
+def upsert_labels(session: Session, *, project: Project, records: Sequence[LabelRecord]) -> None:
+    """Insert or update labels by annotation key; an update also revives a soft-deleted label."""
+    if not records:
+        return
+    keys = [r.annotation_key for r in records]
+    existing: dict[str, int] = {}
+    for chunk_start in range(0, len(keys), 500):
+        chunk = keys[chunk_start:chunk_start + 500]
+        existing.update(
+            session.execute(
+                select(Label.annotation_key, Label.id).where(
+                    Label.project_id == project.id, Label.annotation_key.in_(chunk)
+                )
+            ).all()
+        )
+    now = utcnow()
+    new_rows, changed_rows = [], []
+    for r in records:
+        row = {"item_id": r.item_pk, "values": list(r.values), "source": r.source,
+               "created_by": r.created_by, "updated_at": now, "deleted_at": None}
+        if r.annotation_key in existing:
+            changed_rows.append({"id": existing[r.annotation_key], **row})
+        else:
+            new_rows.append({"project_id": project.id, "annotation_key": r.annotation_key,
+                             "created_at": now, **row})
+    if changed_rows:
+        session.execute(update(Label), changed_rows)
+    if new_rows:
+        session.execute(insert(Label), new_rows)
+
+
+def soft_delete_labels(session: Session, *, project: Project, annotation_keys: Iterable[str]) -> int:
+    result = session.execute(
+        update(Label)
+        .where(Label.project_id == project.id, Label.annotation_key.in_(list(annotation_keys)),
+               Label.deleted_at.is_(None))
+        .values(deleted_at=utcnow())
+    )
+    return result.rowcount or 0
+
+
+def current_labels(session: Session, *, project: Project, source: str = "human") -> dict[int, list[str]]:
+    """Item pk → the label values of its most recently updated live label of ``source``."""
+    rows = session.execute(
+        select(Label.item_id, Label.values)
+        .where(Label.project_id == project.id, Label.source == source, Label.deleted_at.is_(None))
+        .order_by(Label.updated_at, Label.id)
+    )
+    return {item_id: values for item_id, values in rows}
+
+
+# --- model versions and training runs --------------------------------------------------------
+
+def list_model_versions(session: Session, *, project: Project) -> list[ModelVersion]:
+    return list(session.scalars(
+        select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.id)
+    ))
+
+
+def active_model_version(session: Session, *, project: Project) -> ModelVersion | None:
+    return session.scalar(
+        select(ModelVersion).where(ModelVersion.project_id == project.id, ModelVersion.status == "active")
+    )
+
+
+def get_model_version(session: Session, *, project: Project, version: str) -> ModelVersion:
+    mv = session.scalar(
+        select(ModelVersion).where(ModelVersion.project_id == project.id, ModelVersion.version == version)
+    )
+    if mv is None:
+        raise NotFoundError(f"project {project.name!r} has no model version {version!r}")
+    return mv
+
+
+def promote_model_version(session: Session, *, project: Project, version: str) -> ModelVersion:
+    """Make ``version`` the active one; the previously active version is retired (kept for rollback)."""
+    target = get_model_version(session, project=project, version=version)
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.project_id == project.id, ModelVersion.status == "active",
+               ModelVersion.id != target.id)
+        .values(status="retired")
+    )
+    target.status = "active"
+    target.promoted_at = utcnow()
+    return target
+
+
+def start_training_run(session: Session, *, project: Project, trigger: str) -> TrainingRun:
+    run = TrainingRun(project_id=project.id, trigger=trigger, status="running")
+    session.add(run)
+    session.flush()
+    return run
+
+
+# --- predictions ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    item_pk: int
+    label: list[str]
+    score: float
+    model_version: str
+    modality_weights: dict[str, float] | None = None
+
+
+def add_predictions(session: Session, *, project: Project, records: Sequence[PredictionRecord]) -> None:
+    if records:
+        now = utcnow()
+        session.execute(insert(Prediction), [
+            {"project_id": project.id, "item_id": r.item_pk, "label": r.label, "score": r.score,
+             "model_version": r.model_version, "modality_weights": r.modality_weights, "created_at": now}
+            for r in records
+        ])

@@ -1,0 +1,120 @@
+"""Engine and session factory, with the schema check that keeps old databases from being misread."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from annotator.config import Settings
+from annotator.errors import DatabaseOutOfDateError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def _migrations_dir() -> Path:
+    # Editable installs and source checkouts find migrations/ beside annotator/;
+    # a wheel installs it as a top-level package.
+    if (MIGRATIONS_DIR / "env.py").is_file():
+        return MIGRATIONS_DIR
+    import migrations  # noqa: PLC0415
+
+    return Path(migrations.__file__).resolve().parent
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout (several processes share it)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def schema_revisions(engine: Engine) -> tuple[str | None, str]:
+    """(current revision of the database, head revision of the code)."""
+    head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    return current, head
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database up to ``revision`` (``annotator db upgrade``)."""
+    _migrate(engine, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate the database down to ``revision`` (``base`` drops every table)."""
+    _migrate(engine, command.downgrade, revision)
+
+
+def _migrate(engine: Engine, step, revision: str) -> None:
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        step(cfg, revision)
+
+
+@dataclass
+class Store:
+    """An open database: the engine and a session factory."""
+
+    engine: Engine
+    sessionmaker: sessionmaker[Session]
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any error."""
+        with self.sessionmaker.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(settings: Settings, *, check_schema: bool = True) -> Store:
+    """Open the configured database.
+
+    A brand-new, empty database is created at the head revision, so a first run just works.
+    A database that has tables but is behind head is refused with `DatabaseOutOfDateError`,
+    which names the command that fixes it; nothing is migrated behind the user's back.
+    """
+    engine = make_engine(settings.resolved_database_url)
+    if check_schema:
+        current, head = schema_revisions(engine)
+        if current is None and not inspect(engine).get_table_names():
+            upgrade(engine)
+        elif current != head:
+            engine.dispose()
+            raise DatabaseOutOfDateError(
+                engine.url.render_as_string(hide_password=True), current, head
+            )
+    return Store(engine=engine, sessionmaker=sessionmaker(engine, expire_on_commit=False))

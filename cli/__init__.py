@@ -1,0 +1,1 @@
+"""The `annotator` command line: a thin parser over the annotator library."""

@@ -1,0 +1,222 @@
+"""`annotator` commands. Each parses options, calls one library function, prints the result:
+one JSON document on stdout with ``--json``, a readable summary otherwise; logs go to stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from annotator.errors import AnnotatorError, NotAvailableError
+from cli.errors import report
+
+app = typer.Typer(
+    name="annotator",
+    help="Multimodal annotation assistant for Label Studio: pre-labels, cross-modal search, active learning.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+models_app = typer.Typer(help="Model versions: list, roll back.", no_args_is_help=True)
+ls_app = typer.Typer(help="Label Studio: connect a project, sync annotations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+app.add_typer(ls_app, name="ls")
+
+ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def _settings():
+    from annotator.config import load_settings
+
+    return load_settings()
+
+
+def _store():
+    from annotator.store import open_store
+
+    return open_store(_settings())
+
+
+def _emit(data: Any, as_json: bool, human: str | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+    else:
+        typer.echo(human if human is not None else json.dumps(data, indent=2, default=str))
+
+
+def _not_built(capability: str, issue: int) -> None:
+    raise NotAvailableError(f"{capability} is not built yet (tracked in issue #{issue})")
+
+
+# --- db ------------------------------------------------------------------------------------
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Migrate the database to the latest schema (or REVISION)."""
+    from annotator.store.session import make_engine, schema_revisions, upgrade
+
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine, revision)
+    current, _ = schema_revisions(engine)
+    engine.dispose()
+    typer.echo(f"database at revision {current}", err=True)
+
+
+@db_app.command("current")
+def db_current(as_json: JsonOpt = False) -> None:
+    """Show the database's schema revision and the code's head."""
+    from annotator.store.session import make_engine, schema_revisions
+
+    engine = make_engine(_settings().resolved_database_url)
+    current, head = schema_revisions(engine)
+    engine.dispose()
+    _emit({"current": current, "head": head, "up_to_date": current == head}, as_json,
+          f"current {current or 'none'}, head {head}" + ("" if current == head else " — run `annotator db upgrade`"))
+
+
+# --- items ---------------------------------------------------------------------------------
+
+@app.command("import")
+def import_(
+    manifest: Annotated[Path, typer.Argument(help="JSONL, CSV, a Label Studio export (.json) or a folder.")],
+    project: ProjectOpt,
+    labels: Annotated[Optional[str], typer.Option(help="Comma-separated class list; other labels are skipped.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load items (fields id, text, image, audio, label); bad lines are reported, good ones land."""
+    from annotator.importer import import_manifest
+
+    classes = [c.strip() for c in labels.split(",") if c.strip()] if labels else None
+    store = _store()
+    with store.session() as session:
+        result = import_manifest(session, project_name=project, manifest=manifest, classes=classes)
+    store.close()
+    lines = [f"imported {result.imported} item(s) into {project!r}"]
+    lines += [f"  skipped line {s['line']}: {s['error']}" for s in result.skipped]
+    _emit(result.to_dict(), as_json, "\n".join(lines))
+    if result.imported == 0:
+        raise typer.Exit(1)
+
+
+# --- capabilities still to come --------------------------------------------------------------
+
+@app.command()
+def embed(project: ProjectOpt, as_json: JsonOpt = False) -> None:
+    """Encode all items with the configured encoders and update the index."""
+    _not_built("embedding", 4)
+
+
+@app.command()
+def retrain(project: ProjectOpt, head: str = "attention", force: bool = False, as_json: JsonOpt = False) -> None:
+    """Train a fusion head on human labels; promote it only if it is not worse."""
+    _not_built("retraining", 4)
+
+
+@app.command()
+def predict(project: ProjectOpt, as_json: JsonOpt = False) -> None:
+    """Pre-label items with the active model version."""
+    _not_built("prediction", 4)
+
+
+@app.command()
+def search(
+    project: ProjectOpt,
+    text: Optional[str] = None, image: Optional[Path] = None, audio: Optional[Path] = None,
+    item: Optional[str] = None, k: Annotated[int, typer.Option("-k")] = 10,
+    modality: Optional[str] = None, as_json: JsonOpt = False,
+) -> None:
+    """Cross-modal search: text→image, image→text, item→similar, audio→anything."""
+    _not_built("cross-modal search", 5)
+
+
+@app.command()
+def duplicates(project: ProjectOpt, threshold: float = 0.95, as_json: JsonOpt = False) -> None:
+    """Groups of near-duplicate items."""
+    _not_built("near-duplicate search", 5)
+
+
+@app.command()
+def select(project: ProjectOpt, strategy: str = "margin", k: Annotated[int, typer.Option("-k")] = 20,
+           as_json: JsonOpt = False) -> None:
+    """The next items worth labelling."""
+    _not_built("active-learning selection", 6)
+
+
+@app.command()
+def errors(project: ProjectOpt, as_json: JsonOpt = False) -> None:
+    """Suspected wrong labels, most suspicious first."""
+    _not_built("label-error detection", 6)
+
+
+@app.command()
+def simulate(manifest: Path, strategy: str = "margin", budget: int = 200, step: int = 20, seeds: int = 3,
+             as_json: JsonOpt = False) -> None:
+    """Active-learning curve against random, with the manifest's labels as the oracle."""
+    _not_built("active-learning simulation", 6)
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 9090, workers: int = 1) -> None:
+    """Run the Label Studio ML backend."""
+    _not_built("the Label Studio ML backend", 7)
+
+
+@app.command()
+def demo() -> None:
+    """First run: a real Label Studio wired to the backend on bundled sample data."""
+    _not_built("the demo", 7)
+
+
+@ls_app.command("connect")
+def ls_connect(project: ProjectOpt, url: Optional[str] = None, api_key: Optional[str] = None) -> None:
+    """Register the backend on a Label Studio project and bulk-upload predictions."""
+    _not_built("Label Studio connect", 7)
+
+
+@ls_app.command("sync")
+def ls_sync(project: ProjectOpt) -> None:
+    """Pull annotations from Label Studio into the store."""
+    _not_built("Label Studio sync", 7)
+
+
+@models_app.command("list")
+def models_list(project: ProjectOpt, as_json: JsonOpt = False) -> None:
+    """Model versions of a project, newest last."""
+    _not_built("model versions", 4)
+
+
+@models_app.command("promote")
+def models_promote(project: ProjectOpt, version: str) -> None:
+    """Make VERSION the active model (rollback)."""
+    _not_built("model versions", 4)
+
+
+def main() -> None:
+    """Console entry point: library errors become one line on stderr and an exit code."""
+    try:
+        code = app(standalone_mode=False)  # click returns typer.Exit codes in this mode
+    except AnnotatorError as exc:
+        sys.exit(report(exc))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args, env_extra=None, check=False):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANNOTATOR_")}
+    env.update(env_extra or {})
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"annotator {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {"ANNOTATOR_DATA_DIR": str(tmp_path / "data")}
+
+
+def test_help_lists_every_design_command():
+    out = run_cli("--help").stdout
+    for cmd in ("import", "embed", "retrain", "predict", "search", "select", "errors", "simulate",
+                "serve", "ls", "db", "models", "duplicates", "demo"):
+        assert re.search(rf"│ {cmd}\b", out), cmd
+
+
+def test_import_json_output_and_exit_codes(tmp_path, env):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": "1", "text": "hello", "label": "a"}\n{"id": "2"}\n')
+    proc = run_cli("import", str(good), "--project", "p", "--json", env_extra=env, check=True)
+    assert json.loads(proc.stdout) == {
+        "imported": 1, "skipped": [{"line": 2, "error": "no modality: the row has no text, image or audio"}]}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "3"}\n')
+    proc = run_cli("import", str(bad), "--project", "p", "--json", env_extra=env)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["imported"] == 0
+
+
+def test_library_errors_become_one_line(tmp_path, env):
+    proc = run_cli("import", str(tmp_path / "missing.jsonl"), "--project", "p", env_extra=env)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: manifest {tmp_path / 'missing.jsonl'} does not exist")
+    assert "Traceback" not in proc.stderr
+
+
+def test_database_behind_head_exits_3_and_names_the_fix(tmp_path, env):
+    import sqlite3
+
+    (tmp_path / "data").mkdir()
+    sqlite3.connect(tmp_path / "data" / "annotator.db").execute("CREATE TABLE projects (id INTEGER)").connection.commit()
+    proc = run_cli("import", str(tmp_path / "x.jsonl"), "--project", "p", env_extra=env)
+    assert proc.returncode == 3 and "run `annotator db upgrade`" in proc.stderr
+
+
+def test_unbuilt_capabilities_say_so_and_exit_2(env):
+    proc = run_cli("select", "--project", "p", env_extra=env)
+    assert proc.returncode == 2 and "not built yet" in proc.stderr
+
+
+def test_cli_and_backend_hold_no_ml_imports():
+    pattern = re.compile(r"^\s*(import|from)\s+(torch|numpy|faiss|sklearn|transformers|sentence_transformers)\b", re.M)
+    offenders = [str(p) for d in ("cli", "backends") for p in (ROOT / d).rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []

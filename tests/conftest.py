@@ -1,0 +1,112 @@
+"""Shared fixtures. Real parts only: real SQLite files, a real PostgreSQL server started here,
+real models loaded once per session (see tests/models_fixtures.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+# Nothing in the test run may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    """Settings pointing at a fresh data dir (SQLite there); environment isolated."""
+    for var in list(os.environ):
+        if var.startswith("ANNOTATOR_") or var in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+            monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ANNOTATOR_DATA_DIR", str(tmp_path / "data"))
+    from annotator.config import Settings
+
+    return Settings()
+
+
+@pytest.fixture
+def store(settings):
+    from annotator.store import open_store
+
+    s = open_store(settings)
+    yield s
+    s.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pg_bin() -> Path | None:
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL cluster on 127.0.0.1, for the duration of the test run."""
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql); Postgres tests skipped")
+    as_root = os.geteuid() == 0
+    run_as = ["runuser", "-u", "postgres", "--"] if as_root else []
+    workdir = Path(tempfile.mkdtemp(prefix="annotator-pg-"))
+    datadir, sockdir = workdir / "data", workdir / "sock"
+    sockdir.mkdir()
+    if as_root:
+        shutil.chown(workdir, "postgres")
+        shutil.chown(sockdir, "postgres")
+    port = _free_port()
+    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(datadir), "-U", "annotator", "--auth=trust",
+                    "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(datadir), "-w", "-l", str(workdir / "log"),
+                    "-o", f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                   check=True, capture_output=True)
+    try:
+        url = f"postgresql+psycopg://annotator@127.0.0.1:{port}/postgres"
+        deadline = time.time() + 30
+        import sqlalchemy as sa
+
+        while True:
+            try:
+                sa.create_engine(url).connect().close()
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield url
+    finally:
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_database(postgres_url):
+    """A fresh, empty database on the session's Postgres server."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    yield postgres_url.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()

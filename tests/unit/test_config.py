@@ -1,0 +1,39 @@
+import pytest
+
+from annotator.config import Settings, load_settings
+from annotator.errors import ConfigError
+
+
+def test_env_overrides_toml_and_aliases(tmp_path, monkeypatch, settings):
+    cfg = tmp_path / "annotator.toml"
+    cfg.write_text('text_model = "from-toml"\ndevice = "cuda"\nlabel_studio_url = "http://toml"\n')
+    monkeypatch.setenv("ANNOTATOR_CONFIG", str(cfg))
+    monkeypatch.setenv("ANNOTATOR_DEVICE", "cpu")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "abc123")
+    s = Settings()
+    assert s.text_model == "from-toml"
+    assert s.device == "cpu"  # environment beats the file
+    assert s.label_studio_url == "http://toml"
+    assert s.label_studio_api_key.get_secret_value() == "abc123"
+
+
+def test_default_database_is_sqlite_in_data_dir(settings):
+    assert settings.resolved_database_url == f"sqlite:///{settings.data_dir / 'annotator.db'}"
+
+
+def test_half_configured_basic_auth_is_refused(monkeypatch, settings):
+    monkeypatch.setenv("ANNOTATOR_BASIC_AUTH_USER", "me")
+    with pytest.raises(ConfigError, match="BASIC_AUTH_PASS"):
+        load_settings()
+
+
+def test_bad_value_names_the_setting(monkeypatch, settings):
+    monkeypatch.setenv("ANNOTATOR_DEVICE", "tpu")
+    with pytest.raises(ConfigError, match="ANNOTATOR_DEVICE.*auto"):
+        load_settings()
+
+
+def test_missing_config_file_is_named(monkeypatch, settings):
+    monkeypatch.setenv("ANNOTATOR_CONFIG", "/nonexistent/annotator.toml")
+    with pytest.raises(ConfigError, match="/nonexistent/annotator.toml"):
+        load_settings()
