@@ -109,20 +109,47 @@ def import_(
 
 @app.command()
 def embed(project: ProjectOpt, as_json: JsonOpt = False) -> None:
-    """Encode all items with the configured encoders and update the index."""
-    _not_built("embedding", 4)
+    """Encode all items with the configured encoders (cached: unchanged items cost nothing)."""
+    from annotator.embedding import embed_project
+
+    report = embed_project(_store(), _settings(), project_name=project)
+    lines = [f"{report.items} item(s) in {report.seconds:.1f} s; encoded {report.encoded}, cached {report.cached}"]
+    lines += [f"  failed {f['id']} ({f['modality']}): {f['error']}" for f in report.failed]
+    _emit(report.to_dict(), as_json, "\n".join(lines))
 
 
 @app.command()
-def retrain(project: ProjectOpt, head: str = "attention", force: bool = False, as_json: JsonOpt = False) -> None:
+def retrain(
+    project: ProjectOpt,
+    head: Annotated[str, typer.Option(help="concat | weighted | attention | gated | tensor")] = "attention",
+    force: Annotated[bool, typer.Option(help="Promote even if it is worse than the active version.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Train a fusion head on human labels; promote it only if it is not worse."""
-    _not_built("retraining", 4)
+    from annotator.training import retrain as run_retrain
+
+    result = run_retrain(_store(), _settings(), project_name=project, head=head, force=force)
+    m = result.metrics
+    _emit(result.to_dict(), as_json,
+          f"{result.model_version}: accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}, ECE {m['ece']} "
+          f"on {result.n_labels} labels ({m.get('evaluation')}); "
+          f"{'promoted' if result.promoted else 'not promoted'}: {result.reason}")
 
 
 @app.command()
-def predict(project: ProjectOpt, as_json: JsonOpt = False) -> None:
-    """Pre-label items with the active model version."""
-    _not_built("prediction", 4)
+def predict(
+    project: ProjectOpt,
+    item: Annotated[Optional[list[str]], typer.Option("--item", help="Only these item ids (repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pre-label items with the active model version (from cached embeddings)."""
+    from annotator.prediction import predict as run_predict
+
+    result = run_predict(_store(), _settings(), project_name=project, item_ids=item)
+    for f in result.failed:
+        typer.echo(f"warning: {f['id']}: {f['error']}", err=True)
+    _emit(result.predictions, as_json, "\n".join(
+        f"{p['id']}\t{p['label']}\t{p['score']:.3f}" for p in result.predictions))
 
 
 @app.command()
@@ -188,14 +215,27 @@ def ls_sync(project: ProjectOpt) -> None:
 
 @models_app.command("list")
 def models_list(project: ProjectOpt, as_json: JsonOpt = False) -> None:
-    """Model versions of a project, newest last."""
-    _not_built("model versions", 4)
+    """Model versions of a project, oldest first."""
+    from annotator.store import repo
+
+    with _store().session() as s:
+        versions = [{"version": v.version, "head": v.head, "status": v.status, "n_labels": v.n_labels,
+                     "accuracy": v.metrics.get("accuracy"), "macro_f1": v.metrics.get("macro_f1"),
+                     "created_at": v.created_at.isoformat()}
+                    for v in repo.list_model_versions(s, project=repo.get_project(s, name=project))]
+    _emit(versions, as_json, "\n".join(
+        f"{v['version']:>6} {v['status']:<9} {v['head']:<9} acc {v['accuracy']} F1 {v['macro_f1']} ({v['n_labels']} labels)"
+        for v in versions) or "no model versions yet")
 
 
 @models_app.command("promote")
-def models_promote(project: ProjectOpt, version: str) -> None:
-    """Make VERSION the active model (rollback)."""
-    _not_built("model versions", 4)
+def models_promote(project: ProjectOpt, version: Annotated[str, typer.Argument()]) -> None:
+    """Make VERSION the active model (e.g. to roll back)."""
+    from annotator.store import repo
+
+    with _store().session() as s:
+        repo.promote_model_version(s, project=repo.get_project(s, name=project), version=version)
+    typer.echo(f"{version} is now active for {project!r}", err=True)
 
 
 def main() -> None:

@@ -110,3 +110,34 @@ def pg_database(postgres_url):
     with admin.connect() as conn:
         conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
     admin.dispose()
+
+
+# --- real models, loaded once per test session ----------------------------------------------
+
+@pytest.fixture(scope="session")
+def offline_encoders():
+    """The three offline default encoders (from PyPI packages), loaded once."""
+    from annotator.encoders import load_encoder
+
+    return {m: load_encoder(m, device="cpu", batch_size=16) for m in ("text", "image", "audio")}
+
+
+class CountingEncoder:
+    """Wraps a real encoder and counts how many inputs reach the model."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.inputs = inner, 0, 0
+        self.name, self.modality, self.dim = inner.name, inner.modality, inner.dim
+
+    def encode(self, inputs):
+        self.calls += 1
+        self.inputs += len(inputs)
+        return self.inner.encode(inputs)
+
+
+@pytest.fixture
+def encoders(settings, offline_encoders):
+    """An `Encoders` runtime over the session's real models, counting calls, with a fresh cache."""
+    from annotator.runtime import Encoders
+
+    return Encoders(settings, overrides={m: CountingEncoder(e) for m, e in offline_encoders.items()})

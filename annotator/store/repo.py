@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from annotator.errors import NotFoundError
 from annotator.store.models import Item, Label, ModelVersion, Prediction, Project, TrainingRun, utcnow
 
-__all__ = ["ModelVersion"]  # re-exported for callers building rows
+__all__ = ["ModelVersion", "TrainingRun"]  # re-exported for callers building rows
 
 
 # --- projects -------------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""Encode items once per (content, encoder) and read their vectors back as feature matrices.
+
+Retraining, re-scoring and search all read the cache; nothing is encoded twice.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from annotator.encoders.base import MODALITIES
+from annotator.errors import MediaError
+from annotator.media import MediaFetcher, load_audio, load_image, sha256
+from annotator.runtime import Encoders
+from annotator.store.models import Item
+
+
+@dataclass
+class EmbedReport:
+    items: int = 0
+    encoded: dict[str, int] = field(default_factory=dict)
+    cached: dict[str, int] = field(default_factory=dict)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": self.items, "encoded": self.encoded, "cached": self.cached,
+                "failed": self.failed, "seconds": round(self.seconds, 3)}
+
+
+def _decode(modality: str, item: Item, fetcher: MediaFetcher) -> tuple[Any, str]:
+    """(decoded input, content hash) for one item's ``modality``; raises MediaError."""
+    ref = item.data[modality]
+    if modality == "text":
+        return ref, item.text_sha or sha256(ref.encode("utf-8"))
+    data = fetcher.fetch(ref)
+    decoded = load_image(data, ref) if modality == "image" else load_audio(data, ref)
+    return decoded, sha256(data)
+
+
+def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetcher,
+                modalities: Sequence[str] = MODALITIES, chunk_size: int = 64,
+                progress: bool = True) -> EmbedReport:
+    """Make sure every item's media has a cached vector per modality.
+
+    Items whose content hash is already cached are not fetched at all. A failing item (missing file,
+    corrupt image...) is reported in ``failed`` and the rest of its batch goes on. Content hashes
+    learned by fetching (remote media) are written onto the items (the caller commits them).
+    """
+    started = time.perf_counter()
+    report = EmbedReport(items=len(items))
+    for modality in modalities:
+        having = [it for it in items if it.data.get(modality)]
+        if not having:
+            continue
+        cache = encoders.cache(modality)
+        encoder = encoders.get(modality)
+        sha_attr = f"{modality}_sha"
+        todo = [it for it in having if getattr(it, sha_attr) is None or getattr(it, sha_attr) not in cache]
+        report.cached[modality] = len(having) - len(todo)
+        report.encoded[modality] = 0
+        bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="item", file=sys.stderr,
+                   disable=not progress or not todo)
+        for start in range(0, len(todo), chunk_size):
+            inputs, keys = [], []
+            for it in todo[start:start + chunk_size]:
+                try:
+                    decoded, key = _decode(modality, it, fetcher)
+                except MediaError as exc:
+                    report.failed.append({"id": it.external_id, "modality": modality, "error": str(exc)})
+                    continue
+                setattr(it, sha_attr, key)
+                if key not in cache and key not in keys:
+                    inputs.append(decoded)
+                    keys.append(key)
+            if inputs:
+                cache.put(keys, encoder.encode(inputs))
+                report.encoded[modality] += len(inputs)
+            bar.update(min(chunk_size, len(todo) - start))
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def load_features(items: Sequence[Item], *, encoders: Encoders,
+                  modalities: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Feature matrices from the cache: ``{modality: (n, d) float32}``, NaN rows where an item lacks
+    that modality or its vector (e.g. its media failed to decode).
+
+    Only modalities that at least one item has are returned.
+    """
+    features: dict[str, np.ndarray] = {}
+    for modality in modalities or MODALITIES:
+        shas = [getattr(it, f"{modality}_sha") if it.data.get(modality) else None for it in items]
+        if not any(shas):
+            continue
+        cache = encoders.cache(modality)
+        present = [i for i, s in enumerate(shas) if s is not None and s in cache]
+        matrix = np.full((len(items), cache.dim), np.nan, dtype=np.float32)
+        if present:
+            matrix[present] = cache.get([shas[i] for i in present])
+        features[modality] = matrix
+    return features
+
+
+
+
+def embed_project(store, settings, *, project_name: str, encoders: Encoders | None = None,
+                  progress: bool = True) -> EmbedReport:
+    """Encode every item of a project that has no cached vector yet (``annotator embed``)."""
+    from annotator.store import repo
+
+    encoders = encoders or Encoders(settings)
+    with store.session() as s:
+        items = repo.list_items(s, project=repo.get_project(s, name=project_name))
+        with MediaFetcher(settings) as fetcher:
+            return embed_items(items, encoders=encoders, fetcher=fetcher, progress=progress)

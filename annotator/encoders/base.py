@@ -1,0 +1,57 @@
+"""The encoder protocol: every modality's model looks the same to the rest of the library."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+MODALITIES = ("text", "image", "audio")
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns a batch of decoded inputs into L2-normalised float32 vectors.
+
+    Attributes
+    ----------
+    name : str
+        Identifies the model *and* its preprocessing; cache keys include it, so two encoders with
+        the same name must produce the same vectors.
+    modality : {"text", "image", "audio"}
+    dim : int
+        Width of the vectors ``encode`` returns.
+    """
+
+    name: str
+    modality: str
+    dim: int
+
+    def encode(self, inputs: Sequence[Any]) -> np.ndarray:
+        """(n,) decoded inputs (str, PIL image, or 16 kHz mono float32 array) → (n, dim) float32."""
+        ...
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def batched_encode(inputs: Sequence[Any], batch_size: int, encode_batch: Callable[[list], np.ndarray],
+                   dim: int) -> np.ndarray:
+    """Run ``encode_batch`` over fixed-size chunks and stack normalised results."""
+    if len(inputs) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    chunks = [encode_batch(list(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)]
+    return l2_normalize(np.concatenate(chunks, axis=0))

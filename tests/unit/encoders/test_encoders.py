@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from annotator.encoders import load_encoder
+from annotator.errors import ConfigError, UnknownNameError
+from annotator.media import load_audio
+from tests.conftest import DATA
+from tests.unit.encoders import tiny_models
+
+
+def _img(name):
+    return Image.open(DATA / name).convert("RGB")
+
+
+def _wav(name):
+    return load_audio((DATA / name).read_bytes(), name)
+
+
+def _check(vectors, n, dim):
+    assert vectors.shape == (n, dim) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+
+
+def test_default_text_encoder_is_semantic(offline_encoders):
+    enc = offline_encoders["text"]
+    v = enc.encode(["a cat sleeping on a sofa", "a kitten napping on the couch", "quarterly revenue grew"])
+    _check(v, 3, 384)
+    assert v[0] @ v[1] > 0.5 > v[0] @ v[2]
+
+
+def test_default_image_encoder_sees_the_same_photo(offline_encoders):
+    enc = offline_encoders["image"]
+    v = enc.encode([_img("cat.png"), ImageOps.mirror(_img("cat.png")), _img("coffee.jpg")])
+    _check(v, 3, 1280)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_default_audio_encoder_separates_speech_from_a_tone(offline_encoders):
+    enc = offline_encoders["audio"]
+    v = enc.encode([_wav("cat_speech.wav"), _wav("coffee_speech.wav"), _wav("tone.wav")])
+    _check(v, 3, enc.dim)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.1
+
+
+def test_whisper_handles_clips_longer_than_its_window(offline_encoders):
+    enc = offline_encoders["audio"]
+    long_clip = np.tile(_wav("cat_speech.wav"), 20)[: 16000 * 45]  # 45 s: two windows
+    _check(enc.encode([long_clip]), 1, enc.dim)
+
+
+def test_mfcc_baseline():
+    enc = load_encoder("audio", "mfcc")
+    v = enc.encode([_wav("cat_speech.wav"), _wav("tone.wav")])
+    _check(v, 2, 80)
+
+
+def test_empty_batches_keep_the_width(offline_encoders):
+    for enc in offline_encoders.values():
+        assert enc.encode([]).shape == (0, enc.dim)
+
+
+def test_clip_checkpoint_by_path_gives_one_shared_space(tmp_path):
+    path = tiny_models.tiny_clip(tmp_path)
+    text, image = load_encoder("text", str(path), device="cpu"), load_encoder("image", str(path), device="cpu")
+    assert text.dim == image.dim == 16 and text.space == image.space
+    _check(text.encode(["a cat", "dog"]), 2, 16)
+    _check(image.encode([_img("cat.png")]), 1, 16)
+    with pytest.raises(ConfigError, match="no audio tower"):
+        load_encoder("audio", str(path))
+
+
+@pytest.mark.parametrize("builder,dim", [(tiny_models.tiny_resnet, 16), (tiny_models.tiny_vit, 32)])
+def test_transformers_image_models_by_path(tmp_path, builder, dim):
+    enc = load_encoder("image", str(builder(tmp_path)), device="cpu")
+    _check(enc.encode([_img("cat.png"), _img("coffee.jpg")]), 2, dim)
+
+
+def test_transformers_audio_model_by_path(tmp_path):
+    enc = load_encoder("audio", str(tiny_models.tiny_wav2vec2(tmp_path)), device="cpu")
+    _check(enc.encode([_wav("cat_speech.wav"), _wav("tone.wav")[:4000]]), 2, 32)
+
+
+def test_plain_bert_checkpoint_as_text_encoder(tmp_path):
+    enc = load_encoder("text", str(tiny_models.tiny_bert(tmp_path)), device="cpu")
+    _check(enc.encode(["hello world", "another sentence"]), 2, 32)
+
+
+def test_loader_errors_name_the_problem(tmp_path):
+    with pytest.raises(UnknownNameError, match="unknown modality 'video'"):
+        load_encoder("video")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        load_encoder("text", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="not an audio model"):
+        load_encoder("audio", str(tiny_models.tiny_vit(tmp_path)))

@@ -1,0 +1,118 @@
+"""Contract suite run over every fusion head, on synthetic data with planted structure."""
+
+import numpy as np
+import pytest
+
+from annotator.errors import DimensionMismatchError, NotFittedError, UnknownNameError
+from annotator.fusion import HEADS, FusionClassifier
+
+
+def planted(n=500, seed=0, noise_modality=False):
+    """Three classes; 'text' and 'image' both informative (image missing for 25 %); optional pure-noise 'audio'."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    X = {"text": rng.normal(size=(3, 24))[y] * 0.8 + rng.normal(size=(n, 24)),
+         "image": rng.normal(size=(3, 16))[y] * 0.8 + rng.normal(size=(n, 16))}
+    X["image"][rng.random(n) < 0.25] = np.nan
+    if noise_modality:
+        X["audio"] = rng.normal(size=(n, 12))
+    return {m: a.astype(np.float32) for m, a in X.items()}, np.array(["cat", "dog", "owl"])[y]
+
+
+def split(X, y, k=400):
+    return ({m: a[:k] for m, a in X.items()}, y[:k]), ({m: a[k:] for m, a in X.items()}, y[k:])
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = planted()
+    (Xtr, ytr), _ = split(X, y)
+    return {h: FusionClassifier(head=h, epochs=25, random_state=0).fit(Xtr, ytr) for h in HEADS}
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_learns_a_separable_task(fitted, head):
+    X, y = planted()
+    _, (Xte, yte) = split(X, y)
+    acc = (np.array(fitted[head].predict(Xte)) == yte).mean()
+    assert acc > 0.9, f"{head}: {acc}"
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_save_load_gives_identical_probabilities(fitted, head, tmp_path):
+    X, _ = planted()
+    fitted[head].save(tmp_path / head)
+    loaded = FusionClassifier.load(tmp_path / head)
+    np.testing.assert_allclose(loaded.predict_proba(X), fitted[head].predict_proba(X), rtol=1e-6, atol=1e-7)
+    assert loaded.get_params() == fitted[head].get_params()
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_one_modality_still_predicts_and_weights_show_it(fitted, head):
+    X, y = planted()
+    _, (Xte, yte) = split(X, y)
+    text_only = {"text": Xte["text"]}
+    probs = fitted[head].predict_proba(text_only)
+    assert probs.shape == (len(yte), 3) and np.isfinite(probs).all()
+    assert (np.array(fitted[head].predict(text_only)) == yte).mean() > 0.75
+    shares = fitted[head].modality_contributions(text_only)
+    np.testing.assert_allclose(shares[:, 0], 1.0)  # all weight on the one present modality
+    np.testing.assert_allclose(shares[:, 1], 0.0)
+    both = fitted[head].modality_contributions(Xte)
+    np.testing.assert_allclose(both.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_attention_puts_weight_on_the_informative_modality():
+    X, y = planted(noise_modality=True)
+    clf = FusionClassifier(head="attention", epochs=40, modality_dropout=0.4).fit(X, y)
+    shares = clf.modality_contributions(X)
+    full = ~np.isnan(X["image"]).any(axis=1)
+    audio = clf.modalities_.index("audio")
+    assert shares[full, audio].mean() < 1 / 3  # pure noise gets less than an equal share
+
+
+def test_weighted_head_chooses_weights_by_cross_validation():
+    X, y = planted(noise_modality=True)
+    clf = FusionClassifier(head="weighted", epochs=20).fit(X, y)
+    w = dict(zip(clf.modalities_, clf.modality_weights_))
+    assert abs(sum(w.values()) - 1) < 1e-6
+    assert w["audio"] <= min(w["text"], w["image"])
+    fixed = FusionClassifier(head="weighted", modality_weights=[0.2, 0.8, 0.0], epochs=5).fit(X, y)
+    assert fixed.modality_weights_ == [0.2, 0.8, 0.0]
+
+
+def test_multilabel():
+    rng = np.random.default_rng(1)
+    n = 400
+    a, b = rng.random(n) < 0.5, rng.random(n) < 0.5
+    X = {"text": np.c_[a, b, rng.normal(size=(n, 6)) * 0.3].astype(np.float32)}
+    y = [[c for c, on in (("a", a[i]), ("b", b[i])) if on] or ["none"] for i in range(n)]
+    clf = FusionClassifier(head="concat", multilabel=True, epochs=40).fit(X, y)
+    pred = clf.predict(X)
+    exact = np.mean([set(p) == set(t) for p, t in zip(pred, y)])
+    assert exact > 0.9
+
+
+def test_same_seed_same_model():
+    X, y = planted()
+    p1 = FusionClassifier(head="gated", epochs=5, random_state=3).fit(X, y).predict_proba(X)
+    p2 = FusionClassifier(head="gated", epochs=5, random_state=3).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(p1, p2)
+
+
+def test_errors_are_clear():
+    X, y = planted(n=60)
+    with pytest.raises(NotFittedError, match="call fit"):
+        FusionClassifier().predict_proba(X)
+    with pytest.raises(UnknownNameError, match="unknown fusion head 'mlp'"):
+        FusionClassifier(head="mlp").fit(X, y)
+    clf = FusionClassifier(head="concat", epochs=2).fit(X, y)
+    with pytest.raises(DimensionMismatchError, match="modality 'text': expected vectors of dimension 24, got 5"):
+        clf.predict_proba({"text": np.zeros((2, 5), np.float32)})
+    with pytest.raises(ValueError, match="invalid parameter 'heads'"):
+        clf.set_params(heads="x")
+    nothing = {m: np.full_like(a, np.nan) for m, a in X.items()}
+    with pytest.raises(ValueError, match="row 0 has no modality"):
+        FusionClassifier().fit(nothing, y)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        FusionClassifier().fit(X, ["same"] * len(y))
