@@ -196,9 +196,19 @@ def serve(host: str = "127.0.0.1", port: int = 9090, workers: int = 1) -> None:
 
 
 @app.command()
-def demo() -> None:
-    """First run: a real Label Studio wired to the backend on bundled sample data."""
-    _not_built("the demo", 7)
+def demo(as_json: JsonOpt = False) -> None:
+    """First run: import the bundled sample project, train on its labelled half, pre-label the rest."""
+    from annotator.demo import run_offline_demo
+
+    settings = _settings()
+    summary = run_offline_demo(_store(), settings)
+    lines = [f"data dir: {settings.data_dir}",
+             f"imported {summary['imported']} sample items into project {summary['project']!r}",
+             f"model {summary['model_version']}: {summary['metrics']} (promoted: {summary['promoted']})",
+             "pre-labels for the unlabelled half:"]
+    lines += [f"  {p['label']:<10} {p['score']:.2f}  {p['text']}" for p in summary["predictions"]]
+    lines.append("next: annotator predict --project demo --json | annotator retrain --project demo --head gated")
+    _emit(summary, as_json, "\n".join(lines))
 
 
 @ls_app.command("connect")

@@ -38,9 +38,13 @@ class FusionClassifier:
     Parameters
     ----------
     head : {"concat", "weighted", "attention", "gated", "tensor"}, default="attention"
-    hidden_dim : int, default=128
-        Width of each modality's projection and of the classifier's hidden layer.
+    hidden_dim : int or "auto", default="auto"
+        Width of each modality's projection and of the classifier's hidden layer. ``auto`` grows with
+        the training set (32 below 200 items, 64 below 1,000, else 128): a wide head overfits the
+        few labels a project starts with.
     epochs : int, default=60
+    min_steps : int, default=300
+        Small data sets get more epochs so training takes at least this many optimizer steps.
     batch_size : int, default=256
     lr : float, default=2e-3
     weight_decay : float, default=1e-4
@@ -52,6 +56,8 @@ class FusionClassifier:
     calibrate : bool, default=True
         Hold out ``calibration_fraction`` of the data to fit a temperature.
     calibration_fraction : float, default=0.15
+        Used when at least ``min_calibration`` items would be held out; otherwise no temperature.
+    min_calibration : int, default=20
     modality_weights : list of float, optional
         For ``head="weighted"``: fixed weights in modality order; None chooses them by ``cv_folds``-fold
         cross-validation over a simplex grid.
@@ -64,19 +70,23 @@ class FusionClassifier:
     classes_ : list of str
     modalities_ : list of str
     dims_ : list of int
+    hidden_dim_ : int
+        The width actually used.
     temperature_ : float
     modality_weights_ : list of float or None
         The weights the ``weighted`` head used (chosen or given).
     """
 
-    def __init__(self, head: str = "attention", hidden_dim: int = 128, epochs: int = 60, batch_size: int = 256,
+    def __init__(self, head: str = "attention", hidden_dim: int | str = "auto", epochs: int = 60, min_steps: int = 300,
+                 batch_size: int = 256,
                  lr: float = 2e-3, weight_decay: float = 1e-4, dropout: float = 0.1,
                  modality_dropout: float = 0.25, multilabel: bool = False, calibrate: bool = True,
-                 calibration_fraction: float = 0.15, modality_weights: list[float] | None = None,
+                 calibration_fraction: float = 0.15, min_calibration: int = 20, modality_weights: list[float] | None = None,
                  cv_folds: int = 3, random_state: int = 0, device: str = "cpu"):
         self.head = head
         self.hidden_dim = hidden_dim
         self.epochs = epochs
+        self.min_steps = min_steps
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -85,6 +95,7 @@ class FusionClassifier:
         self.multilabel = multilabel
         self.calibrate = calibrate
         self.calibration_fraction = calibration_fraction
+        self.min_calibration = min_calibration
         self.modality_weights = modality_weights
         self.cv_folds = cv_folds
         self.random_state = random_state
@@ -92,8 +103,9 @@ class FusionClassifier:
 
     # --- scikit-learn plumbing -------------------------------------------------------------
 
-    _PARAMS = ("head", "hidden_dim", "epochs", "batch_size", "lr", "weight_decay", "dropout",
-               "modality_dropout", "multilabel", "calibrate", "calibration_fraction", "modality_weights",
+    _PARAMS = ("head", "hidden_dim", "epochs", "min_steps", "batch_size", "lr", "weight_decay", "dropout",
+               "modality_dropout", "multilabel", "calibrate", "calibration_fraction", "min_calibration",
+               "modality_weights",
                "cv_folds", "random_state", "device")
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -172,6 +184,9 @@ class FusionClassifier:
             bad = int(np.flatnonzero(mask.sum(axis=1) == 0)[0])
             raise ValueError(f"row {bad} has no modality at all (every vector is NaN)")
         targets = self._targets(y)
+        n = len(targets)
+        self.hidden_dim_ = (int(self.hidden_dim) if self.hidden_dim != "auto"
+                            else 32 if n < 200 else 64 if n < 1000 else 128)
         rng = np.random.default_rng(self.random_state)
         fit_idx, cal_idx = self._calibration_split(targets, rng)
 
@@ -189,7 +204,7 @@ class FusionClassifier:
     def _calibration_split(self, targets: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
         n = len(targets)
         order = rng.permutation(n)
-        if not self.calibrate or n < 20:
+        if not self.calibrate or n * self.calibration_fraction < self.min_calibration:
             return order, np.array([], dtype=np.int64)
         if self.multilabel:
             n_cal = int(round(n * self.calibration_fraction))
@@ -202,21 +217,25 @@ class FusionClassifier:
         cal_set = set(cal)
         return np.array([i for i in order if i not in cal_set]), np.array(cal, dtype=np.int64)
 
-    def _train(self, arrays, mask, targets, idx, head_weights, epochs: int | None = None):
+    def _train(self, arrays, mask, targets, idx, head_weights, epochs: int | None = None,
+               min_steps: int | None = None):
         import torch
 
         torch.manual_seed(self.random_state)
         gen = torch.Generator().manual_seed(self.random_state)
         n_classes = targets.shape[1] if self.multilabel else len(self.classes_)
-        net = FusionNetwork(self.dims_, n_classes, self.head, self.hidden_dim, self.dropout, head_weights).to(self.device)
+        net = FusionNetwork(self.dims_, n_classes, self.head, self.hidden_dim_, self.dropout, head_weights).to(self.device)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss() if self.multilabel else torch.nn.CrossEntropyLoss()
         xs = [torch.from_numpy(a[idx]).to(self.device) for a in arrays]
         m = torch.from_numpy(mask[idx]).to(self.device)
         t = torch.from_numpy(targets[idx]).to(self.device)
         n = len(idx)
+        batches_per_epoch = max(1, -(-n // self.batch_size))
+        steps = self.min_steps if min_steps is None else min_steps
+        n_epochs = max(epochs or self.epochs, -(-steps // batches_per_epoch))
         net.train()
-        for _ in range(epochs or self.epochs):
+        for _ in range(n_epochs):
             perm = torch.randperm(n, generator=gen).to(self.device)
             for start in range(0, n, self.batch_size):
                 b = perm[start:start + self.batch_size]
@@ -240,28 +259,31 @@ class FusionClassifier:
         return torch.where(empty[:, None], mask, dropped)
 
     def _choose_weights(self, arrays, mask, targets, idx) -> list[float]:
-        """Pick the weighted head's modality weights by k-fold CV over a simplex grid (step 0.25)."""
+        """Pick the weighted head's modality weights by k-fold CV over a simplex grid (step 0.25),
+        scored by out-of-fold log-loss (finer than accuracy, which ties on easy data)."""
         n_mod = len(self.modalities_)
         grid = [np.array(w) / 4 for w in itertools.product(range(5), repeat=n_mod) if sum(w) == 4]
         folds = np.array_split(np.random.default_rng(self.random_state).permutation(idx), max(2, self.cv_folds))
-        best, best_score = grid[0], -1.0
+        best, best_loss = grid[0], np.inf
         for w in grid:
-            correct = 0
+            loss = 0.0
             for k in range(len(folds)):
                 val = folds[k]
                 train = np.concatenate([f for j, f in enumerate(folds) if j != k])
-                net = self._train(arrays, mask, targets, train, list(w), epochs=max(5, self.epochs // 2))
-                logits = self._logits([a[val] for a in arrays], mask[val], net)
-                correct += self._n_correct(logits, targets[val])
-            score = correct / max(1, sum(len(f) for f in folds))
-            if score > best_score + 1e-9:
-                best, best_score = w, score
+                net = self._train(arrays, mask, targets, train, list(w), epochs=max(5, self.epochs // 2),
+                                  min_steps=self.min_steps // 3)
+                loss += self._log_loss(self._logits([a[val] for a in arrays], mask[val], net), targets[val])
+            if loss < best_loss - 1e-9:
+                best, best_loss = w, loss
         return [float(v) for v in best]
 
-    def _n_correct(self, logits, targets) -> float:
+    def _log_loss(self, logits, targets) -> float:
+        """Summed negative log-likelihood of ``targets`` under ``logits``."""
         if self.multilabel:
-            return float(((logits > 0) == (targets > 0.5)).all(axis=1).sum())
-        return float((logits.argmax(1) == targets).sum())
+            return float(np.sum(np.logaddexp(0, logits) - targets * logits))
+        z = logits - logits.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-log_p[np.arange(len(targets)), targets].sum())
 
     # --- inference -------------------------------------------------------------------------
 
@@ -324,6 +346,7 @@ class FusionClassifier:
         try:
             config = {"format_version": FORMAT_VERSION, "params": self.get_params(), "classes": self.classes_,
                       "modalities": self.modalities_, "dims": self.dims_, "temperature": self.temperature_,
+                      "hidden_dim": self.hidden_dim_,
                       "modality_weights": self.modality_weights_}
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
             save_file({k: v.detach().cpu().contiguous() for k, v in self.network_.state_dict().items()},
@@ -349,8 +372,9 @@ class FusionClassifier:
         clf = cls(**params)
         clf.classes_, clf.modalities_, clf.dims_ = config["classes"], config["modalities"], config["dims"]
         clf.temperature_, clf.modality_weights_ = config["temperature"], config["modality_weights"]
+        clf.hidden_dim_ = config["hidden_dim"]
         n_out = len(clf.classes_)
-        net = FusionNetwork(clf.dims_, n_out, clf.head, clf.hidden_dim, clf.dropout, clf.modality_weights_)
+        net = FusionNetwork(clf.dims_, n_out, clf.head, clf.hidden_dim_, clf.dropout, clf.modality_weights_)
         net.load_state_dict(load_file(str(path / "weights.safetensors")))
         clf.network_ = net.to(clf.device).eval()
         return clf

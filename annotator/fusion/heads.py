@@ -29,18 +29,23 @@ class ConcatFusion(nn.Module):
 
 
 class WeightedSumFusion(nn.Module):
-    """Fixed per-modality weights (chosen by cross-validation in `FusionClassifier`), renormalised
-    over the modalities present."""
+    """Decision-level fusion: one classifier per modality, their logits summed with fixed weights
+    (chosen by cross-validation in `FusionClassifier`) renormalised over the modalities present.
+    Its output is already class logits (``produces_logits``)."""
 
-    def __init__(self, n_modalities: int, hidden_dim: int, weights: list[float] | None = None):
+    produces_logits = True
+
+    def __init__(self, n_modalities: int, hidden_dim: int, n_classes: int, weights: list[float] | None = None):
         super().__init__()
-        self.out_dim = hidden_dim
+        self.out_dim = n_classes
+        self.per_modality = nn.ModuleList(nn.Linear(hidden_dim, n_classes) for _ in range(n_modalities))
         w = torch.full((n_modalities,), 1.0 / n_modalities) if weights is None else torch.tensor(weights, dtype=torch.float32)
         self.register_buffer("modality_weights", w)
 
     def forward(self, H, mask):
         weights = _normalise(self.modality_weights.expand_as(mask), mask)
-        return (H * weights[..., None]).sum(1), weights
+        logits = torch.stack([clf(H[:, j]) for j, clf in enumerate(self.per_modality)], dim=1)  # (B, M, k)
+        return (logits * weights[..., None]).sum(1), weights
 
 
 class AttentionFusion(nn.Module):
@@ -113,10 +118,13 @@ class FusionNetwork(nn.Module):
             nn.Sequential(nn.Linear(d, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(), nn.Dropout(dropout))
             for d in dims
         )
-        kwargs = {"weights": head_weights} if head == "weighted" else {}
+        kwargs = {"weights": head_weights, "n_classes": n_classes} if head == "weighted" else {}
         self.fusion = HEAD_CLASSES[head](len(dims), hidden_dim, **kwargs)
-        self.classifier = nn.Sequential(nn.Linear(self.fusion.out_dim, hidden_dim), nn.GELU(),
-                                        nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
+        if getattr(self.fusion, "produces_logits", False):
+            self.classifier = nn.Identity()
+        else:
+            self.classifier = nn.Sequential(nn.Linear(self.fusion.out_dim, hidden_dim), nn.GELU(),
+                                            nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
 
     def forward(self, xs: list[torch.Tensor], mask: torch.Tensor):
         H = torch.stack([proj(x) for proj, x in zip(self.projections, xs)], dim=1)

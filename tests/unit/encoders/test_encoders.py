@@ -94,3 +94,24 @@ def test_loader_errors_name_the_problem(tmp_path):
         load_encoder("text", str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="not an audio model"):
         load_encoder("audio", str(tiny_models.tiny_vit(tmp_path)))
+
+
+@pytest.mark.parametrize("modality", ["text", "image", "audio"])
+def test_a_vector_does_not_depend_on_its_batch(offline_encoders, modality):
+    """The cache keys vectors by content alone, so batch-mates must not change them."""
+    inputs = {"text": ["short", "a much longer sentence about a cat on a sofa in the sun", "x y"],
+              "image": [_img("cat.png"), _img("coffee.jpg"), _img("astronaut.png")],
+              "audio": [_wav("cat_speech.wav"), _wav("tone.wav")[:5000], _wav("coffee_speech.wav")]}[modality]
+    enc = offline_encoders[modality]
+    together = enc.encode(inputs)
+    alone = np.vstack([enc.encode([x]) for x in inputs])
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+def test_whisper_padding_modes_have_distinct_cache_names():
+    from annotator.encoders.audio import WhisperEncoder
+
+    fast, exact = WhisperEncoder(), WhisperEncoder(pad_to_window=True)
+    assert fast.name != exact.name
+    clip = _wav("cat_speech.wav")
+    assert float(fast.encode([clip])[0] @ exact.encode([clip])[0]) > 0.9

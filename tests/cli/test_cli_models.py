@@ -1,0 +1,33 @@
+"""The model commands end to end, as a user runs them: real models, real SQLite, JSON on stdout."""
+
+import json
+
+from tests.cli.test_cli import run_cli
+
+
+def test_demo_then_retrain_predict_and_rollback(tmp_path):
+    env = {"ANNOTATOR_DATA_DIR": str(tmp_path / "data")}
+    demo = json.loads(run_cli("demo", "--json", env_extra=env, check=True).stdout)
+    assert demo["imported"] == 48 and demo["model_version"] == "v1" and demo["promoted"]
+    assert len(demo["predictions"]) == 24  # the unlabelled half
+    assert demo["metrics"]["accuracy"] > 0.5  # four classes: chance is 0.25
+
+    embed = json.loads(run_cli("embed", "--project", "demo", "--json", env_extra=env, check=True).stdout)
+    assert embed["items"] == 48 and sum(embed["encoded"].values()) == 0  # all cached by the demo
+
+    retrained = json.loads(run_cli("retrain", "--project", "demo", "--head", "concat", "--force", "--json",
+                                   env_extra=env, check=True).stdout)
+    assert retrained["model_version"] == "v2" and retrained["promoted"] is True
+    assert set(retrained["metrics"]) == {"accuracy", "macro_f1", "ece"} and retrained["n_labels"] == 24
+
+    predictions = json.loads(run_cli("predict", "--project", "demo", "--json", env_extra=env, check=True).stdout)
+    assert len(predictions) == 48
+    assert {"id", "label", "score", "model_version"} <= set(predictions[0])
+    assert {p["model_version"] for p in predictions} == {"v2"}
+
+    run_cli("models", "promote", "v1", "--project", "demo", env_extra=env, check=True)
+    versions = json.loads(run_cli("models", "list", "--project", "demo", "--json", env_extra=env, check=True).stdout)
+    assert [(v["version"], v["status"]) for v in versions] == [("v1", "active"), ("v2", "retired")]
+
+    bad = run_cli("retrain", "--project", "demo", "--head", "mlp", env_extra=env)
+    assert bad.returncode == 1 and "unknown fusion head 'mlp'" in bad.stderr
