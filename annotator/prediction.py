@@ -32,8 +32,7 @@ def score_items(clf: FusionClassifier, features: dict[str, np.ndarray]) -> tuple
     confidence over classes), so low means "worth a human look".
     """
     X = {m: a for m, a in features.items() if m in clf.modalities_}
-    probs = clf.predict_proba(X)
-    shares = clf.modality_contributions(X)
+    probs, shares = clf.predict_proba_and_contributions(X)
     if clf.multilabel:
         labels = [[c for c, p in zip(clf.classes_, row) if p >= 0.5] for row in probs]
         scores = np.maximum(probs, 1 - probs).mean(axis=1)

@@ -128,7 +128,11 @@ class FusionClassifier:
     # --- input handling --------------------------------------------------------------------
 
     def _arrays(self, X: Mapping[str, np.ndarray], *, fitting: bool) -> tuple[list[np.ndarray], np.ndarray]:
-        """(per-modality arrays with NaN → 0 in modality order, (n, M) presence mask)."""
+        """(per-modality float32 arrays in modality order, (n, M) presence mask).
+
+        A row containing NaN marks the modality missing; its values are zeroed later, chunk by
+        chunk, so large inputs without missing rows are never copied.
+        """
         if fitting:
             if not X:
                 raise ValueError("X has no modality; pass {modality: (n, d) array}")
@@ -147,12 +151,11 @@ class FusionClassifier:
             if m not in X:
                 arrays.append(np.zeros((n, d), dtype=np.float32))
                 continue
-            a = np.asarray(X[m], dtype=np.float32)
+            a = np.ascontiguousarray(X[m], dtype=np.float32)
             if a.ndim != 2 or a.shape[1] != d:
                 raise DimensionMismatchError(f"modality {m!r}", d, a.shape[-1] if a.ndim else -1)
-            present = ~np.isnan(a).any(axis=1)
-            mask[:, j] = present
-            arrays.append(np.where(present[:, None], a, 0.0).astype(np.float32))
+            mask[:, j] = ~np.isnan(a.sum(axis=1))
+            arrays.append(a)
         return arrays, mask
 
     def _targets(self, y: Sequence) -> np.ndarray:
@@ -183,6 +186,7 @@ class FusionClassifier:
         if (mask.sum(axis=1) == 0).any():
             bad = int(np.flatnonzero(mask.sum(axis=1) == 0)[0])
             raise ValueError(f"row {bad} has no modality at all (every vector is NaN)")
+        arrays = [np.nan_to_num(a, nan=0.0) for a in arrays]
         targets = self._targets(y)
         n = len(targets)
         self.hidden_dim_ = (int(self.hidden_dim) if self.hidden_dim != "auto"
@@ -294,8 +298,10 @@ class FusionClassifier:
         logits, weights = [], []
         with torch.inference_mode():
             for s in range(0, len(mask), chunk):
-                z, w = net([torch.from_numpy(a[s:s + chunk]).to(self.device) for a in arrays],
-                           torch.from_numpy(mask[s:s + chunk]).to(self.device))
+                m = mask[s:s + chunk]
+                xs = [a[s:s + chunk] if m[:, j].all() else np.nan_to_num(a[s:s + chunk], nan=0.0)
+                      for j, a in enumerate(arrays)]
+                z, w = net([torch.from_numpy(x).to(self.device) for x in xs], torch.from_numpy(m).to(self.device))
                 logits.append(z.float().cpu().numpy())
                 weights.append(w.float().cpu().numpy())
         k = len(self.classes_)
@@ -312,14 +318,23 @@ class FusionClassifier:
         arrays, mask = self._arrays(X, fitting=False)
         return self._logits(arrays, mask) / self.temperature_
 
-    def predict_proba(self, X: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Calibrated class probabilities (n, k); rows with no modality at all are uniform."""
-        z = self.decision_function(X)
+    def _probabilities(self, z: np.ndarray) -> np.ndarray:
         if self.multilabel:
             return 1.0 / (1.0 + np.exp(-z))
         z = z - z.max(axis=1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
+
+    def predict_proba(self, X: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Calibrated class probabilities (n, k); rows with no modality at all are uniform."""
+        return self._probabilities(self.decision_function(X))
+
+    def predict_proba_and_contributions(self, X: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """`predict_proba` and `modality_contributions` from one forward pass (the re-scoring path)."""
+        self._check_fitted()
+        arrays, mask = self._arrays(X, fitting=False)
+        logits, shares = self._forward(arrays, mask)
+        return self._probabilities(logits / self.temperature_), shares
 
     def predict(self, X: Mapping[str, np.ndarray]) -> list:
         probs = self.predict_proba(X)
