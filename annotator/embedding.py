@@ -28,10 +28,14 @@ class EmbedReport:
     cached: dict[str, int] = field(default_factory=dict)
     failed: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    index: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"items": self.items, "encoded": self.encoded, "cached": self.cached,
-                "failed": self.failed, "seconds": round(self.seconds, 3)}
+        out = {"items": self.items, "encoded": self.encoded, "cached": self.cached,
+               "failed": self.failed, "seconds": round(self.seconds, 3)}
+        if self.index is not None:
+            out["index"] = self.index
+        return out
 
 
 def _decode(modality: str, item: Item, fetcher: MediaFetcher) -> tuple[Any, str]:
@@ -112,12 +116,19 @@ def load_features(items: Sequence[Item], *, encoders: Encoders,
 
 
 def embed_project(store, settings, *, project_name: str, encoders: Encoders | None = None,
-                  progress: bool = True) -> EmbedReport:
-    """Encode every item of a project that has no cached vector yet (``annotator embed``)."""
+                  progress: bool = True, index: bool = True) -> EmbedReport:
+    """Encode every item of a project that has no cached vector yet, then bring the project's
+    search indexes up to date (``annotator embed``): new items are searchable when it returns."""
+    from annotator.index.cross_modal import ProjectIndex
     from annotator.store import repo
 
+    started = time.perf_counter()
     encoders = encoders or Encoders(settings)
     with store.session() as s:
         items = repo.list_items(s, project=repo.get_project(s, name=project_name))
         with MediaFetcher(settings) as fetcher:
-            return embed_items(items, encoders=encoders, fetcher=fetcher, progress=progress)
+            report = embed_items(items, encoders=encoders, fetcher=fetcher, progress=progress)
+    if index:
+        report.index = ProjectIndex(settings, project_name, encoders).update(store, items=items).to_dict()
+    report.seconds = time.perf_counter() - started
+    return report

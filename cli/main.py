@@ -109,11 +109,12 @@ def import_(
 
 @app.command()
 def embed(project: ProjectOpt, as_json: JsonOpt = False) -> None:
-    """Encode all items with the configured encoders (cached: unchanged items cost nothing)."""
+    """Encode all items (cached: unchanged items cost nothing) and update the search indexes."""
     from annotator.embedding import embed_project
 
     report = embed_project(_store(), _settings(), project_name=project)
-    lines = [f"{report.items} item(s) in {report.seconds:.1f} s; encoded {report.encoded}, cached {report.cached}"]
+    lines = [f"{report.items} item(s) in {report.seconds:.1f} s; encoded {report.encoded}, cached {report.cached}; "
+             f"indexes {report.index['indexes'] if report.index else {}}"]
     lines += [f"  failed {f['id']} ({f['modality']}): {f['error']}" for f in report.failed]
     _emit(report.to_dict(), as_json, "\n".join(lines))
 
@@ -155,18 +156,39 @@ def predict(
 @app.command()
 def search(
     project: ProjectOpt,
-    text: Optional[str] = None, image: Optional[Path] = None, audio: Optional[Path] = None,
-    item: Optional[str] = None, k: Annotated[int, typer.Option("-k")] = 10,
-    modality: Optional[str] = None, as_json: JsonOpt = False,
+    text: Annotated[Optional[str], typer.Option(help="Free-text query.")] = None,
+    image: Annotated[Optional[str], typer.Option(help="Image path or URL.")] = None,
+    audio: Annotated[Optional[str], typer.Option(help="Audio path or URL.")] = None,
+    item: Annotated[Optional[str], typer.Option(help="Item id: find similar items.")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many results.")] = 10,
+    modality: Annotated[Optional[str], typer.Option(help="Only this modality's vectors (text|image|audio).")] = None,
+    label: Annotated[Optional[str], typer.Option(help="Only items labelled LABEL.")] = None,
+    has_label: Annotated[Optional[bool], typer.Option("--has-label/--no-label", help="Only (un)labelled items.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Cross-modal search: text→image, image→text, item→similar, audio→anything."""
-    _not_built("cross-modal search", 5)
+    from annotator.index.cross_modal import ProjectIndex
+
+    hits = ProjectIndex(_settings(), project).search(
+        _store(), text=text, image=image, audio=audio, item=item, k=k, modality=modality, label=label,
+        has_label=has_label)
+    _emit([h.to_dict() for h in hits], as_json,
+          "\n".join(f"{h.score:.3f}  {h.modality:<5}  {h.id}" for h in hits) or "no results")
 
 
 @app.command()
-def duplicates(project: ProjectOpt, threshold: float = 0.95, as_json: JsonOpt = False) -> None:
-    """Groups of near-duplicate items."""
-    _not_built("near-duplicate search", 5)
+def duplicates(
+    project: ProjectOpt,
+    threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which items are duplicates.")] = 0.95,
+    modality: Annotated[Optional[str], typer.Option(help="Only this modality.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Groups of near-duplicate items, largest first."""
+    from annotator.index.cross_modal import ProjectIndex
+
+    groups = ProjectIndex(_settings(), project).duplicates(_store(), threshold=threshold, modality=modality)
+    _emit(groups, as_json, "\n".join(f"{g['modality']:<5} {g['min_score']:.3f}  {' '.join(g['items'])}"
+                                     for g in groups) or "no near-duplicates")
 
 
 @app.command()

@@ -98,6 +98,24 @@ def list_items(session: Session, *, project: Project, external_ids: Iterable[str
     return list(session.scalars(query))
 
 
+def external_ids(session: Session, *, project: Project) -> dict[int, str]:
+    """Item primary key → external id, for every item of the project."""
+    return dict(session.execute(select(Item.id, Item.external_id).where(Item.project_id == project.id)).all())
+
+
+def delete_items(session: Session, *, project: Project, external_ids: Iterable[str]) -> list[int]:
+    """Delete items (with their labels and predictions); returns the primary keys removed."""
+    from sqlalchemy import delete
+
+    ids = list(external_ids)
+    pks = list(session.scalars(select(Item.id).where(Item.project_id == project.id, Item.external_id.in_(ids))))
+    if pks:
+        session.execute(delete(Label).where(Label.item_id.in_(pks)))
+        session.execute(delete(Prediction).where(Prediction.item_id.in_(pks)))
+        session.execute(delete(Item).where(Item.id.in_(pks)))
+    return pks
+
+
 def count_items(session: Session, *, project: Project) -> int:
     from sqlalchemy import func
 

@@ -1,0 +1,414 @@
+"""`VectorIndex`: FAISS search keyed by int64 ids, with O(1) deletes and crash-safe persistence.
+
+faiss labels are *row numbers*; this class maps ids to rows. Deleting marks the row dead (a
+tombstone honoured at search time through an `IDSelectorBitmap`) and dead rows are compacted away
+once they are a quarter of the index or when saving. For IVF layouts the compressed index only
+produces a shortlist, which is re-scored exactly from the full vectors, so recall stays high.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from annotator.errors import DimensionMismatchError, NotFoundError
+from annotator.index.choose import IndexPlan, plan_index
+
+FORMAT_VERSION = 1
+
+
+def gpu_available() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+class _Vectors:
+    """Growable float32 row store, in RAM or memory-mapped from a file."""
+
+    def __init__(self, dim: int, path: Path | None = None):
+        self.dim, self.path, self.n = dim, path, 0
+        self._data = np.zeros((0, dim), dtype=np.float32)
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= len(self._data):
+            return
+        capacity = max(rows, 2 * len(self._data), 1024)
+        if self.path is None:
+            grown = np.zeros((capacity, self.dim), dtype=np.float32)
+            grown[: self.n] = self._data[: self.n]
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as fh:
+                fh.truncate(capacity * self.dim * 4)
+            grown = np.memmap(self.path, dtype=np.float32, mode="r+", shape=(capacity, self.dim))
+        self._data = grown
+
+    def append(self, vectors: np.ndarray) -> None:
+        self._reserve(self.n + len(vectors))
+        self._data[self.n:self.n + len(vectors)] = vectors
+        self.n += len(vectors)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self._data[rows])
+
+    def view(self) -> np.ndarray:
+        return self._data[: self.n]
+
+    def replace(self, vectors: np.ndarray) -> None:
+        self.n = 0
+        self._data = np.zeros((0, self.dim), dtype=np.float32) if self.path is None else self._data
+        self.append(vectors)
+
+
+class VectorIndex:
+    """Inner-product (cosine, for normalised vectors) search over vectors keyed by int64 ids.
+
+    Parameters
+    ----------
+    dim : int
+    plan : IndexPlan, optional
+        Layout; default flat. `VectorIndex.build` chooses one from the data size.
+    use_gpu : bool or "auto", default="auto"
+        Search on a GPU copy when faiss-gpu and a GPU are present.
+    """
+
+    def __init__(self, dim: int, plan: IndexPlan | None = None, *, use_gpu: bool | str = "auto",
+                 vectors_path: Path | None = None):
+        import faiss
+
+        self.dim, self.plan = int(dim), plan or IndexPlan("flat")
+        self.use_gpu = gpu_available() if use_gpu == "auto" else bool(use_gpu)
+        if self.plan.kind == "flat":
+            self._index = faiss.IndexFlatIP(self.dim)
+            self._vectors = None  # the flat index is the exact store
+        else:
+            self._index = faiss.index_factory(self.dim, self.plan.factory, faiss.METRIC_INNER_PRODUCT)
+            self._vectors = _Vectors(self.dim, vectors_path if self.plan.vectors_on_disk else None)
+        self.nprobe = self.plan.nprobe
+        self.n_trained_on = 0
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._alive = np.zeros(0, dtype=bool)
+        self._row: dict[int, int] = {}
+        self._gpu = None
+        self._gpu_res = None
+
+    # --- building ----------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, ids: Sequence[int], vectors: np.ndarray, *, memory_budget_bytes: int = 4 << 30,
+              exact_threshold: int = 100_000, recall_target: float = 0.95, use_gpu: bool | str = "auto",
+              random_state: int = 0, vectors_path: Path | None = None) -> VectorIndex:
+        """Plan a layout for this many vectors, train it if needed, add them, tune nprobe."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        plan = plan_index(len(vectors), vectors.shape[1], memory_budget_bytes=memory_budget_bytes,
+                          exact_threshold=exact_threshold)
+        index = cls(vectors.shape[1], plan, use_gpu=use_gpu, vectors_path=vectors_path)
+        if plan.kind == "ivf":
+            index.train(vectors, random_state=random_state)
+        index.add(ids, vectors)
+        if plan.kind == "ivf":
+            index.tune(recall_target=recall_target, random_state=random_state)
+        return index
+
+    def train(self, vectors: np.ndarray, *, random_state: int = 0, points_per_list: int = 64) -> None:
+        """Train IVF centroids (and codes) on a sample of ``vectors`` (``points_per_list`` per list)."""
+        if self.plan.kind == "flat":
+            return
+        max_points = max(self.plan.nlist * points_per_list, 10_000)
+        rng = np.random.default_rng(random_state)
+        sample = vectors if len(vectors) <= max_points else vectors[rng.choice(len(vectors), max_points, replace=False)]
+        self._index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        self.n_trained_on = len(vectors)
+
+    @property
+    def needs_retrain(self) -> bool:
+        """IVF centroids were trained on a much smaller (or larger) collection than the current one."""
+        return self.plan.kind == "ivf" and not (self.n_trained_on / 4 <= self.ntotal <= self.n_trained_on * 4)
+
+    def tune(self, *, recall_target: float = 0.95, n_queries: int = 200, k: int = 10, random_state: int = 0) -> float:
+        """Raise nprobe until recall@k against exact search reaches ``recall_target``; returns recall."""
+        import faiss
+
+        if self.plan.kind == "flat" or self.ntotal == 0:
+            return 1.0
+        rng = np.random.default_rng(random_state)
+        data = self._alive_vectors()
+        queries = data[rng.choice(len(data), min(n_queries, len(data)), replace=False)]
+        queries = queries + rng.normal(scale=0.05, size=queries.shape).astype(np.float32)
+        alive_ids = self._ids[np.flatnonzero(self._alive)]
+        _, exact = faiss.knn(queries, data, min(k, len(data)), metric=faiss.METRIC_INNER_PRODUCT)
+        truth = alive_ids[exact]
+        recall = 0.0
+        while True:
+            _, found = self.search(queries, k)
+            recall = float(np.mean([len(set(t) & set(f)) / len(t) for t, f in zip(truth, found)]))
+            if recall >= recall_target or self.nprobe >= self.plan.nlist:
+                return recall
+            self.nprobe = min(self.plan.nlist, self.nprobe * 2)
+
+    # --- contents ----------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, item_id: int) -> bool:
+        return int(item_id) in self._row
+
+    def ids(self) -> np.ndarray:
+        return self._ids[np.flatnonzero(self._alive)]
+
+    def _check(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise DimensionMismatchError("vector index", self.dim, vectors.shape[-1] if vectors.ndim else -1)
+        return vectors
+
+    def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Add vectors; an id already present is replaced. Searchable immediately."""
+        vectors = self._check(vectors)
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("ids passed to add() must be unique")
+        if self.plan.kind == "ivf" and not self._index.is_trained:
+            raise ValueError("IVF index is not trained; call train() first or use VectorIndex.build")
+        self.remove([i for i in ids.tolist() if i in self._row])
+        start = len(self._ids)
+        rows = np.arange(start, start + len(ids), dtype=np.int64)
+        if self.plan.kind == "flat":
+            self._index.add(vectors)
+        else:
+            self._index.add_with_ids(vectors, rows)
+            self._vectors.append(vectors)
+        self._ids = np.concatenate([self._ids, ids])
+        self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
+        self._row.update(zip(ids.tolist(), rows.tolist()))
+        self._gpu = None
+
+    def remove(self, ids: Sequence[int]) -> int:
+        """Delete ids (unknown ones are ignored); returns how many were removed. O(1) each."""
+        removed = 0
+        for i in ids:
+            row = self._row.pop(int(i), None)
+            if row is not None:
+                self._alive[row] = False
+                removed += 1
+        if removed:
+            self._gpu = None
+            if self._dead() > max(1024, len(self._ids) // 4):
+                self.compact()
+        return removed
+
+    def _dead(self) -> int:
+        return len(self._ids) - len(self._row)
+
+    def _alive_vectors(self) -> np.ndarray:
+        return self._all_vectors()[self._alive]
+
+    def _all_vectors(self) -> np.ndarray:
+        import faiss
+
+        if self.plan.kind == "flat":
+            n = self._index.ntotal
+            return faiss.rev_swig_ptr(self._index.get_xb(), n * self.dim).reshape(n, self.dim) if n else \
+                np.zeros((0, self.dim), np.float32)
+        return self._vectors.view()
+
+    def vector(self, item_id: int) -> np.ndarray:
+        row = self._row.get(int(item_id))
+        if row is None:
+            raise NotFoundError(f"id {item_id} is not in the index")
+        return np.array(self._all_vectors()[row])
+
+    def compact(self) -> None:
+        """Drop dead rows for good (rebuilds the faiss structure; IVF keeps its training)."""
+        if self._dead() == 0:
+            return
+        keep = np.flatnonzero(self._alive)
+        vectors = np.array(self._all_vectors()[keep])
+        ids = self._ids[keep]
+        self._index.reset()
+        if self.plan.kind == "flat":
+            self._index.add(vectors)
+        else:
+            self._index.add_with_ids(vectors, np.arange(len(ids), dtype=np.int64))
+            self._vectors.replace(vectors)
+        self._ids, self._alive = ids, np.ones(len(ids), dtype=bool)
+        self._row = dict(zip(ids.tolist(), range(len(ids))))
+        self._gpu = None
+
+    # --- search ------------------------------------------------------------------------------
+
+    def _selector(self, allowed_rows: np.ndarray | None):
+        import faiss
+
+        if allowed_rows is None and self._dead() == 0:
+            return None, None
+        mask = self._alive.copy() if allowed_rows is None else np.zeros(len(self._ids), dtype=bool)
+        if allowed_rows is not None:
+            mask[allowed_rows] = True
+            mask &= self._alive
+        bits = np.packbits(mask, bitorder="little")
+        return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)), bits  # bits must outlive the search
+
+    def _params(self, selector):
+        import faiss
+
+        if self.plan.kind == "ivf":
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe) if selector else \
+                faiss.SearchParametersIVF(nprobe=self.nprobe)
+        return faiss.SearchParameters(sel=selector) if selector else None
+
+    def search(self, queries: np.ndarray, k: int, *, allowed_ids: Sequence[int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query, best first; missing slots have id -1 and score -inf.
+
+        ``allowed_ids`` restricts results to those ids (a filter, e.g. items with a given label).
+        """
+        queries = self._check(np.atleast_2d(queries))
+        nq = len(queries)
+        out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+        out_i = np.full((nq, k), -1, dtype=np.int64)
+        if self.ntotal == 0 or k <= 0:
+            return out_s, out_i
+        allowed_rows = None
+        if allowed_ids is not None:
+            allowed_rows = np.array([self._row[i] for i in map(int, allowed_ids) if i in self._row], dtype=np.int64)
+            if len(allowed_rows) == 0:
+                return out_s, out_i
+            if len(allowed_rows) <= self.EXACT_FILTER_ROWS:
+                return self._search_rows(queries, k, allowed_rows, out_s, out_i)
+        fetch = min(k * self.plan.rerank_factor, len(self._ids))
+        if self.use_gpu and allowed_rows is None:
+            scores, rows = self._search_gpu(queries, fetch)
+        else:
+            selector, _bits = self._selector(allowed_rows)
+            scores, rows = self._index.search(queries, fetch, params=self._params(selector))
+        if self.plan.kind == "ivf":  # exact re-ranking of the shortlist
+            safe = np.where(rows >= 0, rows, 0)
+            exact = np.einsum("qd,qkd->qk", queries, self._vectors.rows(safe.reshape(-1)).reshape(nq, fetch, self.dim))
+            scores = np.where(rows >= 0, exact, -np.inf)
+            order = np.argsort(-scores, axis=1)
+            scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+        valid = rows >= 0
+        ids = np.where(valid, self._ids[np.where(valid, rows, 0)], -1)
+        take = min(k, ids.shape[1])
+        out_i[:, :take], out_s[:, :take] = ids[:, :take], np.where(valid, scores, -np.inf)[:, :take]
+        return out_s, out_i
+
+    EXACT_FILTER_ROWS = 50_000
+
+    def _search_rows(self, queries, k, rows, out_s, out_i):
+        """Exact scores against a small set of rows: a filtered query must not depend on which
+        IVF lists happen to be probed."""
+        scores = queries @ np.asarray(self._all_vectors()[rows]).T
+        take = min(k, len(rows))
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        top_scores = np.take_along_axis(scores, top, 1)
+        order = np.argsort(-top_scores, axis=1)
+        out_s[:, :take] = np.take_along_axis(top_scores, order, 1)
+        out_i[:, :take] = self._ids[rows[np.take_along_axis(top, order, 1)]]
+        return out_s, out_i
+
+    def _search_gpu(self, queries: np.ndarray, fetch: int):
+        """GPU copy of the index (rebuilt after changes); dead rows are over-fetched and filtered."""
+        import faiss
+
+        if self._dead():
+            self.compact()
+        if self._gpu is None:
+            self._gpu_res = self._gpu_res or faiss.StandardGpuResources()
+            self._gpu = faiss.index_cpu_to_gpu(self._gpu_res, 0, self._index)
+            if self.plan.kind == "ivf":
+                faiss.GpuParameterSpace().set_index_parameter(self._gpu, "nprobe", self.nprobe)
+        return self._gpu.search(queries, min(fetch, 2048))
+
+    def range_search(self, queries: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """All (ids, scores) with score >= ``threshold`` per query, best first (exact for flat)."""
+        queries = self._check(np.atleast_2d(queries))
+        if self.ntotal == 0:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+        selector, _bits = self._selector(None)
+        lims, scores, rows = self._index.range_search(queries, float(threshold), params=self._params(selector))
+        out = []
+        for q in range(len(queries)):
+            r, s = rows[lims[q]:lims[q + 1]], scores[lims[q]:lims[q + 1]]
+            if self.plan.kind == "ivf":
+                s = np.einsum("d,kd->k", queries[q], self._vectors.rows(r))
+                keep = s >= threshold
+                r, s = r[keep], s[keep]
+            order = np.argsort(-s)
+            out.append((self._ids[r[order]], s[order]))
+        return out
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write a new generation folder, fsync it, then atomically repoint ``path/current`` to it.
+
+        A crash at any moment leaves the previous generation loadable.
+        """
+        import faiss
+
+        self.compact()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        gen = path / f"gen-{uuid.uuid4().hex[:12]}"
+        gen.mkdir()
+        faiss.write_index(self._index, str(gen / "index.faiss"))
+        np.save(gen / "ids.npy", self._ids)
+        if self._vectors is not None:
+            np.save(gen / "vectors.npy", self._vectors.view())
+        meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "plan": self.plan.__dict__,
+                "nprobe": self.nprobe, "n_trained_on": self.n_trained_on}
+        (gen / "meta.json").write_text(json.dumps(meta))
+        for f in gen.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(gen)
+        link = path / f".current-{uuid.uuid4().hex[:8]}"
+        os.symlink(gen.name, link)
+        os.replace(link, path / "current")
+        _fsync_dir(path)
+        for old in path.glob("gen-*"):
+            if old.name != gen.name:
+                shutil.rmtree(old, ignore_errors=True)
+        for stale in path.glob(".current-*"):
+            stale.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: Path, *, use_gpu: bool | str = "auto") -> VectorIndex:
+        import faiss
+
+        current = Path(path) / "current"
+        if not current.exists():
+            raise NotFoundError(f"no index at {path}")
+        meta = json.loads((current / "meta.json").read_text())
+        plan = IndexPlan(**meta["plan"])
+        index = cls(meta["dim"], plan, use_gpu=use_gpu)
+        index._index = faiss.read_index(str(current / "index.faiss"))
+        index._ids = np.load(current / "ids.npy")
+        if plan.kind == "ivf":
+            mmap = "r" if plan.vectors_on_disk else None
+            index._vectors.replace(np.load(current / "vectors.npy", mmap_mode=mmap))
+        index._alive = np.ones(len(index._ids), dtype=bool)
+        index._row = dict(zip(index._ids.tolist(), range(len(index._ids))))
+        index.nprobe, index.n_trained_on = meta["nprobe"], meta["n_trained_on"]
+        return index
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
