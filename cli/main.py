@@ -191,24 +191,60 @@ def duplicates(
                                      for g in groups) or "no near-duplicates")
 
 
-@app.command()
-def select(project: ProjectOpt, strategy: str = "margin", k: Annotated[int, typer.Option("-k")] = 20,
-           as_json: JsonOpt = False) -> None:
-    """The next items worth labelling."""
-    _not_built("active-learning selection", 6)
+StrategyOpt = Annotated[str, typer.Option(
+    help="least-confidence | margin | entropy | kcenter | badge | typiclust | random")]
 
 
 @app.command()
-def errors(project: ProjectOpt, as_json: JsonOpt = False) -> None:
-    """Suspected wrong labels, most suspicious first."""
-    _not_built("label-error detection", 6)
+def select(
+    project: ProjectOpt,
+    strategy: StrategyOpt = "margin",
+    k: Annotated[int, typer.Option("-k", help="Batch size.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed (ties, sampling).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """The next items worth labelling, best first."""
+    from annotator.active.loop import select_next
+
+    picks = select_next(_store(), _settings(), project_name=project, strategy=strategy, k=k, random_state=seed)
+    _emit(picks, as_json, "\n".join(f"{p['score']:.4f}  {p['id']}" for p in picks))
 
 
 @app.command()
-def simulate(manifest: Path, strategy: str = "margin", budget: int = 200, step: int = 20, seeds: int = 3,
-             as_json: JsonOpt = False) -> None:
-    """Active-learning curve against random, with the manifest's labels as the oracle."""
-    _not_built("active-learning simulation", 6)
+def errors(
+    project: ProjectOpt,
+    limit: Annotated[int, typer.Option(help="Show at most this many (0: all).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Suspected wrong labels, most suspicious first, with the label the model suggests."""
+    from annotator.active.loop import find_label_errors
+
+    found = find_label_errors(_store(), _settings(), project_name=project)
+    found = found[:limit] if limit else found
+    _emit(found, as_json, "\n".join(f"{e['score']:.3f}  {e['id']}: {e['label']} -> {e['suggested']}" for e in found))
+
+
+@app.command()
+def simulate(
+    manifest: Annotated[Path, typer.Argument(help="A labelled manifest; its labels are the oracle.")],
+    strategy: StrategyOpt = "margin",
+    budget: Annotated[int, typer.Option(help="Labels to spend.")] = 200,
+    step: Annotated[int, typer.Option(help="Labels per round.")] = 20,
+    seeds: Annotated[int, typer.Option(help="Repetitions with different splits.")] = 3,
+    report: Annotated[Optional[Path], typer.Option(help="Write a learning-curve plot (.png or .html).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Active-learning curve of a strategy against random, from a cold start."""
+    from annotator.active.loop import plot_curves, simulate as run_simulation
+
+    result = run_simulation(_settings(), manifest, strategy=strategy, budget=budget, step=step, seeds=seeds)
+    if report:
+        plot_curves(result, report)
+    lines = [f"full-data accuracy {result['full_accuracy']:.3f} ({result['items']} items, {seeds} seeds)"]
+    for name, curve in result["curves"].items():
+        lines.append(f"{name:>16}: " + " ".join(f"{p['labels']}:{p['accuracy']:.2f}" for p in curve)
+                     + f"  (95 % reached at {result['labels_to_95pct_of_full'][name]} labels)")
+    _emit(result, as_json, "\n".join(lines))
 
 
 @app.command()

@@ -291,23 +291,25 @@ class FusionClassifier:
 
     # --- inference -------------------------------------------------------------------------
 
-    def _forward(self, arrays, mask, net=None, chunk: int = 65536):
+    def _forward(self, arrays, mask, net=None, chunk: int = 65536, with_hidden: bool = False):
         import torch
 
         net = net or self.network_
-        logits, weights = [], []
+        outputs: list[list[np.ndarray]] = [[], [], []]
         with torch.inference_mode():
             for s in range(0, len(mask), chunk):
                 m = mask[s:s + chunk]
                 xs = [a[s:s + chunk] if m[:, j].all() else np.nan_to_num(a[s:s + chunk], nan=0.0)
                       for j, a in enumerate(arrays)]
-                z, w = net([torch.from_numpy(x).to(self.device) for x in xs], torch.from_numpy(m).to(self.device))
-                logits.append(z.float().cpu().numpy())
-                weights.append(w.float().cpu().numpy())
-        k = len(self.classes_)
-        if not logits:
-            return np.zeros((0, k), np.float32), np.zeros((0, len(self.modalities_)), np.float32)
-        return np.concatenate(logits), np.concatenate(weights)
+                out = net([torch.from_numpy(x).to(self.device) for x in xs], torch.from_numpy(m).to(self.device),
+                          with_hidden=with_hidden)
+                for store, tensor in zip(outputs, out):
+                    store.append(tensor.float().cpu().numpy())
+        if not outputs[0]:
+            empty = [np.zeros((0, len(self.classes_)), np.float32), np.zeros((0, len(self.modalities_)), np.float32),
+                     np.zeros((0, self.hidden_dim_), np.float32)]
+            return tuple(empty[: 3 if with_hidden else 2])
+        return tuple(np.concatenate(o) for o in outputs if o)
 
     def _logits(self, arrays, mask, net=None):
         return self._forward(arrays, mask, net)[0]
@@ -341,6 +343,12 @@ class FusionClassifier:
         if self.multilabel:
             return [[c for c, p in zip(self.classes_, row) if p >= 0.5] for row in probs]
         return [self.classes_[i] for i in probs.argmax(axis=1)]
+
+    def transform(self, X: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The classifier's last hidden features (n, hidden) — the input of its output layer."""
+        self._check_fitted()
+        arrays, mask = self._arrays(X, fitting=False)
+        return self._forward(arrays, mask, with_hidden=True)[2]
 
     def modality_contributions(self, X: Mapping[str, np.ndarray]) -> np.ndarray:
         """(n, M) share of each modality (in ``modalities_`` order) in each prediction; sums to 1."""

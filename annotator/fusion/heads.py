@@ -126,7 +126,13 @@ class FusionNetwork(nn.Module):
             self.classifier = nn.Sequential(nn.Linear(self.fusion.out_dim, hidden_dim), nn.GELU(),
                                             nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
 
-    def forward(self, xs: list[torch.Tensor], mask: torch.Tensor):
+    def forward(self, xs: list[torch.Tensor], mask: torch.Tensor, *, with_hidden: bool = False):
         H = torch.stack([proj(x) for proj, x in zip(self.projections, xs)], dim=1)
         fused, weights = self.fusion(H, mask)
-        return self.classifier(fused), weights
+        if not with_hidden:
+            return self.classifier(fused), weights
+        if isinstance(self.classifier, nn.Identity):  # decision-level head: its input representation
+            hidden = (H * weights[..., None]).sum(1)
+            return fused, weights, hidden
+        hidden = self.classifier[:-1](fused)  # the last layer's input
+        return self.classifier[-1](hidden), weights, hidden

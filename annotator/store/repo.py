@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -247,3 +248,62 @@ def add_predictions(session: Session, *, project: Project, records: Sequence[Pre
              "model_version": r.model_version, "modality_weights": r.modality_weights, "created_at": now}
             for r in records
         ])
+
+
+# --- training requests (backend) ---------------------------------------------------------------
+
+def pending_labels(session: Session, *, project: Project) -> tuple[int, datetime | None]:
+    """(human labels created/updated/deleted since the last training run started, newest change)."""
+    from sqlalchemy import func
+
+    last = session.scalar(select(func.max(TrainingRun.started_at)).where(
+        TrainingRun.project_id == project.id, TrainingRun.status != "requested"))
+    query = select(func.count(), func.max(Label.updated_at)).where(
+        Label.project_id == project.id, Label.source == "human")
+    if last is not None:
+        query = query.where(Label.updated_at > last)
+    count, newest = session.execute(query).one()
+    return int(count or 0), newest
+
+
+def last_training_start(session: Session, *, project: Project) -> datetime | None:
+    from sqlalchemy import func
+
+    return session.scalar(select(func.max(TrainingRun.started_at)).where(
+        TrainingRun.project_id == project.id, TrainingRun.status != "requested"))
+
+
+def request_training(session: Session, *, project: Project, trigger: str) -> None:
+    """Ask the backend's trainer to retrain now (e.g. Label Studio's "Start Training")."""
+    session.add(TrainingRun(project_id=project.id, trigger=trigger, status="requested"))
+
+
+def take_training_requests(session: Session, *, project: Project) -> int:
+    """Mark outstanding requests as handled; returns how many there were."""
+    result = session.execute(update(TrainingRun).where(
+        TrainingRun.project_id == project.id, TrainingRun.status == "requested").values(
+        status="handled", finished_at=utcnow()))
+    return result.rowcount or 0
+
+
+def has_training_request(session: Session, *, project: Project) -> bool:
+    return session.scalar(select(TrainingRun.id).where(
+        TrainingRun.project_id == project.id, TrainingRun.status == "requested").limit(1)) is not None
+
+
+def fail_interrupted_runs(session: Session, *, project: Project) -> int:
+    """Runs left 'running' by a killed process become 'failed' (called while holding the train lock)."""
+    result = session.execute(update(TrainingRun).where(
+        TrainingRun.project_id == project.id, TrainingRun.status == "running").values(
+        status="failed", error="interrupted (process ended during training)", finished_at=utcnow()))
+    return result.rowcount or 0
+
+
+def ls_projects(session: Session) -> list[Project]:
+    return list(session.scalars(select(Project).where(Project.ls_project_id.is_not(None))))
+
+
+def items_by_task_ids(session: Session, *, project: Project, task_ids: Iterable[int]) -> dict[int, Item]:
+    ids = list(task_ids)
+    return {it.ls_task_id: it for it in session.scalars(
+        select(Item).where(Item.project_id == project.id, Item.ls_task_id.in_(ids)))}

@@ -1,0 +1,1 @@
+"""Translation between Label Studio (label config, tasks, annotations, regions) and annotator."""

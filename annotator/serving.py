@@ -1,0 +1,388 @@
+"""The Label Studio ML backend's logic, independent of the web framework.
+
+`Backend` is built once per server process (FastAPI lifespan) and holds the loaded encoders, the
+store, per-project models (reloaded when another process promotes a new version) and a trainer
+thread. Training is DB-driven: webhooks only record labels; the trainer retrains a project when
+labels have been quiet for ``debounce_s`` seconds, or when ``debounce_labels`` changes piled up and
+the last training started at least ``min_interval_s`` ago, or when Label Studio asked
+(START_TRAINING). A per-project file lock keeps training to one process at a time, and because the
+decision reads the database, events missed by one process (or before a crash) are not lost.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from annotator.config import Settings
+from annotator.embedding import embed_items, load_features
+from annotator.errors import AnnotatorError, NotEnoughLabelsError
+from annotator.labelstudio.label_config import LabelConfig, parse_label_config
+from annotator.media import MediaFetcher, sha256
+from annotator.prediction import score_items
+from annotator.runtime import Encoders
+from annotator.store import Store, open_store, repo
+from annotator.store.models import Item, utcnow
+
+log = logging.getLogger("annotator.backend")
+ZERO_SHOT = "zero-shot"
+UNTRAINED = "untrained"
+LABEL_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
+DELETE_EVENTS = {"ANNOTATION_DELETED", "ANNOTATIONS_DELETED"}
+
+
+def project_name_for(ls_project_id: int) -> str:
+    return f"ls-{ls_project_id}"
+
+
+def parse_project_id(value: Any) -> int:
+    """Label Studio sends ``"<id>.<created timestamp>"`` (or an int); the id is before the dot."""
+    try:
+        return int(str(value).split(".", 1)[0])
+    except (TypeError, ValueError):
+        raise AnnotatorError(f"cannot read a Label Studio project id from {value!r}") from None
+
+
+@dataclass
+class _Loaded:
+    version: str
+    clf: Any
+
+
+class Backend:
+    """One per process. Parameters are the debounce policy; see the module docstring."""
+
+    def __init__(self, settings: Settings, *, store: Store | None = None, encoders: Encoders | None = None,
+                 debounce_s: float = 5.0, debounce_labels: int = 100, min_interval_s: float = 60.0,
+                 poll_s: float = 1.0, start_trainer: bool = True):
+        self.settings = settings
+        self.store = store or open_store(settings)
+        self.encoders = encoders or Encoders(settings)
+        self.debounce_s, self.debounce_labels = debounce_s, debounce_labels
+        self.min_interval_s, self.poll_s = min_interval_s, poll_s
+        self._models: dict[str, _Loaded] = {}
+        self._ls_access: dict[int, tuple[str, str]] = {}  # project → (hostname, token) from /setup
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._trainer: threading.Thread | None = None
+        self.trainings = 0
+        if start_trainer:
+            self._trainer = threading.Thread(target=self._train_loop, name="annotator-trainer", daemon=True)
+            self._trainer.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._trainer is not None:
+            self._trainer.join(timeout=30)
+        self.store.close()
+
+    # --- protocol ---------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "UP", "model_class": "annotator", "trainer_alive": bool(self._trainer and self._trainer.is_alive())}
+
+    def setup(self, *, project: Any, schema: str, hostname: str | None = None, access_token: str | None = None,
+              extra_params: dict | None = None) -> dict[str, str]:
+        """Register (or update) the project and its label config; return the serving model version.
+        Cheap: no model is loaded here."""
+        pid = parse_project_id(project)
+        config = parse_label_config(schema)
+        if hostname and access_token:
+            self._ls_access[pid] = (hostname, access_token)
+        with self.store.session() as s:
+            p = self._ensure_project(s, pid, schema, config)
+            return {"model_version": self._serving_version(s, p, config)}
+
+    def _ensure_project(self, session, pid: int, schema: str | None, config: LabelConfig | None):
+        p = repo.get_or_create_project(session, name=project_name_for(pid))
+        p.ls_project_id = pid
+        if schema and p.label_config != schema:
+            p.label_config = schema
+        if config is not None and config.choices is not None:
+            if p.classes != list(config.choices.values):
+                p.classes = list(config.choices.values)
+            p.multilabel = config.choices.multiple
+        return p
+
+    def _serving_version(self, session, project, config: LabelConfig) -> str:
+        active = repo.active_model_version(session, project=project)
+        if active is not None:
+            return active.version
+        return ZERO_SHOT if config.choices is not None else UNTRAINED
+
+    def predict(self, *, tasks: list[dict], project: Any = None, label_config: str | None = None,
+                params: dict | None = None) -> dict[str, Any]:
+        """One result per task, same order; a task whose media fails gets an empty result."""
+        if not tasks:
+            return {"results": []}
+        pid = parse_project_id(project if project is not None else tasks[0].get("project"))
+        with self.store.session() as s:
+            p = repo.get_or_create_project(s, name=project_name_for(pid))
+            schema = label_config or p.label_config
+            if not schema:
+                raise AnnotatorError(f"project {pid}: no label config yet (Label Studio sends it with /setup)")
+            config = parse_label_config(schema)
+            p = self._ensure_project(s, pid, schema, config)
+            items = self._upsert_tasks(s, p, config, tasks)
+            version = self._serving_version(s, p, config)
+            with self._fetcher(pid) as fetcher:
+                report = embed_items(list(items.values()), encoders=self.encoders, fetcher=fetcher, progress=False)
+            failed = {f["id"]: f["error"] for f in report.failed}
+            ordered = [items[int(t["id"])] for t in tasks]
+            results = self._results(s, p, config, version, ordered, failed)
+        return {"results": results}
+
+    def _fetcher(self, pid: int) -> MediaFetcher:
+        settings = self.settings
+        if not (settings.label_studio_url and settings.label_studio_api_key) and pid in self._ls_access:
+            from pydantic import SecretStr
+
+            host, token = self._ls_access[pid]
+            settings = settings.model_copy(update={"label_studio_url": settings.label_studio_url or host,
+                                                   "label_studio_api_key": SecretStr(token)})
+        return MediaFetcher(settings)
+
+    def _upsert_tasks(self, session, project, config: LabelConfig, tasks: list[dict]) -> dict[int, Item]:
+        """Tasks → items (external id = task id). Unchanged tasks keep their content hashes."""
+        ids = []
+        for t in tasks:
+            if "id" not in t or not isinstance(t.get("data"), dict):
+                raise AnnotatorError(f"task {t.get('id', '?')} has no id or no data object")
+            ids.append(int(t["id"]))
+        existing = repo.items_by_task_ids(session, project=project, task_ids=ids)
+        records = []
+        for t in tasks:
+            data = config.item_data(t["data"])
+            old = existing.get(int(t["id"]))
+            if old is not None and old.data == data:
+                continue
+            text = data.get("text")
+            records.append(repo.ItemRecord(external_id=str(t["id"]), data=data, ls_task_id=int(t["id"]),
+                                           text_sha=sha256(text.encode()) if text else None))
+        if records:
+            repo.upsert_items(session, project=project, records=records)
+            session.flush()
+            existing = repo.items_by_task_ids(session, project=project, task_ids=ids)
+        return existing
+
+    def _model(self, session, project) -> _Loaded | None:
+        from annotator.training import load_model
+
+        active = repo.active_model_version(session, project=project)
+        if active is None:
+            return None
+        with self._lock:
+            cached = self._models.get(project.name)
+            if cached is None or cached.version != active.version:  # another process promoted one
+                clf, _ = load_model(self.settings, active)
+                cached = self._models[project.name] = _Loaded(active.version, clf)
+            return cached
+
+    def _results(self, session, project, config: LabelConfig, version: str, items: list[Item],
+                 failed: dict[str, str]) -> list[dict[str, Any]]:
+        empty = {"result": [], "score": 0.0, "model_version": version}
+        if config.choices is None:
+            return [dict(empty) for _ in items]
+        loaded = self._model(session, project)
+        modalities = loaded.clf.modalities_ if loaded else None
+        features = load_features(items, encoders=self.encoders, modalities=modalities)
+        usable = (~np.all([np.isnan(a).any(axis=1) for a in features.values()], axis=0)
+                  if features else np.zeros(len(items), dtype=bool))
+        rows = np.flatnonzero(usable)
+        out = [dict(empty) for _ in items]
+        if len(rows):
+            sub = {m: a[rows] for m, a in features.items()}
+            if loaded:
+                labels, scores, _, _ = score_items(loaded.clf, sub)
+                labels = [lab if isinstance(lab, list) else [lab] for lab in labels]
+            else:
+                labels, scores = self._zero_shot(config, sub)
+            for r, lab, sc in zip(rows, labels, scores):
+                if lab:
+                    out[r] = {"result": [config.region(lab, float(sc))], "score": float(sc), "model_version": version}
+        for i, it in enumerate(items):
+            if it.external_id in failed:
+                log.warning("task %s: %s", it.external_id, failed[it.external_id])
+        return out
+
+    def _zero_shot(self, config: LabelConfig, features: dict[str, np.ndarray]) -> tuple[list[list[str]], np.ndarray]:
+        """Cold start: the label names as text, compared with the item's text (same space).
+        Scores are kept low (≤ 0.5): a guess to start from, not a confident pre-label."""
+        values = list(config.choices.values)
+        if "text" not in features:
+            log.info("zero-shot needs a text field; no prediction until the first training")
+            return [[] for _ in range(len(next(iter(features.values()))))], np.zeros(len(next(iter(features.values()))))
+        names = self.encoders.get("text").encode([f"a {v}" for v in values])
+        text = features["text"]
+        sims = np.nan_to_num(text) @ names.T
+        probs = np.exp(sims / 0.05)
+        probs /= probs.sum(axis=1, keepdims=True)
+        best = probs.argmax(axis=1)
+        has_text = ~np.isnan(text).any(axis=1)
+        labels = [[values[b]] if ok else [] for b, ok in zip(best, has_text)]
+        return labels, 0.5 * probs.max(axis=1)
+
+    # --- webhooks ---------------------------------------------------------------------------
+
+    def webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Record the event in the store and return at once; training happens in the trainer."""
+        action = payload.get("action")
+        if not isinstance(action, str):
+            raise AnnotatorError("webhook payload has no 'action'")
+        project_obj = payload.get("project")
+        if not isinstance(project_obj, dict) or "id" not in project_obj:
+            return {"status": "ignored", "action": action, "reason": "no project in payload"}
+        pid = int(project_obj["id"])
+        schema = project_obj.get("label_config")
+        with self.store.session() as s:
+            config = parse_label_config(schema) if schema else None
+            p = self._ensure_project(s, pid, schema, config)
+            if action in LABEL_EVENTS:
+                annotations = payload.get("annotation")
+                tasks = payload.get("task")
+                annotations = annotations if isinstance(annotations, list) else [annotations]
+                tasks = tasks if isinstance(tasks, list) else [tasks]
+                n = self._record_annotations(s, p, config, [a for a in annotations if a], [t for t in tasks if t])
+                return {"status": "ok", "action": action, "recorded": n}
+            if action in DELETE_EVENTS:
+                raw = payload.get("annotations") or ([payload["annotation"]] if payload.get("annotation") else [])
+                keys = [f"ls:{a['id']}" for a in raw if isinstance(a, dict) and "id" in a]
+                return {"status": "ok", "action": action, "deleted": repo.soft_delete_labels(s, project=p, annotation_keys=keys)}
+            if action == "START_TRAINING":
+                repo.request_training(s, project=p, trigger="label-studio")
+                return {"status": "ok", "action": action, "training": "requested"}
+            if action == "TASKS_DELETED":
+                task_ids = [int(t["id"]) for t in payload.get("tasks") or [] if isinstance(t, dict) and "id" in t]
+                gone = repo.items_by_task_ids(s, project=p, task_ids=task_ids)
+                repo.delete_items(s, project=p, external_ids=[it.external_id for it in gone.values()])
+                return {"status": "ok", "action": action, "deleted": len(gone)}
+        return {"status": "ignored", "action": action}
+
+    def _record_annotations(self, session, project, config: LabelConfig | None, annotations, tasks) -> int:
+        if config is None:
+            config = parse_label_config(project.label_config) if project.label_config else None
+        if config is None:
+            raise AnnotatorError(f"project {project.ls_project_id}: annotation arrived before any label config")
+        by_task = {int(t["id"]): t for t in tasks if isinstance(t, dict) and "id" in t}
+        if by_task:
+            self._upsert_tasks(session, project, config, list(by_task.values()))
+        items = repo.items_by_task_ids(session, project=project,
+                                       task_ids=[int(a.get("task")) for a in annotations if a.get("task") is not None])
+        records, skipped = [], []
+        for a in annotations:
+            key = f"ls:{a.get('id')}"
+            item = items.get(int(a["task"])) if a.get("task") is not None else None
+            labels = [] if a.get("was_cancelled") else config.labels_from_result(a.get("result") or [])
+            if item is None or not labels:
+                skipped.append(key)  # a skip, an empty result, or a task we never saw
+                continue
+            records.append(repo.LabelRecord(item.id, labels, key, created_by=str(a.get("completed_by") or "")))
+        repo.upsert_labels(session, project=project, records=records)
+        if skipped:
+            repo.soft_delete_labels(session, project=project, annotation_keys=skipped)
+        return len(records)
+
+    # --- training ---------------------------------------------------------------------------
+
+    def _train_loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.train_due_projects()
+            except Exception:  # noqa: BLE001 - the trainer must outlive one bad project
+                log.exception("trainer loop failed; retrying on the next poll")
+
+    def train_due_projects(self, *, now: datetime | None = None) -> list[str]:
+        """Retrain every project whose debounce condition holds; returns the versions trained."""
+        trained = []
+        with self.store.session() as s:
+            projects = [(p.name, p.id) for p in repo.ls_projects(s)]
+        for name, _ in projects:
+            if self._due(name, now or datetime.now(timezone.utc)):
+                version = self._train(name)
+                if version:
+                    trained.append(version)
+        return trained
+
+    def _due(self, name: str, now: datetime) -> bool:
+        with self.store.session() as s:
+            p = repo.get_project(s, name=name)
+            if repo.has_training_request(s, project=p):
+                return True
+            count, newest = repo.pending_labels(s, project=p)
+            if count == 0:
+                return False
+            last = repo.last_training_start(s, project=p)
+        quiet = (now - _aware(newest)).total_seconds() >= self.debounce_s
+        piled_up = count >= self.debounce_labels and (
+            last is None or (now - _aware(last)).total_seconds() >= self.min_interval_s)
+        return quiet or piled_up
+
+    @contextmanager
+    def _train_lock(self, name: str):
+        path = self.settings.project_dir(name) / ".train.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _train(self, name: str) -> str | None:
+        from annotator.training import retrain
+
+        with self._train_lock(name) as acquired:
+            if not acquired:
+                return None  # another process is training this project
+            with self.store.session() as s:
+                p = repo.get_project(s, name=name)
+                repo.fail_interrupted_runs(s, project=p)
+                repo.take_training_requests(s, project=p)
+            try:
+                result = retrain(self.store, self.settings, project_name=name, encoders=self.encoders,
+                                 trigger="backend", progress=False)
+            except NotEnoughLabelsError as exc:
+                log.info("project %s: not training yet: %s", name, exc)
+                with self.store.session() as s:  # record the attempt so the same labels do not retrigger
+                    p = repo.get_project(s, name=name)
+                    run = repo.start_training_run(s, project=p, trigger="backend")
+                    run.status, run.error, run.finished_at = "skipped", str(exc), utcnow()
+                return None
+            except Exception:
+                log.exception("project %s: training failed; the active version keeps serving", name)
+                return None
+            self.trainings += 1
+            log.info("project %s: trained %s (promoted: %s; %s)", name, result.model_version, result.promoted, result.reason)
+            return result.model_version
+
+    # --- other routes -------------------------------------------------------------------------
+
+    def versions(self) -> dict[str, Any]:
+        with self.store.session() as s:
+            out = []
+            for p in repo.ls_projects(s):
+                out += [v.version for v in repo.list_model_versions(s, project=p)]
+        return {"versions": out}
+
+    def search(self, *, project: Any, k: int = 10, **query) -> list[dict[str, Any]]:
+        from annotator.index.cross_modal import ProjectIndex
+
+        name = project_name_for(parse_project_id(project))
+        hits = ProjectIndex(self.settings, name, self.encoders).search(self.store, k=k, **query)
+        return [h.to_dict() for h in hits]
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)

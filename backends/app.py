@@ -1,0 +1,164 @@
+"""The Label Studio ML backend over HTTP: each route validates its body, calls one `Backend`
+method, and returns JSON. All logic lives in `annotator.serving`."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import sys
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from annotator.config import Settings
+from annotator.errors import AnnotatorError
+from backends.errors import status_for
+from backends.schemas import PredictRequest, SearchRequest, SetupRequest
+
+log = logging.getLogger("annotator.backend")
+OPEN_PATHS = {"/webhook"}  # Label Studio's auto-created webhook sends no credentials
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+               "message": record.getMessage()}
+        for key in ("path", "status", "ms"):
+            if hasattr(record, key):
+                doc[key] = getattr(record, key)
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(doc)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger("annotator")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def create_app(settings: Settings | None = None, *, backend=None, **backend_options) -> FastAPI:
+    """The app; the `Backend` (models, store, trainer) is built in the lifespan, once per process."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if backend is not None:
+            app.state.backend = backend
+            yield
+            return
+        from annotator.config import load_settings
+        from annotator.serving import Backend
+
+        app.state.backend = Backend(settings or load_settings(), **backend_options)
+        try:
+            yield
+        finally:
+            app.state.backend.close()
+
+    app = FastAPI(title="annotator ML backend", lifespan=lifespan)
+    auth = _basic_auth(settings) if settings is not None else None
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        started = time.perf_counter()
+        if auth and request.url.path not in OPEN_PATHS and not hmac.compare_digest(
+                request.headers.get("authorization", ""), auth):
+            return JSONResponse({"detail": "Unauthorized"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Basic realm="annotator"'})
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        response = await call_next(request)
+        log.info("request", extra={"path": request.url.path, "status": response.status_code,
+                                   "ms": round(1000 * (time.perf_counter() - started), 1)})
+        return response
+
+    @app.exception_handler(AnnotatorError)
+    async def library_error(_request: Request, exc: AnnotatorError):
+        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
+
+    def b(request: Request):
+        return request.app.state.backend
+
+    @app.get("/")
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        return b(request).health()
+
+    @app.post("/setup")
+    async def setup(body: SetupRequest, request: Request) -> dict[str, str]:
+        return await run_in_threadpool(b(request).setup, project=body.project, schema=body.schema_,
+                                       hostname=body.hostname, access_token=body.access_token,
+                                       extra_params=body.extra_params)
+
+    @app.post("/predict")
+    async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
+        return await run_in_threadpool(b(request).predict, tasks=body.tasks, project=body.project,
+                                       label_config=body.label_config, params=body.params)
+
+    @app.post("/webhook")
+    async def webhook(request: Request) -> JSONResponse:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return JSONResponse({"detail": "webhook body is not JSON"}, status_code=400)
+        if not isinstance(payload, dict):
+            return JSONResponse({"detail": "webhook body must be a JSON object"}, status_code=400)
+        result = await run_in_threadpool(b(request).webhook, payload)
+        return JSONResponse(result, status_code=200)
+
+    @app.post("/train")
+    async def train(request: Request) -> JSONResponse:
+        """Old Label Studio versions call /train; treat it as START_TRAINING."""
+        payload = await request.json()
+        project = payload.get("project")
+        pid = project.get("id") if isinstance(project, dict) else str(project).split(".")[0]
+        result = await run_in_threadpool(b(request).webhook, {"action": "START_TRAINING", "project": {"id": pid}})
+        return JSONResponse(result, status_code=201)
+
+    @app.get("/versions")
+    async def versions(request: Request) -> dict[str, Any]:
+        return await run_in_threadpool(b(request).versions)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> dict[str, Any]:
+        return {"trainings": b(request).trainings}
+
+    @app.post("/search")
+    async def search(body: SearchRequest, request: Request) -> list[dict[str, Any]]:
+        query = body.model_dump(exclude={"project", "k"}, exclude_none=True)
+        return await run_in_threadpool(b(request).search, project=body.project, k=body.k, **query)
+
+    return app
+
+
+def _basic_auth(settings: Settings) -> str | None:
+    if not settings.basic_auth_user or not settings.basic_auth_pass:
+        return None
+    token = f"{settings.basic_auth_user}:{settings.basic_auth_pass.get_secret_value()}".encode()
+    return "Basic " + base64.b64encode(token).decode()
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory backends.app:app_from_env` (each worker builds its own)."""
+    from annotator.config import load_settings
+
+    configure_logging()
+    settings = load_settings()
+    return create_app(settings)

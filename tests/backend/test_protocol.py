@@ -1,0 +1,161 @@
+"""Every route of the ML backend protocol, through FastAPI's TestClient, with real models and SQLite."""
+
+import base64
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from fastapi.testclient import TestClient
+
+from annotator.serving import Backend
+from annotator.store import repo
+from backends.app import create_app
+from tests.conftest import DATA
+
+CONFIG = """<View><Image name="image" value="$image"/><Text name="caption" value="$text"/>
+<Choices name="kind" toName="image"><Choice value="animal"/><Choice value="vehicle" alias="car-like"/><Choice value="food"/></Choices></View>"""
+WORDS = {"animal": ["dog", "cat", "horse", "owl"], "vehicle": ["car", "bus", "truck", "train"],
+         "food": ["pizza", "apple", "bread", "soup"]}
+
+
+def task(i, text, image=None):
+    data = {"text": text, "image": image or str(DATA / "cat.png")}
+    return {"id": i, "data": data, "project": 7, "annotations": [], "predictions": []}
+
+
+def tasks_for_all():
+    out, i = [], 1
+    for label, words in WORDS.items():
+        for w in words * 2:
+            out.append((task(i, f"a photo of a {w}"), label))
+            i += 1
+    return out
+
+
+def annotation_event(ann_id, task_obj, label, action="ANNOTATION_CREATED", cancelled=False):
+    return {"action": action, "project": {"id": 7, "label_config": CONFIG},
+            "task": task_obj, "annotation": {"id": ann_id, "task": task_obj["id"], "was_cancelled": cancelled,
+                                             "completed_by": 1, "result": [] if cancelled else [
+                                                 {"from_name": "kind", "to_name": "image", "type": "choices",
+                                                  "value": {"choices": [label]}}]}}
+
+
+@pytest.fixture
+def backend(settings, encoders):
+    b = Backend(settings, encoders=encoders, start_trainer=False, debounce_s=5, debounce_labels=1000)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def client(settings, backend):
+    with TestClient(create_app(settings, backend=backend)) as c:
+        yield c
+
+
+def test_health_and_setup(client):
+    assert client.get("/health").json()["status"] == "UP"
+    assert client.get("/").status_code == 200
+    body = {"project": "7.1717000000", "schema": CONFIG, "hostname": "http://localhost:8080", "access_token": "t"}
+    assert client.post("/setup", json=body).json() == {"model_version": "zero-shot"}
+    assert client.post("/setup", json=body).json() == {"model_version": "zero-shot"}  # idempotent
+
+
+def test_bad_bodies_get_clear_errors(client):
+    r = client.post("/setup", json={"project": "7.1"})
+    assert r.status_code == 422 and r.json() == {"detail": "invalid request: schema: Field required"}
+    r = client.post("/setup", json={"project": "7.1", "schema": "<View><Image"})
+    assert r.status_code == 400 and "not valid XML" in r.json()["detail"]
+    r = client.post("/setup", json={"project": "abc", "schema": CONFIG})
+    assert r.status_code == 400 and "cannot read a Label Studio project id from 'abc'" in r.json()["detail"]
+    r = client.post("/predict", json={"tasks": [{"data": {}}], "project": "7.1", "label_config": CONFIG})
+    assert r.status_code == 400 and "has no id" in r.json()["detail"]
+    r = client.post("/webhook", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+
+
+def test_predict_zero_shot_one_result_per_task_in_order_and_bad_media_isolated(client):
+    tasks = [task(1, "a photo of a dog"), task(2, "a red bus on the road", image=str(DATA / "truncated.png")),
+             task(3, "a slice of pizza"), task(4, "no image here", image=str(DATA / "missing.png"))]
+    r = client.post("/predict", json={"tasks": tasks, "project": "7.1717", "label_config": CONFIG,
+                                      "params": {"login": None, "password": None, "context": None}})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert len(results) == 4 and all(res["model_version"] == "zero-shot" for res in results)
+    labels = [res["result"][0]["value"]["choices"][0] if res["result"] else None for res in results]
+    assert labels[0] == "animal" and labels[2] == "food"
+    assert labels[1] == "car-like"  # text still works when the image is corrupt; alias written
+    assert all(0 < res["score"] <= 0.5 for res in results if res["result"])  # zero-shot is never confident
+    region = results[0]["result"][0]
+    assert (region["from_name"], region["to_name"], region["type"]) == ("kind", "image", "choices")
+
+
+def test_webhooks_record_idempotently_and_training_changes_the_version(client, backend):
+    pairs = tasks_for_all()
+    for n, (t, label) in enumerate(pairs):
+        ev = annotation_event(100 + n, t, "car-like" if label == "vehicle" else label)
+        assert client.post("/webhook", json=ev).json() == {"status": "ok", "action": "ANNOTATION_CREATED", "recorded": 1}
+    client.post("/webhook", json=annotation_event(100, pairs[0][0], "animal"))  # a repeat: no second label
+    skip = annotation_event(999, pairs[1][0], None, cancelled=True)
+    assert client.post("/webhook", json=skip).json()["recorded"] == 0
+    with backend.store.session() as s:
+        p = repo.get_project(s, name="ls-7")
+        labels = repo.current_labels(s, project=p)
+        assert len(labels) == len(pairs)
+        assert sorted({v[0] for v in labels.values()}) == ["animal", "food", "vehicle"]
+    gone = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 101}],
+                                         "project": {"id": 7}}).json()
+    assert gone["deleted"] == 1
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}}).json()["status"] == "ignored"
+
+    assert backend.train_due_projects() == []  # labels are fresh: debounce holds
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7, "label_config": CONFIG}}).json() == \
+        {"status": "ok", "action": "START_TRAINING", "training": "requested"}
+    assert backend.train_due_projects() == ["v1"]
+    assert backend.train_due_projects() == []  # nothing new since
+    assert client.post("/setup", json={"project": "7.1", "schema": CONFIG}).json() == {"model_version": "v1"}
+    results = client.post("/predict", json={"tasks": [pairs[0][0]], "project": "7.1", "label_config": CONFIG}).json()["results"]
+    assert results[0]["model_version"] == "v1" and results[0]["result"][0]["value"]["choices"] == ["animal"]
+    assert client.get("/versions").json() == {"versions": ["v1"]}
+
+
+def test_quiet_period_debounce_trains_once_after_a_storm(client, backend):
+    for n, (t, label) in enumerate(tasks_for_all()):
+        client.post("/webhook", json=annotation_event(500 + n, t, "car-like" if label == "vehicle" else label))
+    now = datetime.now(timezone.utc)
+    assert backend.train_due_projects(now=now + timedelta(seconds=1)) == []
+    assert backend.train_due_projects(now=now + timedelta(seconds=10)) == ["v1"]
+    assert backend.train_due_projects(now=now + timedelta(seconds=20)) == []
+
+
+def test_a_second_process_picks_up_a_promoted_version(client, backend, settings, encoders):
+    for n, (t, label) in enumerate(tasks_for_all()):
+        client.post("/webhook", json=annotation_event(700 + n, t, "car-like" if label == "vehicle" else label))
+    other = Backend(settings, encoders=encoders, start_trainer=False)
+    first = other.predict(tasks=[tasks_for_all()[0][0]], project="7.1", label_config=CONFIG)["results"][0]
+    assert first["model_version"] == "zero-shot"
+    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
+    backend.train_due_projects()
+    again = other.predict(tasks=[tasks_for_all()[0][0]], project="7.1", label_config=CONFIG)["results"][0]
+    assert again["model_version"] == "v1"
+    other.close()
+
+
+def test_basic_auth_everywhere_but_the_webhook(settings, backend):
+    from pydantic import SecretStr
+
+    secured = settings.model_copy(update={"basic_auth_user": "u", "basic_auth_pass": SecretStr("p")})
+    with TestClient(create_app(secured, backend=backend)) as c:
+        assert c.get("/health").status_code == 401
+        assert c.post("/setup", json={"project": "7", "schema": CONFIG}).status_code == 401
+        good = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+        assert c.get("/health", headers=good).status_code == 200
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"u:x").decode()}
+        assert c.get("/health", headers=wrong).status_code == 401
+        assert c.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}}).status_code == 200
+
+
+def test_oversized_body_is_refused(client):
+    r = client.post("/predict", content=b"x", headers={"content-length": str(200 * 1024 * 1024),
+                                                        "content-type": "application/json"})
+    assert r.status_code == 413
