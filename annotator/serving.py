@@ -98,10 +98,10 @@ class Backend:
         if hostname and access_token:
             self._ls_access[pid] = (hostname, access_token)
         with self.store.session() as s:
-            p = self._ensure_project(s, pid, schema, config)
+            p = self.ensure_project(s, pid, schema, config)
             return {"model_version": self._serving_version(s, p, config)}
 
-    def _ensure_project(self, session, pid: int, schema: str | None, config: LabelConfig | None):
+    def ensure_project(self, session, pid: int, schema: str | None, config: LabelConfig | None):
         p = repo.get_or_create_project(session, name=project_name_for(pid))
         p.ls_project_id = pid
         if schema and p.label_config != schema:
@@ -130,8 +130,8 @@ class Backend:
             if not schema:
                 raise AnnotatorError(f"project {pid}: no label config yet (Label Studio sends it with /setup)")
             config = parse_label_config(schema)
-            p = self._ensure_project(s, pid, schema, config)
-            items = self._upsert_tasks(s, p, config, tasks)
+            p = self.ensure_project(s, pid, schema, config)
+            items = self.upsert_tasks(s, p, config, tasks)
             version = self._serving_version(s, p, config)
             with self._fetcher(pid) as fetcher:
                 report = embed_items(list(items.values()), encoders=self.encoders, fetcher=fetcher, progress=False)
@@ -150,7 +150,7 @@ class Backend:
                                                    "label_studio_api_key": SecretStr(token)})
         return MediaFetcher(settings)
 
-    def _upsert_tasks(self, session, project, config: LabelConfig, tasks: list[dict]) -> dict[int, Item]:
+    def upsert_tasks(self, session, project, config: LabelConfig, tasks: list[dict]) -> dict[int, Item]:
         """Tasks → items (external id = task id). Unchanged tasks keep their content hashes."""
         ids = []
         for t in tasks:
@@ -244,13 +244,13 @@ class Backend:
         schema = project_obj.get("label_config")
         with self.store.session() as s:
             config = parse_label_config(schema) if schema else None
-            p = self._ensure_project(s, pid, schema, config)
+            p = self.ensure_project(s, pid, schema, config)
             if action in LABEL_EVENTS:
                 annotations = payload.get("annotation")
                 tasks = payload.get("task")
                 annotations = annotations if isinstance(annotations, list) else [annotations]
                 tasks = tasks if isinstance(tasks, list) else [tasks]
-                n = self._record_annotations(s, p, config, [a for a in annotations if a], [t for t in tasks if t])
+                n = self.record_annotations(s, p, config, [a for a in annotations if a], [t for t in tasks if t])
                 return {"status": "ok", "action": action, "recorded": n}
             if action in DELETE_EVENTS:
                 raw = payload.get("annotations") or ([payload["annotation"]] if payload.get("annotation") else [])
@@ -266,14 +266,14 @@ class Backend:
                 return {"status": "ok", "action": action, "deleted": len(gone)}
         return {"status": "ignored", "action": action}
 
-    def _record_annotations(self, session, project, config: LabelConfig | None, annotations, tasks) -> int:
+    def record_annotations(self, session, project, config: LabelConfig | None, annotations, tasks) -> int:
         if config is None:
             config = parse_label_config(project.label_config) if project.label_config else None
         if config is None:
             raise AnnotatorError(f"project {project.ls_project_id}: annotation arrived before any label config")
         by_task = {int(t["id"]): t for t in tasks if isinstance(t, dict) and "id" in t}
         if by_task:
-            self._upsert_tasks(session, project, config, list(by_task.values()))
+            self.upsert_tasks(session, project, config, list(by_task.values()))
         items = repo.items_by_task_ids(session, project=project,
                                        task_ids=[int(a.get("task")) for a in annotations if a.get("task") is not None])
         records, skipped = [], []

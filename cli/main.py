@@ -248,9 +248,18 @@ def simulate(
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 9090, workers: int = 1) -> None:
-    """Run the Label Studio ML backend."""
-    _not_built("the Label Studio ML backend", 7)
+def serve(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 9090,
+    workers: Annotated[int, typer.Option(help="Worker processes (training still runs one at a time).")] = 1,
+) -> None:
+    """Run the Label Studio ML backend (add it in a project's Settings → Model, or `annotator ls connect`)."""
+    import uvicorn
+
+    _settings()  # fail now, with a clear message, on bad configuration
+    typer.echo(f"annotator backend on http://{host}:{port} (Ctrl-C to stop)", err=True)
+    uvicorn.run("backends.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")
 
 
 @app.command()
@@ -269,16 +278,44 @@ def demo(as_json: JsonOpt = False) -> None:
     _emit(summary, as_json, "\n".join(lines))
 
 
+LsProjectOpt = Annotated[int, typer.Option("--project", "-p", help="Label Studio project id.")]
+UrlOpt = Annotated[Optional[str], typer.Option(help="Label Studio URL (default: ANNOTATOR_LABEL_STUDIO_URL).")]
+KeyOpt = Annotated[Optional[str], typer.Option(help="API key: legacy token or personal access token.")]
+
+
+def _ls_credentials(url: Optional[str], api_key: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    settings = _settings()
+    key = api_key or (settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None)
+    return url or settings.label_studio_url, key
+
+
 @ls_app.command("connect")
-def ls_connect(project: ProjectOpt, url: Optional[str] = None, api_key: Optional[str] = None) -> None:
-    """Register the backend on a Label Studio project and bulk-upload predictions."""
-    _not_built("Label Studio connect", 7)
+def ls_connect(
+    project: LsProjectOpt,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    backend_url: Annotated[Optional[str], typer.Option(help="This backend's URL as Label Studio reaches it.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register the backend on a project, import its tasks, and bulk-upload predictions for all of them.
+    The project is then ``ls-<id>`` for the other commands."""
+    from annotator.labelstudio.client import connect
+
+    url, key = _ls_credentials(url, api_key)
+    result = connect(_store(), _settings(), url=url, api_key=key, ls_project_id=project, backend_url=backend_url)
+    _emit(result, as_json, f"{result['tasks']} tasks, {result['labels']} labels imported into {result['project']!r}; "
+                           f"{result['predictions']} predictions uploaded (model version {result['model_version']})")
 
 
 @ls_app.command("sync")
-def ls_sync(project: ProjectOpt) -> None:
-    """Pull annotations from Label Studio into the store."""
-    _not_built("Label Studio sync", 7)
+def ls_sync(project: LsProjectOpt, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Pull tasks and annotations from Label Studio into the store (recovers missed webhooks)."""
+    from annotator.labelstudio.client import sync
+
+    url, key = _ls_credentials(url, api_key)
+    result = sync(_store(), _settings(), url=url, api_key=key, ls_project_id=project)
+    _emit(result, as_json, f"{result['tasks']} tasks, {result['labels']} labels synced into {result['project']!r}; "
+                           f"{result['deleted_labels']} label(s) deleted in Label Studio removed")
 
 
 @models_app.command("list")

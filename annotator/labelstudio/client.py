@@ -1,0 +1,131 @@
+"""Label Studio side, through label-studio-sdk 2.x: connect a project, pull annotations, push
+predictions in bulk.
+
+Bulk upload (`import_predictions`) is ~100× faster than Label Studio calling /predict task by task
+(docs/label-studio-verified.md §7). After pushing, the project's ``model_version`` is set to ours:
+Label Studio's uncertainty sampling only orders tasks by predictions of that version.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import SecretStr
+from tqdm import tqdm
+
+from annotator.config import Settings
+from annotator.errors import ConfigError
+from annotator.labelstudio.label_config import parse_label_config
+from annotator.runtime import Encoders
+from annotator.serving import Backend, project_name_for
+from annotator.store import Store, repo
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return obj
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    return dict(obj)
+
+
+def client_for(url: str | None, api_key: str | None):
+    from label_studio_sdk import LabelStudio
+
+    if not url or not api_key:
+        raise ConfigError("Label Studio URL and API key are needed: pass --url/--api-key or set "
+                          "ANNOTATOR_LABEL_STUDIO_URL and ANNOTATOR_LABEL_STUDIO_API_KEY")
+    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key)
+
+
+def _ls_settings(settings: Settings, url: str, api_key: str) -> Settings:
+    return settings.model_copy(update={"label_studio_url": url, "label_studio_api_key": SecretStr(api_key)})
+
+
+def list_tasks(ls, ls_project_id: int, *, page_size: int = 500) -> list[dict[str, Any]]:
+    return [_as_dict(t) for t in ls.tasks.list(project=ls_project_id, fields="all", page_size=page_size)]
+
+
+def sync(store: Store, settings: Settings, *, url: str, api_key: str, ls_project_id: int,
+         ls=None, tasks: list[dict] | None = None) -> dict[str, Any]:
+    """Pull the project's tasks and annotations into the store (works without webhooks, and recovers
+    events missed while the backend was down: annotations deleted in Label Studio are soft-deleted)."""
+    ls = ls or client_for(url, api_key)
+    project = _as_dict(ls.projects.get(id=ls_project_id))
+    schema = project["label_config"]
+    config = parse_label_config(schema)
+    tasks = tasks if tasks is not None else list_tasks(ls, ls_project_id)
+    backend = Backend(_ls_settings(settings, url, api_key), store=store, encoders=Encoders(settings),
+                      start_trainer=False)
+    with store.session() as s:
+        p = backend.ensure_project(s, ls_project_id, schema, config)
+        if tasks:
+            backend.upsert_tasks(s, p, config, [{"id": t["id"], "data": t["data"]} for t in tasks])
+        annotations = [{**_as_dict(a), "task": t["id"]} for t in tasks for a in (t.get("annotations") or [])]
+        recorded = backend.record_annotations(s, p, config, annotations, [])
+        live = {f"ls:{a['id']}" for a in annotations}
+        synced_items = repo.items_by_task_ids(s, project=p, task_ids=[t["id"] for t in tasks])
+        stale = [k for k in _label_keys(s, p, [it.id for it in synced_items.values()]) if k not in live]
+        deleted = repo.soft_delete_labels(s, project=p, annotation_keys=stale)
+    return {"project": project_name_for(ls_project_id), "tasks": len(tasks), "labels": recorded,
+            "deleted_labels": deleted}
+
+
+def _label_keys(session, project, item_pks: Iterable[int]) -> list[str]:
+    from sqlalchemy import select
+
+    from annotator.store.models import Label
+
+    pks = list(item_pks)
+    if not pks:
+        return []
+    return list(session.scalars(select(Label.annotation_key).where(
+        Label.project_id == project.id, Label.item_id.in_(pks), Label.deleted_at.is_(None),
+        Label.annotation_key.like("ls:%"))))
+
+
+def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_project_id: int,
+            backend_url: str | None = None, title: str = "annotator", encoders: Encoders | None = None,
+            chunk: int = 500, progress: bool = True) -> dict[str, Any]:
+    """Wire a Label Studio project to annotator.
+
+    Registers the backend (when ``backend_url`` is given and not registered yet), imports the
+    project's tasks and annotations, predicts every task and uploads the predictions in bulk, then
+    sets the project's model_version to ours.
+    """
+    ls = client_for(url, api_key)
+    ml_id = None
+    if backend_url:
+        existing = [b for b in ls.ml.list(project=ls_project_id) if (b.url or "").rstrip("/") == backend_url.rstrip("/")]
+        ml_id = existing[0].id if existing else ls.ml.create(project=ls_project_id, url=backend_url, title=title,
+                                                              is_interactive=False).id
+    tasks = list_tasks(ls, ls_project_id)
+    synced = sync(store, settings, url=url, api_key=api_key, ls_project_id=ls_project_id, ls=ls, tasks=tasks)
+    backend = Backend(_ls_settings(settings, url, api_key), store=store, encoders=encoders or Encoders(settings),
+                      start_trainer=False)
+    schema = _as_dict(ls.projects.get(id=ls_project_id))["label_config"]
+    predictions, version = [], None
+    bar = tqdm(total=len(tasks), desc="predict", unit="task", file=sys.stderr, disable=not progress)
+    for start in range(0, len(tasks), chunk):
+        batch = [{"id": t["id"], "data": t["data"]} for t in tasks[start:start + chunk]]
+        results = backend.predict(tasks=batch, project=ls_project_id, label_config=schema)["results"]
+        for t, r in zip(batch, results):
+            version = r["model_version"]
+            if r["result"]:
+                predictions.append({"task": t["id"], "result": r["result"], "score": r["score"],
+                                    "model_version": r["model_version"]})
+        bar.update(len(batch))
+    bar.close()
+    pushed = push_predictions(ls, ls_project_id, predictions)
+    if pushed and version:
+        ls.projects.update(id=ls_project_id, model_version=version)
+    return {**synced, "ml_backend_id": ml_id, "predictions": pushed, "model_version": version}
+
+
+def push_predictions(ls, ls_project_id: int, predictions: list[dict[str, Any]], *, chunk: int = 1000) -> int:
+    """Bulk-create predictions; returns how many were sent."""
+    for start in range(0, len(predictions), chunk):
+        ls.projects.import_predictions(id=ls_project_id, request=predictions[start:start + chunk])
+    return len(predictions)

@@ -1,0 +1,62 @@
+"""Session fixtures: one real Label Studio, one annotator backend (uvicorn, in this process so the
+session's loaded models are reused) with a fast-polling trainer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from annotator.config import Settings
+from tests.integration.label_studio import LabelStudioServer, free_port
+
+
+@pytest.fixture(scope="session")
+def label_studio():
+    server = LabelStudioServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ls_client(label_studio):
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+
+
+class RunningBackend:
+    def __init__(self, backend, url, settings):
+        self.backend, self.url, self.settings = backend, url, settings
+
+    @property
+    def store(self):
+        return self.backend.store
+
+
+@pytest.fixture(scope="session")
+def backend_server(label_studio, offline_encoders, tmp_path_factory):
+    import uvicorn
+    from pydantic import SecretStr
+
+    from annotator.runtime import Encoders
+    from annotator.serving import Backend
+    from backends.app import create_app
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("backend") / "data", label_studio_url=label_studio.url,
+                        label_studio_api_key=SecretStr(label_studio.token))
+    backend = Backend(settings, encoders=Encoders(settings, overrides=dict(offline_encoders)), poll_s=0.2,
+                      debounce_s=2.0, debounce_labels=10_000, min_interval_s=3600)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, backend=backend), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.1)
+    yield RunningBackend(backend, f"http://127.0.0.1:{port}", settings)
+    server.should_exit = True
+    thread.join(timeout=10)
+    backend.close()

@@ -1,0 +1,189 @@
+"""The whole loop against a real Label Studio 1.23.2: connect, predict, annotate, webhook, retrain,
+new version, sync, bulk upload. Plus a text-only and an audio project."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from annotator.demo import SAMPLE_DIR
+from annotator.labelstudio.client import connect, sync
+from annotator.serving import project_name_for
+from annotator.store import repo
+from tests.conftest import DATA
+
+pytestmark = pytest.mark.integration
+
+MM_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Text name="caption" value="$text"/>
+  <Choices name="category" toName="image" choice="single">
+    <Choice value="animal"/><Choice value="food"/><Choice value="plant"/><Choice value="transport"/>
+  </Choices>
+</View>"""
+
+
+def upload(label_studio, ls_client, files: list[tuple[str, bytes, str]], key: str, config: str) -> tuple[int, list[dict]]:
+    """Upload media into a single-data-key project (Label Studio refuses direct upload with two keys)."""
+    project = ls_client.projects.create(title=f"uploads-{key}-{time.time()}", label_config=config)
+    r = httpx.post(f"{label_studio.url}/api/projects/{project.id}/import",
+                   headers={"Authorization": f"Token {label_studio.token}"},
+                   # one form field per file: Label Studio reads request.FILES as a dict
+                   files=[(f"file{i}", (name, data, mime)) for i, (name, data, mime) in enumerate(files)], timeout=60)
+    assert r.status_code == 201, r.text
+    tasks = [t if isinstance(t, dict) else t.model_dump() for t in ls_client.tasks.list(project=project.id, fields="all")]
+    return project.id, tasks
+
+
+def wait_for(predicate, timeout_s=90, what="condition"):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def human_labels(backend_server, ls_project_id):
+    with backend_server.store.session() as s:
+        p = repo.get_project(s, name=project_name_for(ls_project_id))
+        return repo.current_labels(s, project=p)
+
+
+def active_version(backend_server, ls_project_id):
+    with backend_server.store.session() as s:
+        mv = repo.active_model_version(s, project=repo.get_project(s, name=project_name_for(ls_project_id)))
+        return mv.version if mv else None
+
+
+def predictions_of(ls_client, project_id):
+    return [p if isinstance(p, dict) else p.model_dump() for p in ls_client.predictions.list(project=project_id)]
+
+
+def retrieve_predictions(ls_client, project_id):
+    ls_client.actions.create(id="retrieve_tasks_predictions", project=project_id,
+                             selected_items={"all": True, "excluded": []})
+
+
+def test_image_and_text_project_full_loop(label_studio, ls_client, backend_server):
+    rows = [json.loads(line) for line in (SAMPLE_DIR / "items.jsonl").read_text().splitlines()]
+    from bench.datasets import CATEGORY_RANGES  # category = Unicode block, as in the sample set
+
+    def category(item_id):
+        cp = int(item_id, 16)
+        return next(c for c, ranges in CATEGORY_RANGES.items() if any(lo <= cp <= hi for lo, hi in ranges))
+
+    rows = [r for i, r in enumerate(rows) if i % 3 == 0][:16]
+    files = [(f"{r['id']}.png", (SAMPLE_DIR / r["image"]).read_bytes(), "image/png") for r in rows]
+    _, uploaded = upload(label_studio, ls_client, files, "image", '<View><Image name="image" value="$image"/></View>')
+    urls = {t["data"]["image"].rsplit("-", 1)[-1].removesuffix(".png"): t["data"]["image"] for t in uploaded}
+    assert len(urls) == len(rows) and all(u.startswith("/data/upload/") for u in urls.values())
+
+    project = ls_client.projects.create(title="annotator-mm", label_config=MM_CONFIG)
+    ls_client.projects.import_tasks(id=project.id, request=[{"image": urls[r["id"]], "text": r["text"]} for r in rows])
+    tasks = [t if isinstance(t, dict) else t.model_dump() for t in ls_client.tasks.list(project=project.id, fields="all")]
+    truth = {t["id"]: category(next(r["id"] for r in rows if r["text"] == t["data"]["text"])) for t in tasks}
+
+    ml = ls_client.ml.create(project=project.id, url=backend_server.url, title="annotator", is_interactive=False)
+    assert ml.state in ("CO", None)
+
+    # 1. cold start: zero-shot predictions for every task, valid for the config
+    retrieve_predictions(ls_client, project.id)
+    preds = predictions_of(ls_client, project.id)
+    assert len(preds) == len(tasks) == 16
+    assert {p["model_version"] for p in preds} == {"zero-shot"}
+    for p in preds:
+        [region] = p["result"]
+        assert region["from_name"] == "category" and region["value"]["choices"][0] in truth.values()
+        assert 0 < p["score"] <= 0.5
+
+    # 2. annotations flow back through the webhook
+    for t in tasks[:12]:
+        ls_client.annotations.create(id=t["id"], result=[{"from_name": "category", "to_name": "image", "type": "choices",
+                                                          "value": {"choices": [truth[t["id"]]]}}])
+    wait_for(lambda: len(human_labels(backend_server, project.id)) == 12, what="12 labels from webhooks")
+
+    # 3. Start Training → a promoted version → the next predictions carry it
+    ls_client.ml.train(id=ml.id)
+    wait_for(lambda: active_version(backend_server, project.id) == "v1", what="v1 to be promoted")
+    retrieve_predictions(ls_client, project.id)
+    v1 = [p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]
+    assert len(v1) == 16
+    correct = np.mean([p["result"][0]["value"]["choices"][0] == truth[p["task"]] for p in v1])
+    assert correct >= 0.75, correct
+
+    # 4. annotations imported with tasks fire no webhook; sync recovers them
+    extra = rows[0]
+    ls_client.projects.import_tasks(id=project.id, request=[{
+        "data": {"image": urls[extra["id"]], "text": extra["text"] + " (again)"},
+        "annotations": [{"result": [{"from_name": "category", "to_name": "image", "type": "choices",
+                                     "value": {"choices": [category(extra["id"])]}}]}]}])
+    time.sleep(1)
+    assert len(human_labels(backend_server, project.id)) == 12
+    synced = sync(backend_server.store, backend_server.settings, url=label_studio.url, api_key=label_studio.token,
+                  ls_project_id=project.id)
+    assert synced["tasks"] == 17 and synced["labels"] == 13
+    assert len(human_labels(backend_server, project.id)) == 13
+
+    # 5. connect: bulk predictions for all tasks, and Label Studio's sampling follows our version
+    result = connect(backend_server.store, backend_server.settings, url=label_studio.url, api_key=label_studio.token,
+                     ls_project_id=project.id, backend_url=backend_server.url, progress=False)
+    assert result["ml_backend_id"] == ml.id and result["predictions"] == 17 and result["model_version"] == "v1"
+    assert ls_client.projects.get(id=project.id).model_version == "v1"
+
+
+def test_text_only_project_zero_shot(label_studio, ls_client, backend_server):
+    config = """<View><Text name="text" value="$text"/><Choices name="topic" toName="text">
+      <Choice value="sports"/><Choice value="cooking"/><Choice value="weather"/></Choices></View>"""
+    project = ls_client.projects.create(title="annotator-text", label_config=config)
+    texts = {"the striker scored twice in the final match": "sports", "bake the bread for forty minutes": "cooking",
+             "heavy rain and strong winds expected tomorrow": "weather", "the goalkeeper saved a penalty": "sports"}
+    ls_client.projects.import_tasks(id=project.id, request=[{"text": t} for t in texts])
+    ls_client.ml.create(project=project.id, url=backend_server.url, title="annotator-text", is_interactive=False)
+    retrieve_predictions(ls_client, project.id)
+    tasks = {t.id: t.data["text"] for t in ls_client.tasks.list(project=project.id)}
+    preds = predictions_of(ls_client, project.id)
+    assert len(preds) == 4
+    assert all(p["result"][0]["value"]["choices"] == [texts[tasks[p["task"]]]] for p in preds)
+
+
+def _wav(seconds: float, freq: float | None) -> bytes:
+    import soundfile as sf
+
+    t = np.arange(int(16000 * seconds)) / 16000
+    samples = 0.3 * np.sin(2 * np.pi * freq * t) if freq else np.random.default_rng(0).normal(scale=0.1, size=t.shape)
+    buf = io.BytesIO()
+    sf.write(buf, samples.astype(np.float32), 16000, format="WAV")
+    return buf.getvalue()
+
+
+def test_audio_project_trains_from_annotations(label_studio, ls_client, backend_server):
+    config = """<View><Audio name="audio" value="$audio"/><Choices name="kind" toName="audio">
+      <Choice value="speech"/><Choice value="tone"/></Choices></View>"""
+    speech = [(DATA / "cat_speech.wav").read_bytes(), (DATA / "coffee_speech.wav").read_bytes()]
+    tones = [_wav(1.0, f) for f in (440, 660, 880)]
+    files = [(f"speech{i}.wav", b, "audio/wav") for i, b in enumerate(speech * 2)] + \
+            [(f"tone{i}.wav", b, "audio/wav") for i, b in enumerate(tones + tones[:1])]
+    pid, tasks = upload(label_studio, ls_client, files, "audio", config)
+    ml = ls_client.ml.create(project=pid, url=backend_server.url, title="annotator-audio", is_interactive=False)
+    retrieve_predictions(ls_client, pid)
+    # no text to compare label names with: no zero-shot guess, and nothing is saved for empty results
+    assert all(not p["result"] for p in predictions_of(ls_client, pid))
+    for t in tasks:
+        label = "speech" if "speech" in t["data"]["audio"] else "tone"
+        ls_client.annotations.create(id=t["id"], result=[{"from_name": "kind", "to_name": "audio", "type": "choices",
+                                                          "value": {"choices": [label]}}])
+    wait_for(lambda: len(human_labels(backend_server, pid)) == 8, what="8 audio labels")
+    ls_client.ml.train(id=ml.id)
+    wait_for(lambda: active_version(backend_server, pid) == "v1", what="audio v1")
+    retrieve_predictions(ls_client, pid)
+    v1 = [p for p in predictions_of(ls_client, pid) if p["model_version"] == "v1"]
+    assert len(v1) == 8
+    by_task = {t["id"]: ("speech" if "speech" in t["data"]["audio"] else "tone") for t in tasks}
+    assert np.mean([p["result"][0]["value"]["choices"][0] == by_task[p["task"]] for p in v1]) >= 0.75
