@@ -365,7 +365,33 @@ class Backend:
                 return None
             self.trainings += 1
             log.info("project %s: trained %s (promoted: %s; %s)", name, result.model_version, result.promoted, result.reason)
+            if result.promoted:
+                self.refresh_label_studio(name)
             return result.model_version
+
+    def refresh_label_studio(self, name: str) -> int:
+        """After a promotion: pull the project's tasks, re-score the whole pool from cached embeddings and
+        push the predictions in bulk, so Label Studio's sampling and pre-labels follow the new version
+        without a /predict per task. Needs ANNOTATOR_LABEL_STUDIO_URL and _API_KEY; returns predictions sent."""
+        if not (self.settings.label_studio_url and self.settings.label_studio_api_key):
+            return 0
+        from annotator.labelstudio.client import client_for, list_tasks, predict_missing, push_predictions, sync
+
+        url, key = self.settings.label_studio_url, self.settings.label_studio_api_key.get_secret_value()
+        with self.store.session() as s:
+            p = repo.get_project(s, name=name)
+            pid, schema = p.ls_project_id, p.label_config
+        try:
+            ls = client_for(url, key)
+            tasks = list_tasks(ls, pid)
+            sync(self.store, self.settings, url=url, api_key=key, ls_project_id=pid, ls=ls, tasks=tasks)
+            out, version = predict_missing(self, tasks, ls_project_id=pid, schema=schema)
+            push_predictions(ls, pid, out)
+            ls.projects.update(id=pid, model_version=version)
+            return len(out)
+        except Exception:  # noqa: BLE001 - Label Studio being down must not undo a good training
+            log.exception("project %s: could not refresh predictions in Label Studio", name)
+            return 0
 
     # --- other routes -------------------------------------------------------------------------
 

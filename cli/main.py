@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from annotator.errors import AnnotatorError, NotAvailableError
+from annotator.errors import AnnotatorError
 from cli.errors import report
 
 app = typer.Typer(
@@ -48,10 +48,6 @@ def _emit(data: Any, as_json: bool, human: str | None = None) -> None:
         sys.stdout.write(json.dumps(data, default=str) + "\n")
     else:
         typer.echo(human if human is not None else json.dumps(data, indent=2, default=str))
-
-
-def _not_built(capability: str, issue: int) -> None:
-    raise NotAvailableError(f"{capability} is not built yet (tracked in issue #{issue})")
 
 
 # --- db ------------------------------------------------------------------------------------
@@ -201,12 +197,20 @@ def select(
     strategy: StrategyOpt = "margin",
     k: Annotated[int, typer.Option("-k", help="Batch size.")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed (ties, sampling).")] = 0,
+    to_labelstudio: Annotated[bool, typer.Option(help="Make Label Studio serve this batch first.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The next items worth labelling, best first."""
     from annotator.active.loop import select_next
 
     picks = select_next(_store(), _settings(), project_name=project, strategy=strategy, k=k, random_state=seed)
+    if to_labelstudio:
+        from annotator.labelstudio.client import push_next_batch
+
+        url, key = _ls_credentials(None, None)
+        pushed = push_next_batch(_store(), _settings(), url=url, api_key=key, project_name=project, picks=picks,
+                                 strategy=strategy)
+        typer.echo(f"Label Studio now serves this batch first (model version {pushed['model_version']})", err=True)
     _emit(picks, as_json, "\n".join(f"{p['score']:.4f}  {p['id']}" for p in picks))
 
 
@@ -214,6 +218,7 @@ def select(
 def errors(
     project: ProjectOpt,
     limit: Annotated[int, typer.Option(help="Show at most this many (0: all).")] = 0,
+    to_labelstudio: Annotated[bool, typer.Option(help="Create a review queue (a Data Manager tab) in Label Studio.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Suspected wrong labels, most suspicious first, with the label the model suggests."""
@@ -221,6 +226,12 @@ def errors(
 
     found = find_label_errors(_store(), _settings(), project_name=project)
     found = found[:limit] if limit else found
+    if to_labelstudio:
+        from annotator.labelstudio.client import push_review_queue
+
+        url, key = _ls_credentials(None, None)
+        queue = push_review_queue(_store(), _settings(), url=url, api_key=key, project_name=project, suspects=found)
+        typer.echo(f"review queue: Data Manager tab {queue['view_id']} with {queue['tasks']} task(s)", err=True)
     _emit(found, as_json, "\n".join(f"{e['score']:.3f}  {e['id']}: {e['label']} -> {e['suggested']}" for e in found))
 
 

@@ -95,6 +95,11 @@ def select_next(store: Store, settings: Settings, *, project_name: str, strategy
         raise NotFoundError(f"strategy {strategy!r} needs a trained model; run `annotator retrain --project "
                             f"{project_name}` first, or start with --strategy typiclust (works with no labels)")
     labelled = np.array([it.id in data.labels for it in data.items])
+    if labelled.all():
+        from annotator.active.base import PoolExhaustedError
+
+        raise PoolExhaustedError(f"project {project_name!r}: every item is labelled; import more items (for a "
+                                 f"Label Studio project, `annotator ls sync --project <id>` brings in unlabelled tasks)")
     pool = build_pool(data.features, labelled, clf)
     chosen = chooser.select(pool, min(k, pool.n), rng=np.random.default_rng(random_state))
     pool_items = [it for it, lab in zip(data.items, labelled) if not lab]

@@ -48,6 +48,31 @@ def list_tasks(ls, ls_project_id: int, *, page_size: int = 500) -> list[dict[str
     return [_as_dict(t) for t in ls.tasks.list(project=ls_project_id, fields="all", page_size=page_size)]
 
 
+def has_prediction(task: dict[str, Any], version: str) -> bool:
+    """Whether Label Studio already holds a prediction of ``version`` for this task (then pushing
+    another would only duplicate it)."""
+    return any(_as_dict(p).get("model_version") == version for p in task.get("predictions") or []
+               if not isinstance(p, int))
+
+
+def predict_missing(backend: Backend, tasks: list[dict[str, Any]], *, ls_project_id: int, schema: str,
+                    chunk: int = 500, progress: bool = False) -> tuple[list[dict[str, Any]], str]:
+    """Predictions (ready for `push_predictions`) for the tasks lacking one of the serving version."""
+    version = backend.setup(project=ls_project_id, schema=schema)["model_version"]
+    todo = [{"id": t["id"], "data": t["data"]} for t in tasks if not has_prediction(t, version)]
+    out = []
+    bar = tqdm(total=len(todo), desc="predict", unit="task", file=sys.stderr, disable=not progress)
+    for start in range(0, len(todo), chunk):
+        batch = todo[start:start + chunk]
+        for t, r in zip(batch, backend.predict(tasks=batch, project=ls_project_id, label_config=schema)["results"]):
+            if r["result"]:
+                out.append({"task": t["id"], "result": r["result"], "score": r["score"],
+                            "model_version": r["model_version"]})
+        bar.update(len(batch))
+    bar.close()
+    return out, version
+
+
 def sync(store: Store, settings: Settings, *, url: str, api_key: str, ls_project_id: int,
          ls=None, tasks: list[dict] | None = None) -> dict[str, Any]:
     """Pull the project's tasks and annotations into the store (works without webhooks, and recovers
@@ -106,20 +131,10 @@ def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_proj
     backend = Backend(_ls_settings(settings, url, api_key), store=store, encoders=encoders or Encoders(settings),
                       start_trainer=False)
     schema = _as_dict(ls.projects.get(id=ls_project_id))["label_config"]
-    predictions, version = [], None
-    bar = tqdm(total=len(tasks), desc="predict", unit="task", file=sys.stderr, disable=not progress)
-    for start in range(0, len(tasks), chunk):
-        batch = [{"id": t["id"], "data": t["data"]} for t in tasks[start:start + chunk]]
-        results = backend.predict(tasks=batch, project=ls_project_id, label_config=schema)["results"]
-        for t, r in zip(batch, results):
-            version = r["model_version"]
-            if r["result"]:
-                predictions.append({"task": t["id"], "result": r["result"], "score": r["score"],
-                                    "model_version": r["model_version"]})
-        bar.update(len(batch))
-    bar.close()
+    predictions, version = predict_missing(backend, tasks, ls_project_id=ls_project_id, schema=schema,
+                                           chunk=chunk, progress=progress)
     pushed = push_predictions(ls, ls_project_id, predictions)
-    if pushed and version:
+    if any(has_prediction(t, version) for t in tasks) or pushed:
         ls.projects.update(id=ls_project_id, model_version=version)
     return {**synced, "ml_backend_id": ml_id, "predictions": pushed, "model_version": version}
 
@@ -129,3 +144,68 @@ def push_predictions(ls, ls_project_id: int, predictions: list[dict[str, Any]], 
     for start in range(0, len(predictions), chunk):
         ls.projects.import_predictions(id=ls_project_id, request=predictions[start:start + chunk])
     return len(predictions)
+
+
+# --- active learning into Label Studio -----------------------------------------------------------
+
+def _ls_project(store: Store, project_name: str):
+    from annotator.errors import NotFoundError
+
+    with store.session() as s:
+        p = repo.get_project(s, name=project_name)
+        if p.ls_project_id is None or not p.label_config:
+            raise NotFoundError(f"project {project_name!r} is not connected to Label Studio; run `annotator ls connect`")
+        return p.ls_project_id, parse_label_config(p.label_config), {it.external_id: it.ls_task_id
+                                                                   for it in repo.list_items(s, project=p)}
+
+
+def _stamp() -> str:
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def push_next_batch(store: Store, settings: Settings, *, url: str, api_key: str, project_name: str,
+                    picks: list[dict[str, Any]], strategy: str, encoders: Encoders | None = None) -> dict[str, Any]:
+    """Make Label Studio serve ``picks`` first, in order.
+
+    Every task gets a prediction (the active model's label, so pre-labels still show) under a new
+    model version; picked tasks get the lowest scores in pick order, the rest score above them.
+    The project's model_version is switched to it, so Label Studio's "Uncertainty sampling" (and
+    sorting by prediction score) follow our strategy.
+    """
+    from annotator.prediction import predict
+
+    ls_pid, config, task_of = _ls_project(store, project_name)
+    predicted = predict(store, settings, project_name=project_name, encoders=encoders, save=False, progress=False)
+    rank = {p["id"]: i for i, p in enumerate(picks)}
+    version = f"{predicted.model_version}-next-{strategy}-{_stamp()}"
+    out = []
+    for p in predicted.predictions:
+        labels = p["label"] if isinstance(p["label"], list) else [p["label"]]
+        score = 1e-4 * (rank[p["id"]] + 1) if p["id"] in rank else 0.5 + 0.5 * p["score"]
+        if task_of.get(p["id"]) is not None and labels:
+            out.append({"task": task_of[p["id"]], "result": [config.region(labels, p["score"])], "score": score,
+                        "model_version": version})
+    ls = client_for(url, api_key)
+    push_predictions(ls, ls_pid, out)
+    ls.projects.update(id=ls_pid, model_version=version, sampling="Uncertainty sampling")
+    return {"model_version": version, "predictions": len(out), "batch": len(picks)}
+
+
+def push_review_queue(store: Store, settings: Settings, *, url: str, api_key: str, project_name: str,
+                      suspects: list[dict[str, Any]], limit: int = 100) -> dict[str, Any]:
+    """Suspected label errors become a review queue: a prediction with the suggested label (score =
+    1 − suspicion, so the most suspicious sort first) and a Data Manager tab listing those tasks."""
+    ls_pid, config, task_of = _ls_project(store, project_name)
+    top = [s for s in suspects if task_of.get(s["id"]) is not None][:limit]
+    version = f"review-{_stamp()}"
+    ls = client_for(url, api_key)
+    push_predictions(ls, ls_pid, [{"task": task_of[s["id"]], "result": [config.region([s["suggested"]], s["score"])],
+                                   "score": 1.0 - s["score"], "model_version": version} for s in top])
+    view = ls.views.create(project=ls_pid, data={
+        "title": f"annotator: {len(top)} suspected label errors",
+        "filters": {"conjunction": "and", "items": [{"filter": "filter:tasks:id", "operator": "in_list",
+                                                     "type": "Number", "value": [task_of[s["id"]] for s in top]}]},
+        "ordering": ["tasks:id"]})
+    return {"model_version": version, "tasks": len(top), "view_id": view.id}

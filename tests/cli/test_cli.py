@@ -60,9 +60,9 @@ def test_database_behind_head_exits_3_and_names_the_fix(tmp_path, env):
     assert proc.returncode == 3 and "run `annotator db upgrade`" in proc.stderr
 
 
-def test_unbuilt_capabilities_say_so_and_exit_2(env):
-    proc = run_cli("select", "--project", "p", env_extra=env)
-    assert proc.returncode == 2 and "not built yet" in proc.stderr
+def test_unknown_project_exits_4(env):
+    proc = run_cli("select", "--project", "nope", env_extra=env)
+    assert proc.returncode == 4 and "no project named 'nope'" in proc.stderr
 
 
 def test_cli_and_backend_hold_no_ml_imports():

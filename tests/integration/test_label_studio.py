@@ -112,9 +112,14 @@ def test_image_and_text_project_full_loop(label_studio, ls_client, backend_serve
     # 3. Start Training → a promoted version → the next predictions carry it
     ls_client.ml.train(id=ml.id)
     wait_for(lambda: active_version(backend_server, project.id) == "v1", what="v1 to be promoted")
-    retrieve_predictions(ls_client, project.id)
+    # the backend re-scores every task and pushes the predictions itself after a promotion
+    v1 = wait_for(lambda: [p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"] or None,
+                  what="v1 predictions pushed by the backend")
+    wait_for(lambda: len([p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]) == 16,
+             what="all 16")
     v1 = [p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]
-    assert len(v1) == 16
+    retrieve_predictions(ls_client, project.id)  # nothing left to predict: no duplicates
+    assert len([p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]) == 16
     correct = np.mean([p["result"][0]["value"]["choices"][0] == truth[p["task"]] for p in v1])
     assert correct >= 0.75, correct
 
@@ -134,8 +139,13 @@ def test_image_and_text_project_full_loop(label_studio, ls_client, backend_serve
     # 5. connect: bulk predictions for all tasks, and Label Studio's sampling follows our version
     result = connect(backend_server.store, backend_server.settings, url=label_studio.url, api_key=label_studio.token,
                      ls_project_id=project.id, backend_url=backend_server.url, progress=False)
-    assert result["ml_backend_id"] == ml.id and result["predictions"] == 17 and result["model_version"] == "v1"
+    assert result["ml_backend_id"] == ml.id and result["predictions"] == 1 and result["model_version"] == "v1"
     assert ls_client.projects.get(id=project.id).model_version == "v1"
+    v1_tasks = [p["task"] for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]
+    assert len(v1_tasks) == len(set(v1_tasks)) == 17  # every task once, none twice
+    again = connect(backend_server.store, backend_server.settings, url=label_studio.url, api_key=label_studio.token,
+                    ls_project_id=project.id, backend_url=backend_server.url, progress=False)
+    assert again["predictions"] == 0
 
 
 def test_text_only_project_zero_shot(label_studio, ls_client, backend_server):
@@ -182,8 +192,57 @@ def test_audio_project_trains_from_annotations(label_studio, ls_client, backend_
     wait_for(lambda: len(human_labels(backend_server, pid)) == 8, what="8 audio labels")
     ls_client.ml.train(id=ml.id)
     wait_for(lambda: active_version(backend_server, pid) == "v1", what="audio v1")
-    retrieve_predictions(ls_client, pid)
+    wait_for(lambda: len([p for p in predictions_of(ls_client, pid) if p["model_version"] == "v1"]) == 8,
+             what="8 refreshed audio predictions")
     v1 = [p for p in predictions_of(ls_client, pid) if p["model_version"] == "v1"]
-    assert len(v1) == 8
     by_task = {t["id"]: ("speech" if "speech" in t["data"]["audio"] else "tone") for t in tasks}
     assert np.mean([p["result"][0]["value"]["choices"][0] == by_task[p["task"]] for p in v1]) >= 0.75
+
+
+def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, backend_server):
+    from annotator.active.loop import find_label_errors, select_next
+    from annotator.labelstudio.client import push_next_batch, push_review_queue
+
+    config = """<View><Text name="text" value="$text"/><Choices name="topic" toName="text">
+      <Choice value="animal"/><Choice value="vehicle"/><Choice value="food"/></Choices></View>"""
+    words = {"animal": ["dog", "cat", "horse", "owl", "fox", "cow"], "vehicle": ["car", "bus", "truck", "train", "tram", "van"],
+             "food": ["pizza", "apple", "bread", "soup", "cheese", "pasta"]}
+    project = ls_client.projects.create(title="annotator-al", label_config=config)
+    rows = [(f"a photo of a {w} {n}", c) for c, ws in words.items() for n in ("today", "outside") for w in ws]
+    ls_client.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in rows])
+    tasks = {t.data["text"]: t.id for t in ls_client.tasks.list(project=project.id)}
+    ml = ls_client.ml.create(project=project.id, url=backend_server.url, title="annotator-al", is_interactive=False)
+    flipped = {rows[0][0]: "food", rows[13][0]: "animal"}  # two wrong labels among the annotated ones
+    for text, label in rows[::2] + [rows[13]]:
+        ls_client.annotations.create(id=tasks[text], result=[{"from_name": "topic", "to_name": "text", "type": "choices",
+                                                              "value": {"choices": [flipped.get(text, label)]}}])
+    settings, store = backend_server.settings, backend_server.store
+    wait_for(lambda: len(human_labels(backend_server, project.id)) == 19, what="19 labels")
+    ls_client.ml.train(id=ml.id)
+    name = project_name_for(project.id)
+    wait_for(lambda: active_version(backend_server, project.id) == "v1", what="v1")
+    # the backend re-scored every task after training and pushed the predictions itself
+    wait_for(lambda: len([p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]) == len(rows),
+             what="refreshed v1 predictions for every task")
+    assert ls_client.projects.get(id=project.id).model_version == "v1"
+
+    picks = select_next(store, settings, project_name=name, strategy="margin", k=3, encoders=backend_server.backend.encoders,
+                        progress=False)
+    pushed = push_next_batch(store, settings, url=label_studio.url, api_key=label_studio.token, project_name=name,
+                             picks=picks, strategy="margin", encoders=backend_server.backend.encoders)
+    assert ls_client.projects.get(id=project.id).model_version == pushed["model_version"]
+    served = []
+    for _ in range(3):  # Label Studio's own "next task" follows our batch, in order
+        nxt = httpx.get(f"{label_studio.url}/api/projects/{project.id}/next",
+                        headers={"Authorization": f"Token {label_studio.token}"}).json()
+        served.append(str(nxt["id"]))
+        ls_client.annotations.create(id=nxt["id"], result=[], was_cancelled=True)
+    assert served == [p["id"] for p in picks]
+
+    suspects = find_label_errors(store, settings, project_name=name, encoders=backend_server.backend.encoders,
+                                 folds=3, progress=False)
+    queue = push_review_queue(store, settings, url=label_studio.url, api_key=label_studio.token, project_name=name,
+                              suspects=suspects[:4])
+    in_view = {t.id for t in ls_client.tasks.list(project=project.id, view=queue["view_id"])}
+    assert in_view == {int(s["id"]) for s in suspects[:4]}
+    assert {tasks[t] for t in flipped} <= {int(s["id"]) for s in suspects[:4]}

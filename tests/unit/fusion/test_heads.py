@@ -97,7 +97,7 @@ def test_same_seed_same_model():
     X, y = planted()
     p1 = FusionClassifier(head="gated", epochs=5, random_state=3).fit(X, y).predict_proba(X)
     p2 = FusionClassifier(head="gated", epochs=5, random_state=3).fit(X, y).predict_proba(X)
-    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-6)  # up to float reduction order across threads
 
 
 def test_errors_are_clear():
