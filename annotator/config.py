@@ -74,6 +74,7 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=_env("local_files_document_root", "LOCAL_FILES_DOCUMENT_ROOT"),
     )
+    label_studio_venv: Path | None = Field(default=None, validation_alias=_env("label_studio_venv"))
     basic_auth_user: str | None = Field(default=None, validation_alias=_env("basic_auth_user"))
     basic_auth_pass: SecretStr | None = Field(default=None, validation_alias=_env("basic_auth_pass"))
 
@@ -121,6 +122,11 @@ class Settings(BaseSettings):
     def project_dir(self, project: str) -> Path:
         """Artifact folder of one project (models, index)."""
         return self.data_dir / "projects" / project
+
+    @property
+    def resolved_label_studio_venv(self) -> Path:
+        """Where `annotator demo` installs Label Studio (its own virtualenv)."""
+        return self.label_studio_venv or self.data_dir / "label-studio" / "venv"
 
     @property
     def cache_dir(self) -> Path:

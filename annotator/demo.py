@@ -46,3 +46,124 @@ def run_offline_demo(store: Store, settings: Settings, *, project_name: str = DE
         "metrics": {k: trained.metrics[k] for k in ("accuracy", "macro_f1", "ece")},
         "predictions": [{**p, "text": captions[p["id"]]} for p in predicted.predictions],
     }
+
+
+def run_labelstudio_demo(settings: Settings, *, wait: bool = True, ls_port: int = 8080, backend_port: int = 9090,
+                         say=print) -> dict[str, Any]:
+    """A real Label Studio wired to the backend, on the bundled sample project.
+
+    Installs Label Studio into its own virtualenv when missing, starts it on 127.0.0.1, starts the
+    backend, creates the sample project (images + captions, half of them labelled), trains on the
+    labelled half, pre-labels every task, prints where to log in, and serves until Ctrl-C. A second
+    run reuses Label Studio's data, the login and the project.
+    """
+    import json
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+    from pydantic import SecretStr
+
+    from annotator.labelstudio.client import client_for, connect, sync
+    from annotator.labelstudio.server import LabelStudioServer, free_port
+    from annotator.serving import Backend, project_name_for
+    from backends.app import create_app
+
+    state_dir = settings.data_dir / "demo"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_path = state_dir / "labelstudio.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    venv = settings.resolved_label_studio_venv
+    if not (venv / "bin" / "label-studio").exists():
+        say(f"installing Label Studio into {venv} (first run only, a few minutes)…")
+    ls = LabelStudioServer(venv, settings.data_dir / "label-studio" / "data", port=ls_port,
+                           user=state.get("user", "admin@annotator.local"), password=state.get("password"),
+                           token=state.get("token"))
+    state.update(user=ls.user, password=ls.password, token=ls.token)
+    state_path.write_text(json.dumps(state))
+    say(f"starting Label Studio on {ls.url} …")
+    ls.start()
+    served = settings.model_copy(update={"label_studio_url": ls.url, "label_studio_api_key": SecretStr(ls.token)})
+    backend = Backend(served, poll_s=1.0)
+    port = free_port(backend_port)
+    server = uvicorn.Server(uvicorn.Config(create_app(served, backend=backend), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    backend_url = f"http://127.0.0.1:{port}"
+    try:
+        client = client_for(ls.url, ls.token)
+        pid = state.get("project_id")
+        if pid is None or not any(p.id == pid for p in client.projects.list()):
+            say("creating the sample project …")
+            pid = _create_sample_project(client, ls)
+            state["project_id"] = pid
+            state_path.write_text(json.dumps(state))
+        existing = [b for b in client.ml.list(project=pid) if (b.url or "").rstrip("/") == backend_url]
+        if not existing:
+            client.ml.create(project=pid, url=backend_url, title="annotator", is_interactive=False)
+        sync(backend.store, served, url=ls.url, api_key=ls.token, ls_project_id=pid, ls=client)
+        trained = None
+        with backend.store.session() as s:
+            has_model = repo.active_model_version(s, project=repo.get_project(s, name=project_name_for(pid)))
+        if has_model is None:
+            say("training on the labelled half …")
+            trained = retrain(backend.store, served, project_name=project_name_for(pid), encoders=backend.encoders,
+                              trigger="demo")
+        wired = connect(backend.store, served, url=ls.url, api_key=ls.token, ls_project_id=pid,
+                        backend_url=backend_url, encoders=backend.encoders)
+        summary = {"label_studio_url": ls.url, "user": ls.user, "password": ls.password,
+                   "project_url": f"{ls.url}/projects/{pid}/data", "backend_url": backend_url,
+                   "project": project_name_for(pid), "tasks": wired["tasks"], "model_version": wired["model_version"],
+                   "predictions_uploaded": wired["predictions"],
+                   "metrics": trained.to_dict()["metrics"] if trained else None}
+        say(f"\nLabel Studio: {ls.url}  (log in as {ls.user} / {ls.password})\n"
+            f"sample project: {summary['project_url']} — {summary['tasks']} tasks pre-labelled by "
+            f"{summary['model_version']}\nbackend: {backend_url}; label a few tasks, press 'Start Training' in the "
+            f"project's Model settings, and new predictions follow.")
+        if wait:
+            say("Ctrl-C stops Label Studio and the backend.")
+            try:
+                while thread.is_alive():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                say("stopping …")
+        return summary
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        backend.close()
+        ls.stop()
+
+
+def _create_sample_project(client, ls) -> int:
+    """Upload the sample images (through a one-field project, as Label Studio requires for uploads)
+    and create the demo project with captions; half the tasks arrive labelled."""
+    import json
+
+    import httpx
+
+    rows = [json.loads(line) for line in (SAMPLE_DIR / "items.jsonl").read_text().splitlines()]
+    uploads = client.projects.create(title="annotator demo uploads", label_config='<View><Image name="image" value="$image"/></View>')
+    r = httpx.post(f"{ls.url}/api/projects/{uploads.id}/import", headers={"Authorization": f"Token {ls.token}"},
+                   files=[(f"file{i}", (f"{r['id']}.png", (SAMPLE_DIR / r["image"]).read_bytes(), "image/png"))
+                          for i, r in enumerate(rows)], timeout=120)
+    r.raise_for_status()
+    urls = {t.data["image"].rsplit("-", 1)[-1].removesuffix(".png"): t.data["image"]
+            for t in client.tasks.list(project=uploads.id, fields="all")}
+    choices = "".join(f'<Choice value="{c}"/>' for c in sorted({r["label"] for r in rows if "label" in r}))
+    config = (f'<View><Image name="image" value="$image"/><Text name="caption" value="$text"/>'
+              f'<Choices name="category" toName="image" choice="single">{choices}</Choices></View>')
+    project = client.projects.create(title="annotator demo", label_config=config)
+    tasks = []
+    for r in rows:
+        task = {"data": {"image": urls[r["id"]], "text": r["text"]}}
+        if "label" in r:
+            task["annotations"] = [{"result": [{"from_name": "category", "to_name": "image", "type": "choices",
+                                                "value": {"choices": [r["label"]]}}]}]
+        tasks.append(task)
+    client.projects.import_tasks(id=project.id, request=tasks)
+    return project.id

@@ -312,6 +312,11 @@ class Backend:
         return trained
 
     def _due(self, name: str, now: datetime) -> bool:
+        with self._train_lock(name) as free:
+            if free:  # nobody is training this project: a 'running' row is a killed process's
+                with self.store.session() as s:
+                    if repo.mark_interrupted_runs(s, project=repo.get_project(s, name=name)):
+                        log.warning("project %s: a training run was interrupted; its labels are pending again", name)
         with self.store.session() as s:
             p = repo.get_project(s, name=name)
             if repo.has_training_request(s, project=p):
@@ -348,7 +353,7 @@ class Backend:
                 return None  # another process is training this project
             with self.store.session() as s:
                 p = repo.get_project(s, name=name)
-                repo.fail_interrupted_runs(s, project=p)
+                repo.mark_interrupted_runs(s, project=p)
                 repo.take_training_requests(s, project=p)
             try:
                 result = retrain(self.store, self.settings, project_name=name, encoders=self.encoders,

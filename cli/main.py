@@ -274,19 +274,32 @@ def serve(
 
 
 @app.command()
-def demo(as_json: JsonOpt = False) -> None:
-    """First run: import the bundled sample project, train on its labelled half, pre-label the rest."""
-    from annotator.demo import run_offline_demo
-
+def demo(
+    offline: Annotated[bool, typer.Option(help="No Label Studio: import, train and pre-label the sample here.")] = False,
+    wait: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C (--no-wait: set up, then stop).")] = True,
+    port: Annotated[int, typer.Option(help="Label Studio port (the next free one if taken).")] = 8080,
+    backend_port: Annotated[int, typer.Option(help="Backend port (the next free one if taken).")] = 9090,
+    as_json: JsonOpt = False,
+) -> None:
+    """First run: a real Label Studio with a sample project, wired to the backend, everything pre-labelled."""
     settings = _settings()
-    summary = run_offline_demo(_store(), settings)
-    lines = [f"data dir: {settings.data_dir}",
-             f"imported {summary['imported']} sample items into project {summary['project']!r}",
-             f"model {summary['model_version']}: {summary['metrics']} (promoted: {summary['promoted']})",
-             "pre-labels for the unlabelled half:"]
-    lines += [f"  {p['label']:<10} {p['score']:.2f}  {p['text']}" for p in summary["predictions"]]
-    lines.append("next: annotator predict --project demo --json | annotator retrain --project demo --head gated")
-    _emit(summary, as_json, "\n".join(lines))
+    if offline:
+        from annotator.demo import run_offline_demo
+
+        summary = run_offline_demo(_store(), settings)
+        lines = [f"data dir: {settings.data_dir}",
+                 f"imported {summary['imported']} sample items into project {summary['project']!r}",
+                 f"model {summary['model_version']}: {summary['metrics']} (promoted: {summary['promoted']})",
+                 "pre-labels for the unlabelled half:"]
+        lines += [f"  {p['label']:<10} {p['score']:.2f}  {p['text']}" for p in summary["predictions"]]
+        _emit(summary, as_json, "\n".join(lines))
+        return
+    from annotator.demo import run_labelstudio_demo
+
+    summary = run_labelstudio_demo(settings, wait=wait, ls_port=port, backend_port=backend_port,
+                                   say=lambda m: typer.echo(m, err=True))
+    if as_json:
+        _emit(summary, True)
 
 
 LsProjectOpt = Annotated[int, typer.Option("--project", "-p", help="Label Studio project id.")]

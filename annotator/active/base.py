@@ -88,14 +88,14 @@ def diverse_top_k(order: np.ndarray, k: int, embeddings: np.ndarray | None, *, m
         return order[:k]
     shortlist = order[: max(k * candidates, k)]
     chosen: list[int] = []
-    picked = np.zeros((0, embeddings.shape[1]), dtype=np.float32)
+    picked = np.empty((k, embeddings.shape[1]), dtype=np.float32)
     for i in shortlist:
         if len(chosen) == k:
             break
-        if len(picked) and float(np.max(picked @ embeddings[i])) > max_similarity:
+        if chosen and float(np.max(picked[: len(chosen)] @ embeddings[i])) > max_similarity:
             continue
+        picked[len(chosen)] = embeddings[i]
         chosen.append(int(i))
-        picked = np.vstack([picked, embeddings[i][None]])
     if len(chosen) < k:  # everything left is a near-duplicate: fill in order
         rest = [int(i) for i in order if int(i) not in set(chosen)]
         chosen += rest[: k - len(chosen)]

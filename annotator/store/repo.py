@@ -252,12 +252,16 @@ def add_predictions(session: Session, *, project: Project, records: Sequence[Pre
 
 # --- training requests (backend) ---------------------------------------------------------------
 
+FINISHED_RUNS = ("succeeded", "failed", "skipped")  # runs that consumed the labels before their start
+
+
 def pending_labels(session: Session, *, project: Project) -> tuple[int, datetime | None]:
-    """(human labels created/updated/deleted since the last training run started, newest change)."""
+    """(human labels created/updated/deleted since the last *finished* training run started, newest
+    change). An interrupted run (process killed) consumed nothing, so its labels stay pending."""
     from sqlalchemy import func
 
     last = session.scalar(select(func.max(TrainingRun.started_at)).where(
-        TrainingRun.project_id == project.id, TrainingRun.status != "requested"))
+        TrainingRun.project_id == project.id, TrainingRun.status.in_(FINISHED_RUNS)))
     query = select(func.count(), func.max(Label.updated_at)).where(
         Label.project_id == project.id, Label.source == "human")
     if last is not None:
@@ -270,7 +274,7 @@ def last_training_start(session: Session, *, project: Project) -> datetime | Non
     from sqlalchemy import func
 
     return session.scalar(select(func.max(TrainingRun.started_at)).where(
-        TrainingRun.project_id == project.id, TrainingRun.status != "requested"))
+        TrainingRun.project_id == project.id, TrainingRun.status.in_(FINISHED_RUNS)))
 
 
 def request_training(session: Session, *, project: Project, trigger: str) -> None:
@@ -291,11 +295,12 @@ def has_training_request(session: Session, *, project: Project) -> bool:
         TrainingRun.project_id == project.id, TrainingRun.status == "requested").limit(1)) is not None
 
 
-def fail_interrupted_runs(session: Session, *, project: Project) -> int:
-    """Runs left 'running' by a killed process become 'failed' (called while holding the train lock)."""
+def mark_interrupted_runs(session: Session, *, project: Project) -> int:
+    """Runs left 'running' by a killed process become 'interrupted' (call only while holding the
+    project's training lock, so no live run can be mistaken for a dead one)."""
     result = session.execute(update(TrainingRun).where(
         TrainingRun.project_id == project.id, TrainingRun.status == "running").values(
-        status="failed", error="interrupted (process ended during training)", finished_at=utcnow()))
+        status="interrupted", error="the process ended during training", finished_at=utcnow()))
     return result.rowcount or 0
 
 

@@ -159,3 +159,15 @@ def test_oversized_body_is_refused(client):
     r = client.post("/predict", content=b"x", headers={"content-length": str(200 * 1024 * 1024),
                                                         "content-type": "application/json"})
     assert r.status_code == 413
+
+
+def test_labels_of_a_killed_training_run_are_trained_after_restart(client, backend):
+    for n, (t, label) in enumerate(tasks_for_all()):
+        client.post("/webhook", json=annotation_event(900 + n, t, "car-like" if label == "vehicle" else label))
+    with backend.store.session() as s:  # a process died mid-training: its run row still says "running"
+        repo.start_training_run(s, project=repo.get_project(s, name="ls-7"), trigger="backend")
+    later = datetime.now(timezone.utc) + timedelta(seconds=10)
+    assert backend.train_due_projects(now=later) == ["v1"]
+    with backend.store.session() as s:
+        statuses = sorted(r.status for r in s.query(repo.TrainingRun).all())
+    assert statuses == ["interrupted", "succeeded"]

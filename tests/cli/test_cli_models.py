@@ -7,7 +7,7 @@ from tests.cli.test_cli import run_cli
 
 def test_demo_then_retrain_predict_and_rollback(tmp_path):
     env = {"ANNOTATOR_DATA_DIR": str(tmp_path / "data")}
-    demo = json.loads(run_cli("demo", "--json", env_extra=env, check=True).stdout)
+    demo = json.loads(run_cli("demo", "--offline", "--json", env_extra=env, check=True).stdout)
     assert demo["imported"] == 48 and demo["model_version"] == "v1" and demo["promoted"]
     assert len(demo["predictions"]) == 24  # the unlabelled half
     assert demo["metrics"]["accuracy"] > 0.5  # four classes: chance is 0.25

@@ -115,3 +115,16 @@ def test_whisper_padding_modes_have_distinct_cache_names():
     assert fast.name != exact.name
     clip = _wav("cat_speech.wav")
     assert float(fast.encode([clip])[0] @ exact.encode([clip])[0]) > 0.9
+
+
+def test_gpu_preprocessing_path_matches_the_image_processor(tmp_path):
+    """The CUDA fast path (resize/crop/normalise as tensors) runs on CPU tensors too: check it
+    reproduces CLIP's own image processor, including mixed image sizes and original order."""
+    from annotator.encoders.clip import CLIPImageEncoder
+
+    enc = CLIPImageEncoder(str(tiny_models.tiny_clip(tmp_path)), device="cpu")
+    images = [_img("cat.png").resize((80, 64)), _img("coffee.jpg").resize((50, 75)), _img("astronaut.png").resize((80, 64))]
+    reference = enc._processor(images=images, return_tensors="pt")["pixel_values"].numpy()
+    fast = enc._gpu_pixels(images).numpy()
+    assert fast.shape == reference.shape
+    assert np.abs(fast - reference).mean() < 0.02

@@ -1,0 +1,208 @@
+"""Active learning benchmark (issue: active learning and label quality).
+
+On two offline data sets (digits image+text+audio; OpenMoji image+caption), over several seeds:
+- learning curves of every strategy against random; labels needed to reach 95 % of full-pool
+  accuracy; best strategy / random (target ≤ 0.5×);
+- cold start: one label per class chosen by TypiClust vs chosen at random (target +10 points);
+- label errors: 10 % asymmetric noise injected; AUROC of the suspicion score (target ≥ 0.95) and
+  precision at recall 0.70 (target ≥ 0.80);
+- loop latency at 100k cached items: 100 new labels → retrain → re-score 100k → select 1,000
+  (target ≤ 30 s), with peak memory.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+
+from bench._common import parser, timer, write_results
+
+STRATEGIES = ["margin", "entropy", "least-confidence", "badge", "kcenter", "typiclust", "random"]
+
+
+def load_data(smoke: bool) -> dict[str, tuple[dict, np.ndarray]]:
+    from annotator.encoders import load_encoder
+    from bench.datasets import digits_items, have_espeak, openmoji_items, render_svg
+
+    enc = {m: load_encoder(m, device="cpu") for m in ("text", "image")}
+    audio = have_espeak()
+    if audio:
+        enc["audio"] = load_encoder("audio", device="cpu")
+    digits = digits_items(80 if smoke else 700, seed=1, audio=audio)
+    moji = openmoji_items()[:: 4 if smoke else 1]
+    for it in moji:
+        it["image"], it["text"] = render_svg(it["svg"], 96), f"an emoji of {it['caption']}"
+    out = {}
+    for name, items, mods in (("digits", digits, ["image", "text"] + (["audio"] if audio else [])),
+                              ("openmoji", moji, ["image", "text"])):
+        out[name] = ({m: enc[m].encode([it[m] for it in items]) for m in mods}, np.array([it["label"] for it in items]))
+    return out
+
+
+def curves_section(features, y, seeds, budget, step) -> dict:
+    from annotator.active.loop import _stratified_test, labels_to_reach, run_curve
+    from annotator.fusion import FusionClassifier
+
+    full, curves = [], {s: [] for s in STRATEGIES}
+    for seed in seeds:
+        test = _stratified_test(y, np.random.default_rng(seed), 0.2)
+        clf = FusionClassifier(head="concat", random_state=seed, min_steps=200).fit(
+            {m: a[~test] for m, a in features.items()}, y[~test])
+        full.append(float((np.array(clf.predict({m: a[test] for m, a in features.items()})) == y[test]).mean()))
+        for s in STRATEGIES:
+            curves[s].append(run_curve(features, y, test, s, budget=budget, step=step, seed=seed))
+    full_acc = float(np.mean(full))
+    mean = {s: [{"labels": pts[0]["labels"], "accuracy": float(np.mean([p["accuracy"] for p in pts]))}
+                for pts in zip(*runs)] for s, runs in curves.items()}
+    needed = {s: labels_to_reach(c, 0.95 * full_acc) for s, c in mean.items()}
+    finite = {s: n for s, n in needed.items() if n is not None and s != "random"}
+    best = min(finite, key=finite.get) if finite else None
+    rnd = needed["random"]
+    ratio = (finite[best] / rnd) if best and rnd else None
+    return {"full_pool_accuracy": full_acc, "curves": mean, "labels_to_95pct": needed, "best_strategy": best,
+            "best_vs_random_label_ratio": ratio, "budget": budget, "step": step,
+            "meets_target": bool(ratio is not None and ratio <= 0.5)}
+
+
+def cold_start_section(features, y, seeds) -> dict:
+    from annotator.active import get_strategy
+    from annotator.active.base import Pool
+    from annotator.active.loop import _stratified_test, concat_embeddings
+    from annotator.fusion import FusionClassifier
+
+    k = len(np.unique(y))
+    acc = {"typiclust": [], "random": []}
+    for seed in seeds:
+        test = _stratified_test(y, np.random.default_rng(seed), 0.2)
+        pool_rows = np.flatnonzero(~test)
+        emb = concat_embeddings({m: a[pool_rows] for m, a in features.items()})
+        for name in acc:
+            picks = get_strategy(name).select(Pool(n=len(pool_rows), embeddings=emb), k, rng=np.random.default_rng(seed))
+            rows = pool_rows[picks]
+            if len(np.unique(y[rows])) < 2:
+                acc[name].append(1.0 / k)
+                continue
+            clf = FusionClassifier(head="concat", random_state=seed, min_steps=200).fit(
+                {m: a[rows] for m, a in features.items()}, y[rows])
+            acc[name].append(float((np.array(clf.predict({m: a[test] for m, a in features.items()})) == y[test]).mean()))
+    gain = 100 * (np.mean(acc["typiclust"]) - np.mean(acc["random"]))
+    return {"labels": k, "typiclust_accuracy": float(np.mean(acc["typiclust"])),
+            "random_accuracy": float(np.mean(acc["random"])), "gain_points": float(gain), "meets_target": bool(gain >= 10)}
+
+
+def label_error_section(features, y, seed=0) -> dict:
+    from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+    from annotator.active.label_errors import knn_disagreement, out_of_fold_probs, suspicion_scores
+    from annotator.active.loop import concat_embeddings
+    from annotator.fusion import FusionClassifier
+
+    rng = np.random.default_rng(seed)
+    classes = sorted(np.unique(y))
+    noisy = y.copy()
+    flipped = rng.random(len(y)) < 0.10
+    nxt = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}  # asymmetric: c → next class
+    noisy[flipped] = [nxt[c] for c in y[flipped]]
+    with timer() as t:
+        probs, cls = out_of_fold_probs(lambda: FusionClassifier(head="concat", min_steps=200), features, list(noisy))
+        dis, _ = knn_disagreement(concat_embeddings(features), list(noisy))
+        scores, suggested = suspicion_scores(list(noisy), probs, cls, disagreement=dis)
+    auroc = float(roc_auc_score(flipped, scores))
+    precision, recall, _ = precision_recall_curve(flipped, scores)
+    p_at_70 = float(precision[recall >= 0.70].max())
+    fixed = float(np.mean(np.array(suggested)[flipped] == y[flipped]))
+    only_oof, _ = suspicion_scores(list(noisy), probs, cls)
+    return {"noise_rate": float(flipped.mean()), "auroc": auroc, "precision_at_recall_0.70": p_at_70,
+            "suggested_label_correct_on_flips": fixed, "auroc_without_knn": float(roc_auc_score(flipped, only_oof)),
+            "seconds": t(), "meets_target": bool(auroc >= 0.95 and p_at_70 >= 0.80)}
+
+
+def loop_latency_section(features, y, n_pool: int) -> dict:
+    from annotator.active import get_strategy
+    from annotator.active.loop import build_pool
+    from annotator.fusion import FusionClassifier
+
+    rng = np.random.default_rng(0)
+    reps = -(-n_pool // len(y))
+    big = {m: (np.tile(a, (reps, 1))[:n_pool] + 0.01 * rng.standard_normal((n_pool, a.shape[1]), dtype=np.float32))
+           for m, a in features.items()}
+    big_y = np.tile(y, reps)[:n_pool]
+    labelled = np.zeros(n_pool, dtype=bool)
+    labelled[rng.choice(n_pool, 1100, replace=False)] = True  # 1,000 labels so far + 100 new ones
+    out = {}
+    with timer() as t_train:
+        clf = FusionClassifier(head="attention", random_state=0).fit({m: a[labelled] for m, a in big.items()}, big_y[labelled])
+    out["retrain_s"] = t_train()
+    with timer() as t_pool:
+        pool = build_pool(big, labelled, clf)  # re-scores every unlabelled item (probabilities + hidden)
+    out["rescore_s"] = t_pool()
+    for name in ("margin", "badge"):
+        with timer() as t_sel:
+            get_strategy(name).select(pool, 1000, rng=np.random.default_rng(0))
+        out[f"select_1000_{name}_s"] = t_sel()
+    out["total_margin_s"] = out["retrain_s"] + out["rescore_s"] + out["select_1000_margin_s"]
+    out["total_badge_s"] = out["retrain_s"] + out["rescore_s"] + out["select_1000_badge_s"]
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["pool"] = n_pool
+    out["meets_target"] = bool(out["total_margin_s"] <= 30)
+    return out
+
+
+def plot(results, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2), squeeze=False)
+    for ax, (name, res) in zip(axes[0], results.items()):
+        for s, c in res["curves"]["curves"].items():
+            ax.plot([p["labels"] for p in c], [p["accuracy"] for p in c], "-o" if s == "random" else "-", ms=3,
+                    lw=2.5 if s in ("random", res["curves"]["best_strategy"]) else 1, label=s,
+                    c="k" if s == "random" else None)
+        ax.axhline(0.95 * res["curves"]["full_pool_accuracy"], ls="--", c="grey", lw=1)
+        ax.set_title(f"{name}: test accuracy vs labels (mean of seeds)")
+        ax.set_xlabel("labelled items")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--seeds", type=int, default=3)
+    args = p.parse_args()
+    seeds = list(range(1 if args.smoke else args.seeds))
+    t0 = time.time()
+    data = load_data(args.smoke)
+    results = {}
+    for name, (features, y) in data.items():
+        budget, step = ((40, 10) if args.smoke else (320, 20)) if name == "digits" else ((24, 8) if args.smoke else (120, 8))
+        results[name] = {"n": int(len(y)), "classes": int(len(np.unique(y))),
+                         "curves": curves_section(features, y, seeds, budget, step),
+                         "cold_start": cold_start_section(features, y, seeds),
+                         "label_errors": label_error_section(features, y)}
+    feats, y = data["digits"]
+    latency = loop_latency_section(feats, y, 5_000 if args.smoke else 100_000)
+    out = {"datasets": results, "loop_latency": latency, "seconds": time.time() - t0}
+    name = "bench_al_curve" + ("_smoke" if args.smoke else "")
+    write_results(name, out, args.out)
+    plot(results, args.out / f"{name}.png")
+    for dname, r in results.items():
+        c, cs, le = r["curves"], r["cold_start"], r["label_errors"]
+        print(f"\n{dname} (n={r['n']}, {r['classes']} classes): full-pool accuracy {c['full_pool_accuracy']:.3f}")
+        print("  labels to 95 %: " + ", ".join(f"{s} {n}" for s, n in c["labels_to_95pct"].items())
+              + f"  → best {c['best_strategy']} / random = {c['best_vs_random_label_ratio']}")
+        print(f"  cold start ({cs['labels']} labels): typiclust {cs['typiclust_accuracy']:.3f} vs random "
+              f"{cs['random_accuracy']:.3f} ({cs['gain_points']:+.1f} points)")
+        print(f"  label errors (10 % asymmetric): AUROC {le['auroc']:.3f} (OOF only {le['auroc_without_knn']:.3f}), "
+              f"precision@recall0.7 {le['precision_at_recall_0.70']:.3f}, suggestion right {le['suggested_label_correct_on_flips']:.2f}")
+    print(f"\nloop at {latency['pool']:,} items: retrain {latency['retrain_s']:.1f} s, re-score {latency['rescore_s']:.1f} s, "
+          f"select 1,000 margin {latency['select_1000_margin_s']:.1f} s / badge {latency['select_1000_badge_s']:.1f} s; "
+          f"total {latency['total_margin_s']:.1f} s (target 30); peak RSS {latency['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Label Studio backend benchmark (issue: ML backend).
+
+1. Pre-labelling 1,000 image+text tasks in one /predict (what "Retrieve predictions" sends): our
+   backend (models loaded once, batched) vs the reference backends' pattern of building the model
+   for every request (measured on a slice, same encoders, extrapolated).
+2. Pushing 1,000 predictions into a real Label Studio: one bulk import vs one create per task.
+3. Webhook storm: 1,000 annotation events in 10 s on loopback to a real uvicorn server:
+   acknowledgement latency (p50/p99), none lost (label rows), how many retrains.
+4. kill -9 of `annotator serve` during a retrain: after restart the old version serves and every
+   label is there.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench._common import parser, timer, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = """<View><Image name="image" value="$image"/><Text name="caption" value="$text"/>
+<Choices name="category" toName="image"><Choice value="animal"/><Choice value="food"/><Choice value="plant"/>
+<Choice value="transport"/></Choices></View>"""
+
+
+def make_tasks(n: int, folder: Path) -> tuple[list[dict], list[str]]:
+    """n tasks with unique images (sample emoji with per-task noise) and captions; their categories."""
+    from PIL import Image
+
+    from annotator.demo import SAMPLE_DIR
+    from bench.datasets import CATEGORY_RANGES
+
+    rows = [json.loads(x) for x in (SAMPLE_DIR / "items.jsonl").read_text().splitlines()]
+    rng = np.random.default_rng(0)
+    tasks, labels = [], []
+    for i in range(n):
+        r = rows[i % len(rows)]
+        img = np.asarray(Image.open(SAMPLE_DIR / r["image"]).convert("RGB"), dtype=np.int16)
+        noisy = np.clip(img + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
+        path = folder / f"t{i}.png"
+        Image.fromarray(noisy).save(path)
+        tasks.append({"id": i + 1, "data": {"image": str(path), "text": f"{r['text']} #{i}"}})
+        cp = int(r["id"], 16)
+        labels.append(next(c for c, rs in CATEGORY_RANGES.items() if any(lo <= cp <= hi for lo, hi in rs)))
+    return tasks, labels
+
+
+def prelabel_section(tasks, settings_factory, reference_tasks: int) -> dict:
+    from fastapi.testclient import TestClient
+
+    from annotator.serving import Backend
+    from backends.app import create_app
+
+    settings = settings_factory("ours")
+    backend = Backend(settings, start_trainer=False)
+    with TestClient(create_app(settings, backend=backend)) as client:
+        client.post("/setup", json={"project": "1.1", "schema": CONFIG})
+        with timer() as t_ours:
+            r = client.post("/predict", json={"tasks": tasks, "project": "1.1", "label_config": CONFIG})
+        assert r.status_code == 200 and len(r.json()["results"]) == len(tasks)
+        with timer() as t_again:  # the same tasks again (e.g. a second retrieve): all from the cache
+            client.post("/predict", json={"tasks": tasks, "project": "1.1", "label_config": CONFIG})
+    backend.close()
+    # the reference pattern: a new model object (and so a model load) for every request, one task each
+    ref_settings = settings_factory("reference")
+    with timer() as t_ref:
+        for task in tasks[:reference_tasks]:
+            b = Backend(ref_settings, start_trainer=False)
+            b.predict(tasks=[task], project="1.1", label_config=CONFIG)
+            b.close()
+    per_task_ref = t_ref() / reference_tasks
+    return {"tasks": len(tasks), "ours_s": t_ours(), "ours_tasks_per_s": len(tasks) / t_ours(),
+            "ours_cached_repeat_s": t_again(), "reference_per_task_s": per_task_ref,
+            "reference_extrapolated_s": per_task_ref * len(tasks), "reference_measured_on": reference_tasks,
+            "speedup": per_task_ref * len(tasks) / t_ours(), "target_speedup": 10,
+            "within_label_studio_100s_timeout": bool(t_ours() < 100)}
+
+
+def bulk_upload_section(ls_server, n: int, single: int) -> dict:
+    from label_studio_sdk import LabelStudio
+
+    from annotator.labelstudio.client import push_predictions
+
+    ls = LabelStudio(base_url=ls_server.url, api_key=ls_server.token)
+    project = ls.projects.create(title="bench-bulk", label_config=CONFIG)
+    ls.projects.import_tasks(id=project.id, request=[{"image": f"/x/{i}.png", "text": f"t{i}"} for i in range(n)])
+    ids = [t.id for t in ls.tasks.list(project=project.id)]
+    region = {"from_name": "category", "to_name": "image", "type": "choices", "value": {"choices": ["animal"]}}
+    preds = [{"task": i, "result": [region], "score": 0.5, "model_version": "bulk"} for i in ids]
+    with timer() as t_bulk:
+        push_predictions(ls, project.id, preds)
+    with timer() as t_one:
+        for i in ids[:single]:
+            ls.predictions.create(task=i, result=[region], score=0.5, model_version="single")
+    per_one = t_one() / single
+    return {"predictions": n, "bulk_s": t_bulk(), "one_by_one_per_prediction_s": per_one,
+            "one_by_one_extrapolated_s": per_one * n, "speedup": per_one * n / t_bulk(), "one_by_one_measured_on": single}
+
+
+def storm_section(ls_free_settings, n_events: int, seconds: float) -> dict:
+    import httpx
+    import uvicorn
+
+    from annotator.serving import Backend
+    from annotator.store import repo
+    from backends.app import create_app
+    from tests.integration.label_studio import free_port
+
+    settings = ls_free_settings("storm")
+    backend = Backend(settings, poll_s=0.2, debounce_s=3.0, debounce_labels=400, min_interval_s=60)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, backend=backend), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}/webhook"
+    tasks, labels = make_tasks(n_events, Path(tempfile.mkdtemp()))
+    events = [{"action": "ANNOTATION_CREATED", "project": {"id": 5, "label_config": CONFIG}, "task": t,
+               "annotation": {"id": 10_000 + i, "task": t["id"], "completed_by": 1, "was_cancelled": False,
+                              "result": [{"from_name": "category", "to_name": "image", "type": "choices",
+                                          "value": {"choices": [labels[i]]}}]}} for i, t in enumerate(tasks)]
+    latencies = []
+    client = httpx.Client(timeout=5)
+
+    def send(ev):
+        t0 = time.perf_counter()
+        r = client.post(url, json=ev)
+        latencies.append(time.perf_counter() - t0)
+        return r.status_code
+
+    start = time.perf_counter()
+    codes = []
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = []
+        for i, ev in enumerate(events):  # paced: n_events spread over `seconds`
+            delay = start + i * seconds / n_events - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(send, ev))
+        codes = [f.result() for f in futures]
+    storm_s = time.perf_counter() - start
+    deadline = time.time() + 120  # let the debounced trainer act
+    while time.time() < deadline and backend.trainings == 0:
+        time.sleep(0.5)
+    time.sleep(8)
+    with backend.store.session() as s:
+        stored = len(repo.current_labels(s, project=repo.get_project(s, name="ls-5")))
+    server.should_exit = True
+    backend.close()
+    lat = np.array(latencies)
+    return {"events": n_events, "sent_over_s": storm_s, "all_2xx": all(c == 200 for c in codes),
+            "ack_p50_ms": 1e3 * float(np.percentile(lat, 50)), "ack_p99_ms": 1e3 * float(np.percentile(lat, 99)),
+            "ack_max_ms": 1e3 * float(lat.max()), "labels_stored": stored, "none_lost": stored == n_events,
+            "retrains": backend.trainings, "meets_target": bool(np.percentile(lat, 99) < 1.0 and stored == n_events
+                                                              and 1 <= backend.trainings <= 2)}
+
+
+def kill_section(workdir: Path, n_labels: int) -> dict:
+    import httpx
+
+    from annotator.config import Settings
+    from annotator.store import open_store, repo
+    from annotator.store.models import TrainingRun
+    from tests.integration.label_studio import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANNOTATOR_")}
+    env["ANNOTATOR_DATA_DIR"] = str(workdir / "data")
+    port = free_port()
+
+    def start():
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(240):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                return proc
+            except httpx.HTTPError:
+                time.sleep(0.25)
+        raise RuntimeError("backend did not start")
+
+    def post(path, body):
+        return httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=30).json()
+
+    def runs():
+        store = open_store(Settings(data_dir=workdir / "data"))
+        with store.session() as s:
+            p = repo.get_project(s, name="ls-9")
+            out = [(r.status, r.model_version) for r in s.query(TrainingRun).filter_by(project_id=p.id)]
+            n = len(repo.current_labels(s, project=p))
+        store.close()
+        return out, n
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    tasks, labels = make_tasks(n_labels, workdir)
+    proc = start()
+    post("/setup", {"project": "9.1", "schema": CONFIG})
+
+    def annotate(lo, hi):
+        for i in range(lo, hi):
+            post("/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": 9, "label_config": CONFIG},
+                              "task": tasks[i], "annotation": {"id": 50_000 + i, "task": tasks[i]["id"],
+                                                                "result": [{"from_name": "category", "type": "choices",
+                                                                            "value": {"choices": [labels[i]]}}]}})
+
+    annotate(0, 40)
+    post("/webhook", {"action": "START_TRAINING", "project": {"id": 9}})
+    deadline = time.time() + 180
+    while time.time() < deadline and post("/setup", {"project": "9.1", "schema": CONFIG})["model_version"] != "v1":
+        time.sleep(0.5)
+    annotate(40, n_labels)  # many new items: the next retrain must encode them, which takes a while
+    post("/webhook", {"action": "START_TRAINING", "project": {"id": 9}})
+    while time.time() < deadline and not any(s == "running" for s, _ in runs()[0]):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_during = [s for s, _ in runs()[0]]
+    proc = start()
+    serving_after_restart = post("/setup", {"project": "9.1", "schema": CONFIG})["model_version"]
+    labels_after = runs()[1]
+    while time.time() < deadline + 120 and post("/setup", {"project": "9.1", "schema": CONFIG})["model_version"] == "v1":
+        time.sleep(0.5)
+    final_runs, _ = runs()
+    version_later = post("/setup", {"project": "9.1", "schema": CONFIG})["model_version"]
+    proc.terminate()
+    proc.wait()
+    return {"labels_sent": n_labels, "run_statuses_at_kill": killed_during,
+            "serving_after_restart": serving_after_restart, "labels_after_restart": labels_after,
+            "all_labels_kept": labels_after == n_labels, "old_version_served": serving_after_restart == "v1",
+            "interrupted_run_marked": any(s == "interrupted" for s, _ in final_runs),
+            "retrained_after_restart": version_later != "v1",
+            "version_after_recovery": version_later}
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    from annotator.config import Settings
+    from tests.integration.label_studio import LabelStudioServer
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-backend-"))
+    factory = lambda name: Settings(data_dir=tmp / name)  # noqa: E731
+    n = 100 if args.smoke else 1000
+    tasks, _ = make_tasks(n, tmp)
+    out = {"prelabel": prelabel_section(tasks, factory, reference_tasks=3 if args.smoke else 10)}
+    ls_server = LabelStudioServer().start()
+    try:
+        out["bulk_upload"] = bulk_upload_section(ls_server, n, 20 if args.smoke else 100)
+    finally:
+        ls_server.stop()
+    out["webhook_storm"] = storm_section(factory, 200 if args.smoke else 1000, 2.0 if args.smoke else 10.0)
+    out["kill_during_retrain"] = kill_section(tmp / "kill", 120 if args.smoke else 400)
+    name = "bench_backend" + ("_smoke" if args.smoke else "")
+    write_results(name, out, args.out)
+    p, b, s, k = out["prelabel"], out["bulk_upload"], out["webhook_storm"], out["kill_during_retrain"]
+    print(f"pre-label {p['tasks']} tasks in one /predict: {p['ours_s']:.1f} s ({p['ours_tasks_per_s']:.0f}/s; repeat "
+          f"{p['ours_cached_repeat_s']:.1f} s) vs model-per-request {p['reference_extrapolated_s']:.0f} s → {p['speedup']:.0f}x")
+    print(f"push {b['predictions']} predictions: bulk {b['bulk_s']:.2f} s vs one by one {b['one_by_one_extrapolated_s']:.0f} s "
+          f"→ {b['speedup']:.0f}x")
+    print(f"webhook storm {s['events']} events in {s['sent_over_s']:.1f} s: ack p50 {s['ack_p50_ms']:.0f} ms p99 "
+          f"{s['ack_p99_ms']:.0f} ms; stored {s['labels_stored']}/{s['events']}; retrains {s['retrains']}")
+    print(f"kill -9 during retrain: serving {k['serving_after_restart']} after restart, labels {k['labels_after_restart']}/"
+          f"{k['labels_sent']}, interrupted run marked {k['interrupted_run_marked']}, later {k['version_after_recovery']}")
+
+
+if __name__ == "__main__":
+    main()

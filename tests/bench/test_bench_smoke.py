@@ -1,0 +1,29 @@
+"""Every benchmark runs at --smoke size and writes its results; targets are never asserted here."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.cli.test_cli import ROOT
+
+BENCHES = ["bench_import_jsonl", "bench_fusion_heads", "bench_search_index", "bench_al_curve", "bench_backend"]
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_benchmark_smoke(name, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / f"{name}_smoke.json").read_text())
+    assert doc["benchmark"] == f"{name}_smoke" and doc["machine"]["cpus"] >= 1
+
+
+def test_gpu_benchmark_needs_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine: bench_gpu_encode runs only where a GPU is present")
+    proc = subprocess.run([sys.executable, "bench/bench_gpu_encode.py", "256", "/tmp"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
