@@ -115,6 +115,13 @@ def load_features(items: Sequence[Item], *, encoders: Encoders,
 
 
 
+def usable_rows(features: dict[str, np.ndarray], n: int = 0) -> np.ndarray:
+    """(n,) bool: items with a vector in at least one modality (``n`` is used when there is none)."""
+    if not features:
+        return np.zeros(n, dtype=bool)
+    return ~np.all([np.isnan(a).any(axis=1) for a in features.values()], axis=0)
+
+
 def embed_project(store, settings, *, project_name: str, encoders: Encoders | None = None,
                   progress: bool = True, index: bool = True) -> EmbedReport:
     """Encode every item of a project that has no cached vector yet, then bring the project's

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from annotator.config import Settings
-from annotator.embedding import embed_items, load_features
+from annotator.embedding import embed_items, load_features, usable_rows
 from annotator.errors import ConfigError, NotFoundError
 from annotator.fusion.classifier import FusionClassifier
 from annotator.media import MediaFetcher
@@ -69,7 +69,7 @@ def predict(store: Store, settings: Settings, *, project_name: str, item_ids: Se
                                  progress=progress)
         failed = [{"id": f["id"], "error": f["error"]} for f in report.failed]
         features = load_features(items, encoders=encoders, modalities=clf.modalities_)
-        usable = ~np.all([np.isnan(a).any(axis=1) for a in features.values()], axis=0) if features else np.zeros(len(items), bool)
+        usable = usable_rows(features, len(items))
         failed_ids = {f["id"] for f in failed}
         failed += [{"id": it.external_id, "error": f"no {'/'.join(clf.modalities_)} input the model can use"}
                    for it, ok in zip(items, usable) if not ok and it.external_id not in failed_ids]

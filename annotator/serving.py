@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from annotator.config import Settings
-from annotator.embedding import embed_items, load_features
+from annotator.embedding import embed_items, load_features, usable_rows
 from annotator.errors import AnnotatorError, NotEnoughLabelsError
 from annotator.labelstudio.label_config import LabelConfig, parse_label_config
 from annotator.media import MediaFetcher, sha256
@@ -194,8 +194,7 @@ class Backend:
         loaded = self._model(session, project)
         modalities = loaded.clf.modalities_ if loaded else None
         features = load_features(items, encoders=self.encoders, modalities=modalities)
-        usable = (~np.all([np.isnan(a).any(axis=1) for a in features.values()], axis=0)
-                  if features else np.zeros(len(items), dtype=bool))
+        usable = usable_rows(features, len(items))
         rows = np.flatnonzero(usable)
         out = [dict(empty) for _ in items]
         if len(rows):

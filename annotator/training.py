@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from annotator.config import Settings
-from annotator.embedding import embed_items, load_features
+from annotator.embedding import embed_items, load_features, usable_rows
 from annotator.encoders.base import resolve_device
 from annotator.errors import NotEnoughLabelsError, UnknownNameError
 from annotator.fusion.calibration import expected_calibration_error
@@ -172,7 +172,7 @@ def retrain(store: Store, settings: Settings, *, project_name: str, head: str = 
         timings["embed_s"] = time.perf_counter() - t0
 
         X = load_features(items, encoders=encoders)
-        usable = ~np.all([np.isnan(a).any(axis=1) for a in X.values()], axis=0)
+        usable = usable_rows(X, len(items))
         skipped = [{"id": it.external_id, "error": "no usable modality"} for it, ok in zip(items, usable) if not ok]
         skipped += [{"id": f["id"], "error": f["error"]} for f in report.failed]
         items = [it for it, ok in zip(items, usable) if ok]

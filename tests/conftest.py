@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -41,12 +40,6 @@ def store(settings):
     s.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _pg_bin() -> Path | None:
     initdb = shutil.which("initdb")
     if initdb:
@@ -69,7 +62,9 @@ def postgres_url():
     if as_root:
         shutil.chown(workdir, "postgres")
         shutil.chown(sockdir, "postgres")
-    port = _free_port()
+    from annotator.labelstudio.server import free_port
+
+    port = free_port()
     subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(datadir), "-U", "annotator", "--auth=trust",
                     "-E", "UTF8"], check=True, capture_output=True)
     subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(datadir), "-w", "-l", str(workdir / "log"),

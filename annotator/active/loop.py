@@ -18,7 +18,7 @@ from annotator.active.base import Pool
 from annotator.active.label_errors import knn_disagreement, out_of_fold_probs, suspicion_scores
 from annotator.active.registry import get_strategy
 from annotator.config import Settings
-from annotator.embedding import embed_items, load_features
+from annotator.embedding import embed_items, load_features, usable_rows
 from annotator.errors import NotEnoughLabelsError, NotFoundError
 from annotator.fusion.classifier import FusionClassifier
 from annotator.media import MediaFetcher
@@ -34,10 +34,6 @@ def concat_embeddings(features: dict[str, np.ndarray]) -> np.ndarray:
     blocks = [np.nan_to_num(a, nan=0.0) for a in features.values()]
     x = np.hstack(blocks).astype(np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _usable(features: dict[str, np.ndarray]) -> np.ndarray:
-    return ~np.all([np.isnan(a).any(axis=1) for a in features.values()], axis=0)
 
 
 def build_pool(features: dict[str, np.ndarray], labelled: np.ndarray, clf: FusionClassifier | None) -> Pool:
@@ -72,7 +68,7 @@ def _load_project(store: Store, settings: Settings, project_name: str, encoders:
     features = load_features(items, encoders=encoders)
     if not features:
         raise NotFoundError(f"project {project_name!r} has no items with usable media")
-    keep = _usable(features)
+    keep = usable_rows(features)
     return _ProjectData([it for it, ok in zip(items, keep) if ok], {m: a[keep] for m, a in features.items()}, labels)
 
 

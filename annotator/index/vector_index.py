@@ -40,9 +40,10 @@ class _Vectors:
         self._data = np.zeros((0, dim), dtype=np.float32)
 
     def _reserve(self, rows: int) -> None:
+        """Grow geometrically, so appending stays amortised O(1) per row."""
         if rows <= len(self._data):
             return
-        capacity = max(rows, 2 * len(self._data), 1024)
+        capacity = max(rows, len(self._data) + len(self._data) // 2, 1024)
         if self.path is None:
             grown = np.zeros((capacity, self.dim), dtype=np.float32)
             grown[: self.n] = self._data[: self.n]
@@ -110,6 +111,7 @@ class VectorIndex:
         plan = plan_index(len(vectors), vectors.shape[1], memory_budget_bytes=memory_budget_bytes,
                           exact_threshold=exact_threshold)
         index = cls(vectors.shape[1], plan, use_gpu=use_gpu, vectors_path=vectors_path)
+        index._vectors._reserve(len(vectors) + len(vectors) // 8)  # headroom: the next adds copy nothing
         if plan.kind == "ivf":
             index.train(vectors, random_state=random_state)
         index.add(ids, vectors)

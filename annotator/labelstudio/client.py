@@ -124,8 +124,7 @@ def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_proj
     ml_id = None
     if backend_url:
         existing = [b for b in ls.ml.list(project=ls_project_id) if (b.url or "").rstrip("/") == backend_url.rstrip("/")]
-        ml_id = existing[0].id if existing else ls.ml.create(project=ls_project_id, url=backend_url, title=title,
-                                                              is_interactive=False).id
+        ml_id = existing[0].id if existing else register_backend(ls, ls_project_id, backend_url, title)
     tasks = list_tasks(ls, ls_project_id)
     synced = sync(store, settings, url=url, api_key=api_key, ls_project_id=ls_project_id, ls=ls, tasks=tasks)
     backend = Backend(_ls_settings(settings, url, api_key), store=store, encoders=encoders or Encoders(settings),
@@ -137,6 +136,24 @@ def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_proj
     if any(has_prediction(t, version) for t in tasks) or pushed:
         ls.projects.update(id=ls_project_id, model_version=version)
     return {**synced, "ml_backend_id": ml_id, "predictions": pushed, "model_version": version}
+
+
+def register_backend(ls, ls_project_id: int, backend_url: str, title: str) -> int:
+    """Add the backend to the project's Model settings; a refusal gets a message that says why."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    from annotator.errors import AnnotatorError
+
+    try:
+        return ls.ml.create(project=ls_project_id, url=backend_url, title=title, is_interactive=False).id
+    except ApiError as exc:
+        body = str(exc.body)
+        if exc.status_code == 403 and "reserved network" in body:
+            raise AnnotatorError(
+                f"Label Studio refused the backend at {backend_url}: it blocks loopback and private-network ML "
+                "backends by default. Restart Label Studio with USE_DEFAULT_BANNED_SUBNETS=false, or give "
+                "--backend-url an address Label Studio may reach") from None
+        raise AnnotatorError(f"Label Studio refused the backend at {backend_url} (HTTP {exc.status_code}): {body}") from None
 
 
 def push_predictions(ls, ls_project_id: int, predictions: list[dict[str, Any]], *, chunk: int = 1000) -> int:

@@ -59,7 +59,8 @@ class LabelStudioServer:
     """
 
     def __init__(self, venv: Path, data_dir: Path | None = None, *, port: int | None = None,
-                 user: str = "admin@example.com", password: str | None = None, token: str | None = None):
+                 user: str = "admin@example.com", password: str | None = None, token: str | None = None,
+                 allow_local_backends: bool = True):
         self.venv = Path(venv)
         self.owns_data = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(__import__("tempfile").mkdtemp(prefix="annotator-ls-"))
@@ -68,6 +69,7 @@ class LabelStudioServer:
         self.user = user
         self.password = password or secrets.token_urlsafe(12)
         self.token = token or secrets.token_hex(20)
+        self.allow_local_backends = allow_local_backends
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 300) -> LabelStudioServer:
@@ -77,10 +79,12 @@ class LabelStudioServer:
         env.update({
             "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir), "LABEL_STUDIO_USERNAME": self.user,
             "LABEL_STUDIO_PASSWORD": self.password, "LABEL_STUDIO_USER_TOKEN": self.token,
-            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "USE_DEFAULT_BANNED_SUBNETS": "false",
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
             "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "",
             "LABEL_STUDIO_HOST": self.url,
         })
+        if self.allow_local_backends:  # else Label Studio refuses a backend on 127.0.0.1 with 403
+            env["USE_DEFAULT_BANNED_SUBNETS"] = "false"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.data_dir / "server.log", "a")
         self.proc = subprocess.Popen(

@@ -12,5 +12,5 @@ VENV = ROOT / ".cache" / "label-studio" / "venv"
 free_port = server.free_port
 
 
-def LabelStudioServer() -> server.LabelStudioServer:  # noqa: N802 - reads like the class it builds
-    return server.LabelStudioServer(VENV, token="annotator-test-token-0123456789")
+def LabelStudioServer(**options) -> server.LabelStudioServer:  # noqa: N802 - reads like the class it builds
+    return server.LabelStudioServer(VENV, token="annotator-test-token-0123456789", **options)

@@ -18,7 +18,7 @@ def _jwt(payload: dict) -> str:
 
 
 PAT = _jwt({"token_type": "refresh", "exp": time.time() + 3600})
-ACCESS = _jwt({"token_type": "access", "exp": time.time() + 300})
+ACCESS = _jwt({"token_type": "access", "exp": time.time() + 24 * 3600})  # must not expire during a long test run
 
 
 class _Handler(BaseHTTPRequestHandler):
