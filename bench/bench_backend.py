@@ -181,7 +181,7 @@ def kill_section(workdir: Path, n_labels: int) -> dict:
     def start():
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(240):
+        for _ in range(720):  # up to 3 min: a cold start under load imports torch and the models
             try:
                 httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
                 return proc
