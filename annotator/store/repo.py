@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from annotator.errors import NotFoundError
 from annotator.store.models import Item, Label, ModelVersion, Prediction, Project, TrainingRun, utcnow
 
-__all__ = ["ModelVersion", "TrainingRun"]  # re-exported for callers building rows
 
 
 # --- projects -------------------------------------------------------------------------------
