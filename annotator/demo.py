@@ -125,6 +125,16 @@ def run_labelstudio_demo(settings: Settings, *, wait: bool = True, ls_port: int 
             f"{summary['model_version']}\nbackend: {backend_url}; label a few tasks, press 'Start Training' in the "
             f"project's Model settings, and new predictions follow.")
         if wait:
+            import signal
+
+            def _stop(*_):
+                raise KeyboardInterrupt
+
+            # Ctrl-C works even when a parent shell started us with SIGINT ignored, and SIGTERM (kill,
+            # systemd, docker stop) stops cleanly too: Label Studio runs in its own session and would
+            # otherwise be left running.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, _stop)
             say("Ctrl-C stops Label Studio and the backend.")
             try:
                 while thread.is_alive():

@@ -71,3 +71,7 @@ class NotEnoughLabelsError(AnnotatorError, ValueError):
 
 class NotAvailableError(AnnotatorError):
     """A capability that is not built yet, or whose optional dependency is missing."""
+
+
+class TrainingInProgressError(AnnotatorError):
+    """Another process is training this project right now."""

@@ -11,11 +11,9 @@ decision reads the database, events missed by one process (or before a crash) ar
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -311,7 +309,9 @@ class Backend:
         return trained
 
     def _due(self, name: str, now: datetime) -> bool:
-        with self._train_lock(name) as free:
+        from annotator.training import training_lock
+
+        with training_lock(self.settings, name) as free:
             if free:  # nobody is training this project: a 'running' row is a killed process's
                 with self.store.session() as s:
                     if repo.mark_interrupted_runs(s, project=repo.get_project(s, name=name)):
@@ -329,49 +329,33 @@ class Backend:
             last is None or (now - _aware(last)).total_seconds() >= self.min_interval_s)
         return quiet or piled_up
 
-    @contextmanager
-    def _train_lock(self, name: str):
-        path = self.settings.project_dir(name) / ".train.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     def _train(self, name: str) -> str | None:
+        from annotator.errors import TrainingInProgressError
         from annotator.training import retrain
 
-        with self._train_lock(name) as acquired:
-            if not acquired:
-                return None  # another process is training this project
-            with self.store.session() as s:
+        with self.store.session() as s:
+            repo.take_training_requests(s, project=repo.get_project(s, name=name))
+        # retrain() takes the project's training lock itself
+        try:
+            result = retrain(self.store, self.settings, project_name=name, encoders=self.encoders,
+                             trigger="backend", progress=False)
+        except TrainingInProgressError:
+            return None  # another process (a worker, a CLI retrain) is training this project
+        except NotEnoughLabelsError as exc:
+            log.info("project %s: not training yet: %s", name, exc)
+            with self.store.session() as s:  # record the attempt so the same labels do not retrigger
                 p = repo.get_project(s, name=name)
-                repo.mark_interrupted_runs(s, project=p)
-                repo.take_training_requests(s, project=p)
-            try:
-                result = retrain(self.store, self.settings, project_name=name, encoders=self.encoders,
-                                 trigger="backend", progress=False)
-            except NotEnoughLabelsError as exc:
-                log.info("project %s: not training yet: %s", name, exc)
-                with self.store.session() as s:  # record the attempt so the same labels do not retrigger
-                    p = repo.get_project(s, name=name)
-                    run = repo.start_training_run(s, project=p, trigger="backend")
-                    run.status, run.error, run.finished_at = "skipped", str(exc), utcnow()
-                return None
-            except Exception:
-                log.exception("project %s: training failed; the active version keeps serving", name)
-                return None
-            self.trainings += 1
-            log.info("project %s: trained %s (promoted: %s; %s)", name, result.model_version, result.promoted, result.reason)
-            if result.promoted:
-                self.refresh_label_studio(name)
-            return result.model_version
+                run = repo.start_training_run(s, project=p, trigger="backend")
+                run.status, run.error, run.finished_at = "skipped", str(exc), utcnow()
+            return None
+        except Exception:
+            log.exception("project %s: training failed; the active version keeps serving", name)
+            return None
+        self.trainings += 1
+        log.info("project %s: trained %s (promoted: %s; %s)", name, result.model_version, result.promoted, result.reason)
+        if result.promoted:
+            self.refresh_label_studio(name)
+        return result.model_version
 
     def refresh_label_studio(self, name: str) -> int:
         """After a promotion: pull the project's tasks, re-score the whole pool from cached embeddings and

@@ -8,12 +8,14 @@ and the candidate is compared with the active version's recorded metrics.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import numpy as np
 from annotator.config import Settings
 from annotator.embedding import embed_items, load_features, usable_rows
 from annotator.encoders.base import resolve_device
-from annotator.errors import NotEnoughLabelsError, UnknownNameError
+from annotator.errors import NotEnoughLabelsError, TrainingInProgressError, UnknownNameError
 from annotator.fusion.calibration import expected_calibration_error
 from annotator.fusion.classifier import HEADS, FusionClassifier
 from annotator.media import MediaFetcher
@@ -142,6 +144,25 @@ def load_model(settings: Settings, mv: ModelVersion) -> tuple[FusionClassifier, 
     return FusionClassifier.load(path / "classifier", device=resolve_device(settings.device)), meta["encoders"]
 
 
+@contextmanager
+def training_lock(settings: Settings, project_name: str) -> Iterator[bool]:
+    """Non-blocking per-project lock (a file lock, so it holds across processes): yields whether it
+    was acquired. Whoever holds it is the only one training the project, so any run still marked
+    'running' in the database while it is free belongs to a process that died."""
+    path = settings.project_dir(project_name) / ".train.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def retrain(store: Store, settings: Settings, *, project_name: str, head: str = "attention", force: bool = False,
             trigger: str = "cli", encoders: Encoders | None = None, params: dict[str, Any] | None = None,
             progress: bool = True) -> RetrainResult:
@@ -149,10 +170,22 @@ def retrain(store: Store, settings: Settings, *, project_name: str, head: str = 
 
     Not worse means: macro-F1 on the held-out items at least the active version's on the same
     items (``force`` promotes regardless). A failure at any step leaves the active version serving
-    and records the error on the training run.
+    and records the error on the training run. Only one process trains a project at a time;
+    another attempt raises `TrainingInProgressError`.
     """
     if head not in HEADS:
         raise UnknownNameError("fusion head", head, HEADS)
+    with training_lock(settings, project_name) as acquired:
+        if not acquired:
+            raise TrainingInProgressError(f"project {project_name!r} is being trained by another process; try again later")
+        with store.session() as s:
+            repo.mark_interrupted_runs(s, project=repo.get_project(s, name=project_name))
+        return _retrain_locked(store, settings, project_name=project_name, head=head, force=force, trigger=trigger,
+                               encoders=encoders, params=params, progress=progress)
+
+
+def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head: str, force: bool, trigger: str,
+                    encoders: Encoders | None, params: dict[str, Any] | None, progress: bool) -> RetrainResult:
     encoders = encoders or Encoders(settings)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

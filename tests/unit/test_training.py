@@ -144,3 +144,17 @@ def test_errors_name_the_fix(store, settings, encoders, tmp_path):
         retrain(store, settings, project_name="p", encoders=encoders, progress=False)
     with pytest.raises(NotFoundError, match="run `annotator retrain --project p`"):
         predict(store, settings, project_name="p", encoders=encoders, progress=False)
+
+
+def test_only_one_process_trains_a_project_at_a_time(store, settings, encoders, tmp_path):
+    from annotator.errors import TrainingInProgressError
+    from annotator.training import training_lock
+
+    make_project(store, tmp_path)
+    with training_lock(settings, "p") as acquired:  # as if `annotator serve` were training it now
+        assert acquired
+        with pytest.raises(TrainingInProgressError, match="being trained by another process"):
+            retrain(store, settings, project_name="p", encoders=encoders, progress=False)
+    with store.session() as s:  # the refused attempt left no run behind, and nothing marked interrupted
+        assert s.scalars(select(TrainingRun)).all() == []
+    assert retrain(store, settings, project_name="p", encoders=encoders, progress=False).model_version == "v1"
