@@ -134,27 +134,30 @@ class LabelRecord:
 
 
 def upsert_labels(session: Session, *, project: Project, records: Sequence[LabelRecord]) -> None:
-    """Insert or update labels by annotation key; an update also revives a soft-deleted label."""
+    """Insert or update labels by annotation key; an update also revives a soft-deleted label.
+
+    A record identical to what is stored (same item, values, source, author, not deleted) is left
+    alone, so re-syncing or a repeated webhook does not make old labels look new to the trainer.
+    """
     if not records:
         return
     keys = [r.annotation_key for r in records]
-    existing: dict[str, int] = {}
+    existing: dict[str, tuple] = {}
     for chunk_start in range(0, len(keys), 500):
         chunk = keys[chunk_start:chunk_start + 500]
-        existing.update(
-            session.execute(
-                select(Label.annotation_key, Label.id).where(
-                    Label.project_id == project.id, Label.annotation_key.in_(chunk)
-                )
-            ).all()
-        )
+        for key, pk, item_id, values, source, created_by, deleted_at in session.execute(
+                select(Label.annotation_key, Label.id, Label.item_id, Label.values, Label.source, Label.created_by,
+                       Label.deleted_at).where(Label.project_id == project.id, Label.annotation_key.in_(chunk))):
+            existing[key] = (pk, (item_id, list(values), source, created_by, deleted_at))
     now = utcnow()
     new_rows, changed_rows = [], []
     for r in records:
         row = {"item_id": r.item_pk, "values": list(r.values), "source": r.source,
                "created_by": r.created_by, "updated_at": now, "deleted_at": None}
         if r.annotation_key in existing:
-            changed_rows.append({"id": existing[r.annotation_key], **row})
+            pk, stored = existing[r.annotation_key]
+            if stored != (r.item_pk, list(r.values), r.source, r.created_by, None):
+                changed_rows.append({"id": pk, **row})
         else:
             new_rows.append({"project_id": project.id, "annotation_key": r.annotation_key,
                              "created_at": now, **row})

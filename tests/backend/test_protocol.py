@@ -171,3 +171,17 @@ def test_labels_of_a_killed_training_run_are_trained_after_restart(client, backe
     with backend.store.session() as s:
         statuses = sorted(r.status for r in s.query(repo.TrainingRun).all())
     assert statuses == ["interrupted", "succeeded"]
+
+
+def test_repeated_events_and_resyncs_do_not_retrigger_training(client, backend):
+    pairs = tasks_for_all()
+    for n, (t, label) in enumerate(pairs):
+        client.post("/webhook", json=annotation_event(300 + n, t, "car-like" if label == "vehicle" else label))
+    later = datetime.now(timezone.utc) + timedelta(seconds=10)
+    assert backend.train_due_projects(now=later) == ["v1"]
+    for n, (t, label) in enumerate(pairs):  # the same annotations again (a resync, a retried webhook)
+        client.post("/webhook", json=annotation_event(300 + n, t, "car-like" if label == "vehicle" else label))
+    assert backend.train_due_projects(now=later + timedelta(seconds=20)) == []
+    t, _ = pairs[0]  # a real correction does count
+    client.post("/webhook", json=annotation_event(300, t, "food", action="ANNOTATION_UPDATED"))
+    assert backend.train_due_projects(now=later + timedelta(seconds=40)) == ["v2"]
