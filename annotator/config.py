@@ -123,6 +123,10 @@ class Settings(BaseSettings):
         """Artifact folder of one project (models, index)."""
         return self.data_dir / "projects" / project
 
+    def with_label_studio(self, url: str, api_key: str) -> Settings:
+        """A copy that reaches Label Studio at ``url`` with ``api_key`` (legacy token or PAT)."""
+        return self.model_copy(update={"label_studio_url": url, "label_studio_api_key": SecretStr(api_key)})
+
     @property
     def resolved_label_studio_venv(self) -> Path:
         """Where `annotator demo` installs Label Studio (its own virtualenv)."""

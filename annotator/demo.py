@@ -61,9 +61,7 @@ def run_labelstudio_demo(settings: Settings, *, wait: bool = True, ls_port: int 
     import threading
     import time
 
-    import httpx
     import uvicorn
-    from pydantic import SecretStr
 
     from annotator.labelstudio.client import client_for, connect, sync
     from annotator.labelstudio.server import LabelStudioServer, free_port
@@ -84,7 +82,7 @@ def run_labelstudio_demo(settings: Settings, *, wait: bool = True, ls_port: int 
     state_path.write_text(json.dumps(state))
     say(f"starting Label Studio on {ls.url} …")
     ls.start()
-    served = settings.model_copy(update={"label_studio_url": ls.url, "label_studio_api_key": SecretStr(ls.token)})
+    served = settings.with_label_studio(ls.url, ls.token)
     backend = Backend(served, poll_s=1.0)
     port = free_port(backend_port)
     server = uvicorn.Server(uvicorn.Config(create_app(served, backend=backend), host="127.0.0.1", port=port,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -141,11 +140,8 @@ class Backend:
     def _fetcher(self, pid: int) -> MediaFetcher:
         settings = self.settings
         if not (settings.label_studio_url and settings.label_studio_api_key) and pid in self._ls_access:
-            from pydantic import SecretStr
-
             host, token = self._ls_access[pid]
-            settings = settings.model_copy(update={"label_studio_url": settings.label_studio_url or host,
-                                                   "label_studio_api_key": SecretStr(token)})
+            settings = settings.with_label_studio(settings.label_studio_url or host, token)
         return MediaFetcher(settings)
 
     def upsert_tasks(self, session, project, config: LabelConfig, tasks: list[dict]) -> dict[int, Item]:
@@ -205,7 +201,7 @@ class Backend:
             for r, lab, sc in zip(rows, labels, scores):
                 if lab:
                     out[r] = {"result": [config.region(lab, float(sc))], "score": float(sc), "model_version": version}
-        for i, it in enumerate(items):
+        for it in items:
             if it.external_id in failed:
                 log.warning("task %s: %s", it.external_id, failed[it.external_id])
         return out

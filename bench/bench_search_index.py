@@ -97,7 +97,6 @@ def ivf_section(n: int, d: int, smoke: bool) -> dict:
     exact_index = VectorIndex.build(np.arange(n), x, exact_threshold=n)
     _, truth = exact_index.search(q, 10)
     flat_lat = latency(lambda: exact_index.search(q[:1], 10), 5 if smoke else 20)
-    del exact_index
     sweep = []
     tuned = index.nprobe
     for nprobe in sorted({1, 2, 4, 8, 16, 32, 64, tuned}):

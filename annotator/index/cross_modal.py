@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,14 +168,6 @@ class ProjectIndex:
                 index.add(ids[new], vectors[new])
         index.save(self._path(space, modality))
         self._indexes[(space, modality)] = index
-
-    def remove_items(self, item_pks: Iterable[int]) -> None:
-        """Drop items from every index at once (e.g. after they were deleted from the store)."""
-        pks = list(item_pks)
-        for (space, modality), index in list(self._indexes.items()) + [
-                ((sp, m), self.index(sp, m)) for sp in ("native", "shared") for m in MODALITIES]:
-            if index is not None and index.remove(pks):
-                index.save(self._path(space, modality))
 
     # --- queries ---------------------------------------------------------------------------------
 

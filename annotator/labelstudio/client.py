@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import SecretStr
 from tqdm import tqdm
 
 from annotator.config import Settings
@@ -38,10 +37,6 @@ def client_for(url: str | None, api_key: str | None):
         raise ConfigError("Label Studio URL and API key are needed: pass --url/--api-key or set "
                           "ANNOTATOR_LABEL_STUDIO_URL and ANNOTATOR_LABEL_STUDIO_API_KEY")
     return LabelStudio(base_url=url.rstrip("/"), api_key=api_key)
-
-
-def _ls_settings(settings: Settings, url: str, api_key: str) -> Settings:
-    return settings.model_copy(update={"label_studio_url": url, "label_studio_api_key": SecretStr(api_key)})
 
 
 def list_tasks(ls, ls_project_id: int, *, page_size: int = 500) -> list[dict[str, Any]]:
@@ -82,7 +77,7 @@ def sync(store: Store, settings: Settings, *, url: str, api_key: str, ls_project
     schema = project["label_config"]
     config = parse_label_config(schema)
     tasks = tasks if tasks is not None else list_tasks(ls, ls_project_id)
-    backend = Backend(_ls_settings(settings, url, api_key), store=store, encoders=Encoders(settings),
+    backend = Backend(settings.with_label_studio(url, api_key), store=store, encoders=Encoders(settings),
                       start_trainer=False)
     with store.session() as s:
         p = backend.ensure_project(s, ls_project_id, schema, config)
@@ -127,7 +122,7 @@ def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_proj
         ml_id = existing[0].id if existing else register_backend(ls, ls_project_id, backend_url, title)
     tasks = list_tasks(ls, ls_project_id)
     synced = sync(store, settings, url=url, api_key=api_key, ls_project_id=ls_project_id, ls=ls, tasks=tasks)
-    backend = Backend(_ls_settings(settings, url, api_key), store=store, encoders=encoders or Encoders(settings),
+    backend = Backend(settings.with_label_studio(url, api_key), store=store, encoders=encoders or Encoders(settings),
                       start_trainer=False)
     schema = _as_dict(ls.projects.get(id=ls_project_id))["label_config"]
     predictions, version = predict_missing(backend, tasks, ls_project_id=ls_project_id, schema=schema,

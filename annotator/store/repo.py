@@ -116,12 +116,6 @@ def delete_items(session: Session, *, project: Project, external_ids: Iterable[s
     return pks
 
 
-def count_items(session: Session, *, project: Project) -> int:
-    from sqlalchemy import func
-
-    return session.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id)) or 0
-
-
 # --- labels ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
