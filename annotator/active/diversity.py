@@ -75,7 +75,8 @@ class TypiClust(QueryStrategy):
         lab = (np.asarray(pool.labelled_embeddings, dtype=np.float32)
                if pool.labelled_embeddings is not None and len(pool.labelled_embeddings) else np.zeros((0, x.shape[1]), np.float32))
         n_clusters = int(min(len(lab) + k, self.max_clusters, len(x)))
-        km = faiss.Kmeans(x.shape[1], n_clusters, niter=20, seed=int(rng.integers(1 << 30)), verbose=False)
+        km = faiss.Kmeans(x.shape[1], n_clusters, niter=20, seed=int(rng.integers(1 << 30)), verbose=False,
+                          min_points_per_centroid=1)
         km.train(np.vstack([x, lab]) if len(lab) else x)
         _, assign = km.index.search(x, 1)
         assign = assign[:, 0]

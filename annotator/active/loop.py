@@ -26,7 +26,9 @@ from annotator.runtime import Encoders
 from annotator.store import Store, open_store, repo
 from annotator.store.models import Item
 
-COLD_START = {"typiclust", "kcenter", "random"}
+def works_cold(strategy: str) -> bool:
+    """Whether a strategy can choose with no model (TypiClust, k-center, TCM, random)."""
+    return not {"probs", "hidden"} & set(get_strategy(strategy).needs)
 
 
 def concat_embeddings(features: dict[str, np.ndarray]) -> np.ndarray:
@@ -76,7 +78,7 @@ def select_next(store: Store, settings: Settings, *, project_name: str, strategy
                 encoders: Encoders | None = None, random_state: int = 0, progress: bool = True) -> list[dict[str, Any]]:
     """The ``k`` unlabelled items most worth labelling next, best first: ``[{"id", "score"}]``.
 
-    Uncertainty strategies and BADGE use the active model; TypiClust, k-center and random work
+    Uncertainty strategies and BADGE use the active model; TypiClust, k-center, TCM and random work
     with no model and no labels (cold start).
     """
     from annotator.training import load_model
@@ -87,7 +89,7 @@ def select_next(store: Store, settings: Settings, *, project_name: str, strategy
     with store.session() as s:
         active = repo.active_model_version(s, project=repo.get_project(s, name=project_name))
     clf = load_model(settings, active)[0] if active else None
-    if clf is None and strategy not in COLD_START:
+    if clf is None and not works_cold(strategy):
         raise NotFoundError(f"strategy {strategy!r} needs a trained model; run `annotator retrain --project "
                             f"{project_name}` first, or start with --strategy typiclust (works with no labels)")
     labelled = np.array([it.id in data.labels for it in data.items])
@@ -139,9 +141,10 @@ def _stratified_test(y: np.ndarray, rng, fraction: float) -> np.ndarray:
 
 
 def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, strategy: str, *, budget: int,
-              step: int, seed: int, head: str = "concat") -> list[dict[str, float]]:
+              step: int, seed: int, head: str = "concat", warm_start: str = "typiclust") -> list[dict[str, float]]:
     """Label ``step`` items at a time from the non-test rows with ``strategy`` until ``budget``; the
-    model is retrained from scratch after each step and scored on the test rows."""
+    model is retrained from scratch after each step and scored on the test rows. Strategies that
+    need a model pick their first batch with ``warm_start`` (a cold-start strategy)."""
     rng = np.random.default_rng(seed)
     chooser = get_strategy(strategy)
     pool_rows = np.flatnonzero(~test)
@@ -154,8 +157,9 @@ def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, 
     budget = min(budget, len(pool_rows))
     while labelled.sum() < budget:
         n_new = int(min(step, budget - labelled.sum()))
-        if clf is None and strategy not in COLD_START:
-            picks = rng.choice(np.flatnonzero(~labelled), n_new, replace=False)  # warm-up batch, at random
+        if clf is None and not works_cold(strategy):
+            local = get_strategy(warm_start).select(build_pool(Xp, labelled, None), n_new, rng=rng)
+            picks = np.flatnonzero(~labelled)[local]
         else:
             local = chooser.select(build_pool(Xp, labelled, clf), n_new, rng=rng)
             picks = np.flatnonzero(~labelled)[local]
@@ -181,7 +185,8 @@ def simulate(settings: Settings, manifest: Path, *, strategy: str, budget: int, 
 
     The manifest is imported into a throwaway store (the embedding cache is shared, so a re-run
     encodes nothing). For each seed a stratified test split is held out; both strategies start cold
-    and label ``step`` items at a time up to ``budget``. Also reported: full-pool accuracy and the
+    (one that needs a model picks its first batch with TypiClust) and label ``step`` items at a time
+    up to ``budget``. Also reported: full-pool accuracy and the
     labels each strategy needs to reach 95 % of it.
     """
     from annotator.importer import import_manifest

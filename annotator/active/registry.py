@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from annotator.active.base import QueryStrategy
 from annotator.active.diversity import Badge, KCenterGreedy, RandomSampling, TypiClust
+from annotator.active.hybrid import MarginCluster, TypiClustThenMargin
 from annotator.active.uncertainty import Entropy, LeastConfidence, Margin
 from annotator.errors import UnknownNameError
 
 STRATEGIES: dict[str, type[QueryStrategy]] = {
-    cls.name: cls for cls in (LeastConfidence, Margin, Entropy, KCenterGreedy, Badge, TypiClust, RandomSampling)
+    cls.name: cls for cls in (LeastConfidence, Margin, Entropy, MarginCluster, TypiClustThenMargin, KCenterGreedy,
+                            Badge, TypiClust, RandomSampling)
 }
 
 

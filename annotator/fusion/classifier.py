@@ -46,6 +46,7 @@ class FusionClassifier:
     min_steps : int, default=300
         Small data sets get more epochs so training takes at least this many optimizer steps.
     batch_size : int, default=256
+        Upper bound; an epoch is split into equal batches.
     lr : float, default=2e-3
     weight_decay : float, default=1e-4
     dropout : float, default=0.1
@@ -58,6 +59,9 @@ class FusionClassifier:
     calibration_fraction : float, default=0.15
         Used when at least ``min_calibration`` items would be held out; otherwise no temperature.
     min_calibration : int, default=20
+    refit : bool, default=True
+        After the temperature is fitted on the held-out slice, train again on every label and keep
+        that temperature, so calibration costs no training data (twice the training time).
     modality_weights : list of float, optional
         For ``head="weighted"``: fixed weights in modality order; None chooses them by ``cv_folds``-fold
         cross-validation over a simplex grid.
@@ -81,7 +85,8 @@ class FusionClassifier:
                  batch_size: int = 256,
                  lr: float = 2e-3, weight_decay: float = 1e-4, dropout: float = 0.1,
                  modality_dropout: float = 0.25, multilabel: bool = False, calibrate: bool = True,
-                 calibration_fraction: float = 0.15, min_calibration: int = 20, modality_weights: list[float] | None = None,
+                 calibration_fraction: float = 0.15, min_calibration: int = 20, refit: bool = True,
+                 modality_weights: list[float] | None = None,
                  cv_folds: int = 3, random_state: int = 0, device: str = "cpu"):
         self.head = head
         self.hidden_dim = hidden_dim
@@ -96,6 +101,7 @@ class FusionClassifier:
         self.calibrate = calibrate
         self.calibration_fraction = calibration_fraction
         self.min_calibration = min_calibration
+        self.refit = refit
         self.modality_weights = modality_weights
         self.cv_folds = cv_folds
         self.random_state = random_state
@@ -105,7 +111,7 @@ class FusionClassifier:
 
     _PARAMS = ("head", "hidden_dim", "epochs", "min_steps", "batch_size", "lr", "weight_decay", "dropout",
                "modality_dropout", "multilabel", "calibrate", "calibration_fraction", "min_calibration",
-               "modality_weights",
+               "refit", "modality_weights",
                "cv_folds", "random_state", "device")
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -203,6 +209,8 @@ class FusionClassifier:
         if len(cal_idx):
             logits = self._logits([a[cal_idx] for a in arrays], mask[cal_idx])
             self.temperature_ = fit_temperature(logits, targets[cal_idx], multilabel=self.multilabel)
+            if self.refit:
+                self.network_ = self._train(arrays, mask, targets, np.arange(n), self.modality_weights_)
         return self
 
     def _calibration_split(self, targets: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -236,13 +244,14 @@ class FusionClassifier:
         t = torch.from_numpy(targets[idx]).to(self.device)
         n = len(idx)
         batches_per_epoch = max(1, -(-n // self.batch_size))
+        size = -(-n // batches_per_epoch)  # equal batches: 260 items → 2 × 130, not 256 + a noisy 4
         steps = self.min_steps if min_steps is None else min_steps
         n_epochs = max(epochs or self.epochs, -(-steps // batches_per_epoch))
         net.train()
         for _ in range(n_epochs):
             perm = torch.randperm(n, generator=gen).to(self.device)
-            for start in range(0, n, self.batch_size):
-                b = perm[start:start + self.batch_size]
+            for start in range(0, n, size):
+                b = perm[start:start + size]
                 bm = self._drop_modalities(m[b], gen)
                 logits, _ = net([x[b] for x in xs], bm)
                 loss = loss_fn(logits, t[b])

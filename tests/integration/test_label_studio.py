@@ -246,3 +246,18 @@ def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, ba
     in_view = {t.id for t in ls_client.tasks.list(project=project.id, view=queue["view_id"])}
     assert in_view == {int(s["id"]) for s in suspects[:4]}
     assert {tasks[t] for t in flipped} <= {int(s["id"]) for s in suspects[:4]}
+
+    # with ANNOTATOR_NEXT_BATCH_STRATEGY set, the refresh after a retrain chooses and orders the next batch itself
+    backend = backend_server.backend
+    backend.settings = settings.model_copy(update={"next_batch_strategy": "entropy", "next_batch_size": 2})
+    try:
+        sent = backend.refresh_label_studio(name)
+    finally:
+        backend.settings = settings
+    version = ls_client.projects.get(id=project.id).model_version
+    assert sent == len(rows) and version.startswith("v1-next-entropy-")
+    expected = select_next(store, settings, project_name=name, strategy="entropy", k=2,
+                           encoders=backend_server.backend.encoders, progress=False)
+    ordered = sorted((p for p in predictions_of(ls_client, project.id) if p["model_version"] == version),
+                     key=lambda p: p["score"])
+    assert [str(p["task"]) for p in ordered[:2]] == [e["id"] for e in expected]

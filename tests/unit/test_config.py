@@ -37,3 +37,11 @@ def test_missing_config_file_is_named(monkeypatch, settings):
     monkeypatch.setenv("ANNOTATOR_CONFIG", "/nonexistent/annotator.toml")
     with pytest.raises(ConfigError, match="/nonexistent/annotator.toml"):
         load_settings()
+
+
+def test_unknown_next_batch_strategy_is_refused_with_the_choices(monkeypatch, settings):
+    monkeypatch.setenv("ANNOTATOR_NEXT_BATCH_STRATEGY", "coreset")
+    with pytest.raises(ConfigError, match="ANNOTATOR_NEXT_BATCH_STRATEGY.*'coreset'.*margin-cluster"):
+        load_settings()
+    monkeypatch.setenv("ANNOTATOR_NEXT_BATCH_STRATEGY", "entropy")
+    assert load_settings().next_batch_strategy == "entropy"

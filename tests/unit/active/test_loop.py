@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from annotator.active.loop import find_label_errors, select_next, simulate
@@ -62,3 +64,19 @@ def test_simulate_is_reproducible(settings, encoders, tmp_path):
         assert [p["labels"] for p in a["curves"][name]] == [p["labels"] for p in b["curves"][name]] == [5, 10, 15]
         assert all(abs(p["accuracy"] - q["accuracy"]) <= one_item for p, q in zip(a["curves"][name], b["curves"][name]))
     assert abs(a["full_accuracy"] - b["full_accuracy"]) <= one_item and a["full_accuracy"] > 0.8
+
+
+def test_simulation_warm_starts_model_strategies_with_typiclust():
+    """Before a model exists, margin's first batch is TypiClust's (same seed, same picks), not random's."""
+    from annotator.active.loop import run_curve
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    y = np.repeat(np.array(list("abcd")), 30)
+    x = centres[np.repeat(np.arange(4), 30)] + 0.6 * rng.normal(size=(120, 16))
+    features = {"text": (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)}
+    test = np.zeros(120, dtype=bool)
+    test[::5] = True
+    curves = {s: run_curve(features, y, test, s, budget=8, step=4, seed=0) for s in ("margin", "typiclust", "random")}
+    assert curves["margin"][0] == curves["typiclust"][0]
+    assert curves["margin"][0] != curves["random"][0]

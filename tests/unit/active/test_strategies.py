@@ -88,6 +88,31 @@ def test_uncertainty_batch_skips_near_duplicates():
     assert (assign[picks] == 0).sum() == 1  # one representative, not five copies
 
 
+def test_margin_cluster_spreads_a_batch_of_uncertain_items_over_regions():
+    x, assign = clusters(n_clusters=6, per=40, spread=0.15)  # members alike, but not near-duplicates
+    rng = np.random.default_rng(0)
+    # clusters 0-2 hold the uncertain items; cluster 0 is a little more uncertain than 1 and 2
+    margin = np.where(assign == 0, 0.02, np.where(assign < 3, 0.06, 0.9)) + 0.01 * rng.random(len(x))
+    probs = np.c_[(1 + margin) / 2, (1 - margin) / 2]
+    pool = Pool(n=len(x), probs=probs, embeddings=x)
+    plain = get_strategy("margin").select(pool, 6, rng=np.random.default_rng(0))
+    spread = get_strategy("margin-cluster").select(pool, 6, rng=np.random.default_rng(0))
+    assert set(assign[plain].tolist()) == {0}  # plain margin: every pick from the hardest region
+    assert set(assign[spread].tolist()) == {0, 1, 2}  # hybrid: every uncertain region, no confident item
+    assert (margin[spread][:-1] <= margin[spread][1:]).all()  # most uncertain first
+
+
+def test_tcm_uses_typiclust_while_labels_are_few_then_margin():
+    pool = full_pool()  # 4 classes, 3 labelled: below 5 per class
+    assert get_strategy("tcm").select(pool, 5, rng=np.random.default_rng(2)).tolist() == \
+        get_strategy("typiclust").select(pool, 5, rng=np.random.default_rng(2)).tolist()
+    pool.labelled_embeddings = np.repeat(pool.embeddings[:5], 4, axis=0)  # 20 labels = 5 per class
+    assert get_strategy("tcm").select(pool, 5, rng=np.random.default_rng(2)).tolist() == \
+        get_strategy("margin").select(pool, 5, rng=np.random.default_rng(2)).tolist()
+    no_model = Pool(n=pool.n, embeddings=pool.embeddings)  # cold start: no probabilities at all
+    assert len(get_strategy("tcm").select(no_model, 5)) == 5
+
+
 def test_kcenter_covers_every_cluster_before_repeating_one():
     x, assign = clusters(n_clusters=6)
     picks = get_strategy("kcenter").select(Pool(n=len(x), embeddings=x), 6, rng=np.random.default_rng(3))

@@ -100,6 +100,23 @@ def test_same_seed_same_model():
     np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-6)  # up to float reduction order across threads
 
 
+def test_refit_after_calibration_trains_on_every_label():
+    """The held-out calibration slice is learnt too: with arbitrary labels a network can only be
+    right on items it was trained on."""
+    rng = np.random.default_rng(0)
+    X = {"text": rng.normal(size=(200, 32)).astype(np.float32)}
+    y = rng.choice(["a", "b"], 200)
+    params = dict(head="concat", hidden_dim=64, min_steps=600, dropout=0.0, random_state=0)
+    refit = FusionClassifier(**params).fit(X, y)
+    held_out_only = FusionClassifier(**params, refit=False).fit(X, y)
+    _, cal = held_out_only._calibration_split(np.array([c == "b" for c in y], dtype=np.int64), np.random.default_rng(0))
+    assert len(cal) >= 20
+    right = {name: float((np.array(clf.predict({"text": X["text"][cal]})) == y[cal]).mean())
+             for name, clf in (("refit", refit), ("held_out_only", held_out_only))}
+    assert right["refit"] > 0.9 and right["held_out_only"] < 0.75, right
+    assert refit.temperature_ == pytest.approx(held_out_only.temperature_)
+
+
 def test_errors_are_clear():
     X, y = planted(n=60)
     with pytest.raises(NotFittedError, match="call fit"):
