@@ -71,33 +71,27 @@ class CLIPImageEncoder(_ClipSide):
         torch, F = self._torch, self._torch.nn.functional
         proc = self._processor.image_processor
         crop = proc.crop_size
-        size = int(crop["height"] if isinstance(crop, dict) or hasattr(crop, "__getitem__") and not isinstance(crop, int)
-                   else crop)
+        size = int(crop if isinstance(crop, (int, float)) else crop["height"])  # an int, a dict or a SizeDict
         mean = torch.tensor(proc.image_mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(proc.image_std, device=self.device).view(1, 3, 1, 1)
-        out = []
-        for shape, group in _group_by_size([np.asarray(i.convert("RGB")) for i in images]):
+        out, order = [], []
+        for rows, group in _group_by_shape([np.asarray(i.convert("RGB")) for i in images]):
             x = torch.from_numpy(np.stack(group)).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 255
-            h, w = shape[:2]
+            h, w = group[0].shape[:2]
             scale = size / min(h, w)
             x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
                               antialias=True, align_corners=False)
             top, left = (x.shape[2] - size) // 2, (x.shape[3] - size) // 2
             out.append(((x[:, :, top:top + size, left:left + size] - mean) / std))
-        order = np.argsort(np.concatenate([idx for idx in _group_indices([np.asarray(i).shape for i in images])]))
-        return torch.cat(out)[torch.from_numpy(order).to(self.device)]
+            order.extend(rows)
+        return torch.cat(out)[torch.from_numpy(np.argsort(order)).to(self.device)]
 
 
-def _group_indices(shapes: list) -> list[np.ndarray]:
-    groups: dict = {}
-    for i, shape in enumerate(shapes):
-        groups.setdefault(shape, []).append(i)
-    return [np.array(v) for v in groups.values()]
-
-
-def _group_by_size(arrays: list[np.ndarray]):
-    """Yield (shape, arrays) for each distinct image size, in `_group_indices` order."""
-    groups: dict = {}
-    for a in arrays:
-        groups.setdefault(a.shape, []).append(a)
-    return list(groups.items())
+def _group_by_shape(arrays: list[np.ndarray]) -> list[tuple[list[int], list[np.ndarray]]]:
+    """(input positions, arrays) for each distinct array shape, so same-sized images resize as one batch."""
+    groups: dict[tuple, tuple[list[int], list[np.ndarray]]] = {}
+    for i, a in enumerate(arrays):
+        rows, group = groups.setdefault(a.shape, ([], []))
+        rows.append(i)
+        group.append(a)
+    return list(groups.values())
