@@ -79,10 +79,10 @@ def curves_section(features, y, seeds, budget, step) -> dict:
     ratio = (finite[best] / rnd) if best and rnd else None
     # random not there within the budget: it needs more than `budget` labels, so the ratio is below this
     bound = finite[best] / budget if best and rnd is None else None
+    known = ratio if ratio is not None else bound
     return {"full_pool_accuracy": full_acc, "curves": mean, "labels_to_95pct": needed, "best_strategy": best,
             "best_vs_random_label_ratio": ratio, "ratio_below": bound, "budget": budget, "step": step,
-            "meets_target": bool((ratio if ratio is not None else bound) is not None
-                                 and (ratio if ratio is not None else bound) <= 0.5)}
+            "meets_target": bool(known is not None and known <= 0.5)}
 
 
 def cold_start_section(features, y, seeds) -> dict:

@@ -50,6 +50,11 @@ class QueryStrategy:
     name = "base"
     needs: tuple[str, ...] = ()
 
+    @property
+    def needs_model(self) -> bool:
+        """Whether choosing needs a trained model's output; False: works cold, with no labels."""
+        return bool({"probs", "hidden"} & set(self.needs))
+
     def select(self, pool: Pool, k: int, *, rng: np.random.Generator | None = None) -> np.ndarray:
         """Indices of the ``k`` pool items to label next, best first."""
         validate_query(pool, k, self)

@@ -26,10 +26,6 @@ from annotator.runtime import Encoders
 from annotator.store import Store, open_store, repo
 from annotator.store.models import Item
 
-def works_cold(strategy: str) -> bool:
-    """Whether a strategy can choose with no model (TypiClust, k-center, TCM, random)."""
-    return not {"probs", "hidden"} & set(get_strategy(strategy).needs)
-
 
 def concat_embeddings(features: dict[str, np.ndarray]) -> np.ndarray:
     """One unit vector per item: per-modality unit vectors side by side (missing → 0), renormalised."""
@@ -89,7 +85,7 @@ def select_next(store: Store, settings: Settings, *, project_name: str, strategy
     with store.session() as s:
         active = repo.active_model_version(s, project=repo.get_project(s, name=project_name))
     clf = load_model(settings, active)[0] if active else None
-    if clf is None and not works_cold(strategy):
+    if clf is None and chooser.needs_model:
         raise NotFoundError(f"strategy {strategy!r} needs a trained model; run `annotator retrain --project "
                             f"{project_name}` first, or start with --strategy typiclust (works with no labels)")
     labelled = np.array([it.id in data.labels for it in data.items])
@@ -146,7 +142,7 @@ def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, 
     model is retrained from scratch after each step and scored on the test rows. Strategies that
     need a model pick their first batch with ``warm_start`` (a cold-start strategy)."""
     rng = np.random.default_rng(seed)
-    chooser = get_strategy(strategy)
+    chooser, warm = get_strategy(strategy), get_strategy(warm_start)
     pool_rows = np.flatnonzero(~test)
     Xp = {m: a[pool_rows] for m, a in features.items()}
     Xt = {m: a[test] for m, a in features.items()}
@@ -157,12 +153,8 @@ def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, 
     budget = min(budget, len(pool_rows))
     while labelled.sum() < budget:
         n_new = int(min(step, budget - labelled.sum()))
-        if clf is None and not works_cold(strategy):
-            local = get_strategy(warm_start).select(build_pool(Xp, labelled, None), n_new, rng=rng)
-            picks = np.flatnonzero(~labelled)[local]
-        else:
-            local = chooser.select(build_pool(Xp, labelled, clf), n_new, rng=rng)
-            picks = np.flatnonzero(~labelled)[local]
+        now = warm if clf is None and chooser.needs_model else chooser
+        picks = np.flatnonzero(~labelled)[now.select(build_pool(Xp, labelled, clf), n_new, rng=rng)]
         labelled[picks] = True
         if len(np.unique(yp[labelled])) < 2:
             clf = None

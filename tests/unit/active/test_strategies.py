@@ -61,6 +61,10 @@ def test_missing_inputs_are_named():
         get_strategy("coreset")
 
 
+def test_strategies_that_work_cold_are_those_needing_no_model_output():
+    assert {n for n in STRATEGIES if not get_strategy(n).needs_model} == {"typiclust", "kcenter", "tcm", "random"}
+
+
 def test_uncertainty_orderings_on_known_distributions():
     probs = np.array([[0.98, 0.01, 0.01],   # confident
                       [0.50, 0.49, 0.01],   # near a two-class boundary
