@@ -35,6 +35,7 @@ from annotator.store.models import ModelVersion, utcnow
 
 MIN_HOLDOUT_LABELS = 30
 HOLDOUT_FRACTION = 0.2
+MAX_UNLABELLED = 20_000
 
 
 @dataclass
@@ -108,7 +109,25 @@ def evaluate(clf: FusionClassifier, X: dict[str, np.ndarray], y: Sequence) -> di
     }
 
 
-def _cv_metrics(clf: FusionClassifier, X, y, folds: int) -> dict[str, Any]:
+def unlabelled_features(items: Sequence, encoders: Encoders, modalities: Sequence[str],
+                        limit: int = MAX_UNLABELLED) -> dict[str, np.ndarray] | None:
+    """Cached vectors of unlabelled items for self-training, or None when there are none.
+
+    Nothing is encoded here (the backend encodes items when it predicts them), and a large pool
+    is sampled down to ``limit`` items: pseudo-labels are a few times the label count, so more
+    candidates add memory, not better picks.
+    """
+    if len(items) > limit:
+        rows = np.sort(np.random.default_rng(0).choice(len(items), limit, replace=False))
+        items = [items[i] for i in rows]
+    features = load_features(items, encoders=encoders, modalities=modalities)
+    if not features:
+        return None
+    usable = usable_rows(features, len(items))
+    return {m: a[usable] for m, a in features.items()} if usable.any() else None
+
+
+def _cv_metrics(clf: FusionClassifier, X, y, folds: int, unlabelled=None) -> dict[str, Any]:
     """Stratified k-fold estimate: out-of-fold predictions of clones of ``clf``, scored once."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -117,7 +136,7 @@ def _cv_metrics(clf: FusionClassifier, X, y, folds: int) -> dict[str, Any]:
     classes = sorted(np.unique(labels))
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=clf.random_state)
     for train, test in skf.split(labels, labels):
-        fold = clf.clone().fit({m: a[train] for m, a in X.items()}, labels[train])
+        fold = clf.clone().fit({m: a[train] for m, a in X.items()}, labels[train], unlabelled=unlabelled)
         p = fold.predict_proba({m: a[test] for m, a in X.items()})
         for j, c in enumerate(fold.classes_):
             oof[test, classes.index(c)] = p[:, j]
@@ -168,6 +187,9 @@ def retrain(store: Store, settings: Settings, *, project_name: str, head: str = 
             progress: bool = True) -> RetrainResult:
     """Train a new model version on the project's human labels and promote it if it is not worse.
 
+    The project's unlabelled items with cached vectors take part through self-training (the
+    classifier's ``pseudo_label_ratio``; ``params={"pseudo_label_ratio": 0}`` turns it off).
+
     Not worse means: macro-F1 on the held-out items at least the active version's on the same
     items (``force`` promotes regardless). A failure at any step leaves the active version serving
     and records the error on the training run. Only one process trains a project at a time;
@@ -196,7 +218,9 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         with store.session() as s:
             project = repo.get_project(s, name=project_name)
             labels = repo.current_labels(s, project=project)
-            items = [it for it in repo.list_items(s, project=project) if it.id in labels]
+            all_items = repo.list_items(s, project=project)
+            items = [it for it in all_items if it.id in labels]
+            pool = [it for it in all_items if it.id not in labels]
             if len(items) < 4:
                 raise NotEnoughLabelsError(f"project {project_name!r} has {len(items)} labelled item(s); need at least 4")
             with MediaFetcher(settings) as fetcher:
@@ -212,6 +236,7 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         X = {m: a[usable] for m, a in X.items()}
         y = [labels[it.id] if multilabel else labels[it.id][0] for it in items]
         keys = [it.external_id for it in items]
+        unlabelled = unlabelled_features(pool, encoders, list(X))
 
         clf = FusionClassifier(head=head, multilabel=multilabel, random_state=0,
                                device=resolve_device(settings.device), **(params or {}))
@@ -223,7 +248,7 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         if len(items) >= MIN_HOLDOUT_LABELS and not multilabel:
             held = holdout_split(keys, y)
             train = ~held
-            clf.fit({m: a[train] for m, a in X.items()}, [v for v, t in zip(y, train) if t])
+            clf.fit({m: a[train] for m, a in X.items()}, [v for v, t in zip(y, train) if t], unlabelled=unlabelled)
             X_eval = {m: a[held] for m, a in X.items()}
             y_eval = [v for v, h in zip(y, held) if h]
             metrics = evaluate(clf, X_eval, y_eval)
@@ -234,16 +259,17 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
             label_counts = np.unique([v if isinstance(v, str) else v[0] for v in y], return_counts=True)[1]
             folds = int(min(5, label_counts.min())) if not multilabel else 0
             if folds >= 2:
-                metrics = _cv_metrics(clf, X, y, folds)
+                metrics = _cv_metrics(clf, X, y, folds, unlabelled)
                 metrics["evaluation"] = f"{folds}-fold cross-validation"
             else:
                 metrics = {"accuracy": float("nan"), "macro_f1": float("nan"), "ece": float("nan"),
                            "evaluation": "none (too few labels per class)"}
-            clf.fit(X, y)
+            clf.fit(X, y, unlabelled=unlabelled)
             if active_snapshot:
                 previous = {k: active_snapshot[2].get(k) for k in ("accuracy", "macro_f1", "ece")}
                 previous["evaluation"] = "recorded metrics of the active version"
         timings["train_s"] = time.perf_counter() - t1
+        metrics["pseudo_labels"] = clf.n_pseudo_labels_
 
         promoted, reason = _decide(metrics, previous, force, active_snapshot)
         with store.session() as s:

@@ -139,7 +139,8 @@ def _stratified_test(y: np.ndarray, rng, fraction: float) -> np.ndarray:
 def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, strategy: str, *, budget: int,
               step: int, seed: int, head: str = "concat", warm_start: str = "typiclust") -> list[dict[str, float]]:
     """Label ``step`` items at a time from the non-test rows with ``strategy`` until ``budget``; the
-    model is retrained from scratch after each step and scored on the test rows. Strategies that
+    model is retrained from scratch after each step, as the product trains it (self-training on the
+    rest of the pool included), and scored on the test rows. Strategies that
     need a model pick their first batch with ``warm_start`` (a cold-start strategy)."""
     rng = np.random.default_rng(seed)
     chooser, warm = get_strategy(strategy), get_strategy(warm_start)
@@ -160,7 +161,7 @@ def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, 
             clf = None
             continue
         clf = FusionClassifier(head=head, random_state=seed, min_steps=200).fit(
-            {m: a[labelled] for m, a in Xp.items()}, yp[labelled])
+            {m: a[labelled] for m, a in Xp.items()}, yp[labelled], unlabelled={m: a[~labelled] for m, a in Xp.items()})
         acc, f1 = _evaluate(clf, Xt, yt)
         curve.append({"labels": int(labelled.sum()), "accuracy": acc, "macro_f1": f1})
     return curve

@@ -62,6 +62,13 @@ class FusionClassifier:
     refit : bool, default=True
         After the temperature is fitted on the held-out slice, train again on every label and keep
         that temperature, so calibration costs no training data (twice the training time).
+    pseudo_label_ratio : float, default=2.0
+        Self-training, used when `fit` is given ``unlabelled`` items (single-label only): after a
+        first fit, each class takes up to this many times its label count of the unlabelled items
+        predicted as it most confidently, with the predicted label, and the head is trained again on
+        labels and pseudo-labels together. The model learns the easy items from the pool, so human
+        labels are needed where it is unsure, which is where active learning sends them
+        (Wang et al. 2016, "Cost-effective active learning"). 0 turns it off.
     modality_weights : list of float, optional
         For ``head="weighted"``: fixed weights in modality order; None chooses them by ``cv_folds``-fold
         cross-validation over a simplex grid.
@@ -77,6 +84,8 @@ class FusionClassifier:
     hidden_dim_ : int
         The width actually used.
     temperature_ : float
+    n_pseudo_labels_ : int
+        Unlabelled items the last `fit` trained on with their predicted label (self-training).
     modality_weights_ : list of float or None
         The weights the ``weighted`` head used (chosen or given).
     """
@@ -86,7 +95,7 @@ class FusionClassifier:
                  lr: float = 2e-3, weight_decay: float = 1e-4, dropout: float = 0.1,
                  modality_dropout: float = 0.25, multilabel: bool = False, calibrate: bool = True,
                  calibration_fraction: float = 0.15, min_calibration: int = 20, refit: bool = True,
-                 modality_weights: list[float] | None = None,
+                 pseudo_label_ratio: float = 2.0, modality_weights: list[float] | None = None,
                  cv_folds: int = 3, random_state: int = 0, device: str = "cpu"):
         self.head = head
         self.hidden_dim = hidden_dim
@@ -102,6 +111,7 @@ class FusionClassifier:
         self.calibration_fraction = calibration_fraction
         self.min_calibration = min_calibration
         self.refit = refit
+        self.pseudo_label_ratio = pseudo_label_ratio
         self.modality_weights = modality_weights
         self.cv_folds = cv_folds
         self.random_state = random_state
@@ -111,7 +121,7 @@ class FusionClassifier:
 
     _PARAMS = ("head", "hidden_dim", "epochs", "min_steps", "batch_size", "lr", "weight_decay", "dropout",
                "modality_dropout", "multilabel", "calibrate", "calibration_fraction", "min_calibration",
-               "refit", "modality_weights",
+               "refit", "pseudo_label_ratio", "modality_weights",
                "cv_folds", "random_state", "device")
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -182,8 +192,14 @@ class FusionClassifier:
 
     # --- training --------------------------------------------------------------------------
 
-    def fit(self, X: Mapping[str, np.ndarray], y: Sequence) -> FusionClassifier:
-        """Train on ``X`` ({modality: (n, d)}, NaN rows = missing) and labels ``y`` (n,)."""
+    def fit(self, X: Mapping[str, np.ndarray], y: Sequence,
+            unlabelled: Mapping[str, np.ndarray] | None = None) -> FusionClassifier:
+        """Train on ``X`` ({modality: (n, d)}, NaN rows = missing) and labels ``y`` (n,).
+
+        ``unlabelled`` ({modality: (m, d)}, optional) are items without labels; with
+        ``pseudo_label_ratio`` > 0 the most confident predictions among them become extra
+        training labels. Calibration and its held-out slice use human labels only.
+        """
         if self.head not in HEADS:
             raise UnknownNameError("fusion head", self.head, HEADS)
         arrays, mask = self._arrays(X, fitting=True)
@@ -195,8 +211,7 @@ class FusionClassifier:
         arrays = [np.nan_to_num(a, nan=0.0) for a in arrays]
         targets = self._targets(y)
         n = len(targets)
-        self.hidden_dim_ = (int(self.hidden_dim) if self.hidden_dim != "auto"
-                            else 32 if n < 200 else 64 if n < 1000 else 128)
+        self.hidden_dim_ = self._width(n)
         rng = np.random.default_rng(self.random_state)
         fit_idx, cal_idx = self._calibration_split(targets, rng)
 
@@ -205,13 +220,49 @@ class FusionClassifier:
             self.modality_weights_ = (list(map(float, self.modality_weights)) if self.modality_weights is not None
                                       else self._choose_weights(arrays, mask, targets, fit_idx))
         self.network_ = self._train(arrays, mask, targets, fit_idx, self.modality_weights_)
+        self._fit_temperature(arrays, mask, targets, cal_idx)
+        self.n_pseudo_labels_ = 0
+        pseudo = self._pseudo_labels(unlabelled, targets)
+        if pseudo is not None:
+            arrays = [np.vstack([a, u]) for a, u in zip(arrays, pseudo[0])]
+            mask, targets = np.vstack([mask, pseudo[1]]), np.concatenate([targets, pseudo[2]])
+            self.n_pseudo_labels_ = len(pseudo[2])
+            self.hidden_dim_ = self._width(len(targets))
+            fit_idx = np.concatenate([fit_idx, np.arange(n, len(targets))])
+            self.network_ = self._train(arrays, mask, targets, fit_idx, self.modality_weights_)
+            self._fit_temperature(arrays, mask, targets, cal_idx)
+        if len(cal_idx) and self.refit:
+            self.network_ = self._train(arrays, mask, targets, np.arange(len(targets)), self.modality_weights_)
+        return self
+
+    def _width(self, n: int) -> int:
+        return int(self.hidden_dim) if self.hidden_dim != "auto" else 32 if n < 200 else 64 if n < 1000 else 128
+
+    def _fit_temperature(self, arrays, mask, targets, cal_idx) -> None:
         self.temperature_ = 1.0
         if len(cal_idx):
             logits = self._logits([a[cal_idx] for a in arrays], mask[cal_idx])
             self.temperature_ = fit_temperature(logits, targets[cal_idx], multilabel=self.multilabel)
-            if self.refit:
-                self.network_ = self._train(arrays, mask, targets, np.arange(n), self.modality_weights_)
-        return self
+
+    def _pseudo_labels(self, unlabelled, targets):
+        """(arrays, mask, targets) of the unlabelled items kept as pseudo-labels, or None: per class,
+        the ``pseudo_label_ratio`` × its label count items predicted as it most confidently."""
+        if unlabelled is None or self.pseudo_label_ratio <= 0 or self.multilabel:
+            return None
+        arrays, mask = self._arrays(unlabelled, fitting=False)
+        if not len(mask):
+            return None
+        probs = self._probabilities(self._logits(arrays, mask) / self.temperature_)
+        pred, confidence = probs.argmax(axis=1), probs.max(axis=1)
+        usable = mask.sum(axis=1) > 0
+        keep = []
+        for c, count in enumerate(np.bincount(targets, minlength=len(self.classes_))):
+            rows = np.flatnonzero((pred == c) & usable)
+            keep.extend(rows[np.argsort(-confidence[rows], kind="stable")[: int(self.pseudo_label_ratio * count)]])
+        if not keep:
+            return None
+        keep = np.sort(np.array(keep, dtype=np.int64))
+        return [np.nan_to_num(a[keep], nan=0.0) for a in arrays], mask[keep], pred[keep]
 
     def _calibration_split(self, targets: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
         n = len(targets)

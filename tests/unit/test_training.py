@@ -13,7 +13,7 @@ from annotator.importer import import_manifest
 from annotator.prediction import predict
 from annotator.store import repo
 from annotator.store.models import Prediction, TrainingRun
-from annotator.training import holdout_split, retrain
+from annotator.training import holdout_split, retrain, unlabelled_features
 
 WORDS = {
     "animal": ["dog", "cat", "horse", "rabbit", "owl", "fox", "cow", "sheep"],
@@ -102,7 +102,7 @@ def test_crash_mid_training_leaves_active_version_serving(store, settings, encod
     make_project(store, tmp_path)
     retrain(store, settings, project_name="p", encoders=encoders, progress=False)
 
-    def explode(self, X, y):
+    def explode(self, X, y, unlabelled=None):
         raise RuntimeError("out of memory (simulated)")
 
     monkeypatch.setattr(FusionClassifier, "fit", explode)
@@ -158,3 +158,22 @@ def test_only_one_process_trains_a_project_at_a_time(store, settings, encoders, 
     with store.session() as s:  # the refused attempt left no run behind, and nothing marked interrupted
         assert s.scalars(select(TrainingRun)).all() == []
     assert retrain(store, settings, project_name="p", encoders=encoders, progress=False).model_version == "v1"
+
+
+def test_retrain_self_trains_on_unlabelled_items_with_cached_vectors(store, settings, encoders, tmp_path):
+    from annotator.embedding import embed_project
+
+    make_project(store, tmp_path, labelled=6)  # 18 labels, 30 unlabelled items
+    embed_project(store, settings, project_name="p", encoders=encoders, progress=False, index=False)
+    on = retrain(store, settings, project_name="p", encoders=encoders, progress=False)
+    assert 0 < on.metrics["pseudo_labels"] <= 2 * 18
+    off = retrain(store, settings, project_name="p", encoders=encoders, progress=False, force=True,
+                  params={"pseudo_label_ratio": 0})
+    assert off.metrics["pseudo_labels"] == 0
+    with store.session() as s:
+        project = repo.get_project(s, name="p")
+        labels = repo.current_labels(s, project=project)
+        pool = [it for it in repo.list_items(s, project=project) if it.id not in labels]
+    assert len(pool) == 30
+    sample = unlabelled_features(pool, encoders, ["text"], limit=7)  # a large pool is sampled down
+    assert set(sample) == {"text"} and sample["text"].shape == (7, encoders.cache("text").dim)

@@ -91,6 +91,8 @@ def test_multilabel():
     pred = clf.predict(X)
     exact = np.mean([set(p) == set(t) for p, t in zip(pred, y)])
     assert exact > 0.9
+    # self-training is single-label only: unlabelled items are ignored here, not mislabelled
+    assert FusionClassifier(head="concat", multilabel=True, epochs=5).fit(X, y, unlabelled=X).n_pseudo_labels_ == 0
 
 
 def test_same_seed_same_model():
@@ -115,6 +117,52 @@ def test_refit_after_calibration_trains_on_every_label():
              for name, clf in (("refit", refit), ("held_out_only", held_out_only))}
     assert right["refit"] > 0.9 and right["held_out_only"] < 0.75, right
     assert refit.temperature_ == pytest.approx(held_out_only.temperature_)
+
+
+def test_self_training_on_unlabelled_items_helps_with_few_labels():
+    """scikit-learn's digits (pixels as one modality), 3 labels per class and ~1,270 unlabelled
+    images: pseudo-labels from the pool raise test accuracy over the 30 labels alone."""
+    from sklearn.datasets import load_digits
+
+    pixels, digits = load_digits(return_X_y=True)
+    X = (pixels / np.linalg.norm(pixels, axis=1, keepdims=True)).astype(np.float32)
+    y = digits.astype(str)
+    gains = []
+    for seed in range(4):
+        order = np.random.default_rng(seed).permutation(len(y))
+        test, rest = order[:500], order[500:]
+        labelled = np.concatenate([rest[y[rest] == c][:3] for c in np.unique(y)])
+        pool = np.setdiff1d(rest, labelled)
+        accuracy = {}
+        for ratio in (0, 2):
+            clf = FusionClassifier(head="concat", pseudo_label_ratio=ratio, random_state=0).fit(
+                {"text": X[labelled]}, y[labelled], unlabelled={"text": X[pool]})
+            assert clf.n_pseudo_labels_ == (0 if ratio == 0 else 60)  # 2 × 3 labels × 10 classes
+            accuracy[ratio] = float((np.array(clf.predict({"text": X[test]})) == y[test]).mean())
+        gains.append(accuracy[2] - accuracy[0])
+    assert np.mean(gains) > 0.015 and min(gains) > -0.01, gains
+
+
+def test_pseudo_labels_are_each_class_s_most_confident_predictions():
+    rng = np.random.default_rng(0)
+
+    def around(x0, n, spread):
+        points = rng.normal(scale=0.3, size=(n, 8)).astype(np.float32)
+        points[:, 0] = x0 + rng.uniform(-spread, spread, n)
+        return points
+
+    X = {"text": np.vstack([around(-3, 5, 0.2), around(3, 5, 0.2)])}
+    y = ["a"] * 5 + ["b"] * 5
+    unlabelled = {"text": np.vstack([around(0, 40, 0.5), around(-3, 10, 0.2), around(3, 10, 0.2)])}
+    clf = FusionClassifier(head="concat", pseudo_label_ratio=1, random_state=0).fit(X, y, unlabelled=unlabelled)
+    assert clf.n_pseudo_labels_ == 10
+    arrays, _, targets = clf._pseudo_labels(unlabelled, np.array([0] * 5 + [1] * 5))
+    x0 = arrays[0][:, 0]
+    assert (np.abs(x0) > 2).all()  # none of the ambiguous items near the boundary
+    assert (targets == (x0 > 0)).all() and targets.sum() == 5  # five per class, with the right label
+    off = FusionClassifier(head="concat", pseudo_label_ratio=0, random_state=0)
+    np.testing.assert_allclose(off.fit(X, y, unlabelled=unlabelled).predict_proba(X),
+                               FusionClassifier(head="concat", random_state=0).fit(X, y).predict_proba(X), atol=1e-6)
 
 
 def test_errors_are_clear():
