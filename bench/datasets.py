@@ -25,7 +25,7 @@ CATEGORY_RANGES = {
     "transport": [(0x1F680, 0x1F6C5)],
     "plant": [(0x1F330, 0x1F335), (0x1F337, 0x1F33C), (0x1F33E, 0x1F344)],
 }
-# Ten finer categories (560 emoji, naturally imbalanced: 14 to 108 per class): hard enough that
+# Ten finer categories (552 emoji with a Unicode name, naturally imbalanced: 14 to 108 per class): hard enough that
 # strategies separate, unlike the four coarse ones above.
 FINE_CATEGORY_RANGES = {
     "face": [(0x1F600, 0x1F637), (0x1F641, 0x1F644), (0x1F910, 0x1F92F), (0x1F970, 0x1F976), (0x1F978, 0x1F97A)],

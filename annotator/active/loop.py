@@ -140,8 +140,8 @@ def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, 
               step: int, seed: int, head: str = "concat", warm_start: str = "typiclust") -> list[dict[str, float]]:
     """Label ``step`` items at a time from the non-test rows with ``strategy`` until ``budget``; the
     model is retrained from scratch after each step, as the product trains it (self-training on the
-    rest of the pool included), and scored on the test rows. Strategies that
-    need a model pick their first batch with ``warm_start`` (a cold-start strategy)."""
+    rest of the pool included), and scored on the test rows. Strategies that need a model pick
+    their first batch with ``warm_start`` (a cold-start strategy)."""
     rng = np.random.default_rng(seed)
     chooser, warm = get_strategy(strategy), get_strategy(warm_start)
     pool_rows = np.flatnonzero(~test)
@@ -179,8 +179,8 @@ def simulate(settings: Settings, manifest: Path, *, strategy: str, budget: int, 
     The manifest is imported into a throwaway store (the embedding cache is shared, so a re-run
     encodes nothing). For each seed a stratified test split is held out; both strategies start cold
     (one that needs a model picks its first batch with TypiClust) and label ``step`` items at a time
-    up to ``budget``. Also reported: full-pool accuracy and the
-    labels each strategy needs to reach 95 % of it.
+    up to ``budget``. Also reported: full-pool accuracy and the labels each strategy needs to reach
+    95 % of it.
     """
     from annotator.importer import import_manifest
 
