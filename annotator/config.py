@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         When set (e.g. ``entropy``), every automatic retrain also chooses the next
         ``next_batch_size`` tasks with this strategy and makes Label Studio serve them first.
         Unset: Label Studio's uncertainty sampling follows the new model's confidence.
+    self_training : bool, default=True
+        Retraining also learns from the project's unlabelled items (confident pseudo-labels; see
+        `FusionClassifier`'s ``pseudo_label_ratio``). Turn off when the pool is unlike what will
+        be labelled.
     """
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -84,6 +88,7 @@ class Settings(BaseSettings):
 
     next_batch_strategy: str | None = Field(default=None, validation_alias=_env("next_batch_strategy"))
     next_batch_size: int = Field(default=50, ge=1, validation_alias=_env("next_batch_size"))
+    self_training: bool = Field(default=True, validation_alias=_env("self_training"))
 
     max_media_bytes: int = Field(default=50 * 1024 * 1024, ge=1, validation_alias=_env("max_media_bytes"))
     media_timeout_s: float = Field(default=30.0, gt=0, validation_alias=_env("media_timeout_s"))

@@ -114,8 +114,8 @@ def unlabelled_features(items: Sequence, encoders: Encoders, modalities: Sequenc
     """Cached vectors of unlabelled items for self-training, or None when there are none.
 
     Nothing is encoded here (the backend encodes items when it predicts them), and a large pool
-    is sampled down to ``limit`` items: pseudo-labels are a few times the label count, so more
-    candidates add memory, not better picks.
+    is sampled down to ``limit`` items: pseudo-labels are capped (the classifier's
+    ``max_pseudo_labels``), so more candidates add memory, not better picks.
     """
     if len(items) > limit:
         rows = np.sort(np.random.default_rng(0).choice(len(items), limit, replace=False))
@@ -188,7 +188,7 @@ def retrain(store: Store, settings: Settings, *, project_name: str, head: str = 
     """Train a new model version on the project's human labels and promote it if it is not worse.
 
     The project's unlabelled items with cached vectors take part through self-training (the
-    classifier's ``pseudo_label_ratio``; ``params={"pseudo_label_ratio": 0}`` turns it off).
+    classifier's ``pseudo_label_ratio``), unless ``settings.self_training`` is off.
 
     Not worse means: macro-F1 on the held-out items at least the active version's on the same
     items (``force`` promotes regardless). A failure at any step leaves the active version serving
@@ -236,7 +236,7 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         X = {m: a[usable] for m, a in X.items()}
         y = [labels[it.id] if multilabel else labels[it.id][0] for it in items]
         keys = [it.external_id for it in items]
-        unlabelled = unlabelled_features(pool, encoders, list(X))
+        unlabelled = unlabelled_features(pool, encoders, list(X)) if settings.self_training else None
 
         clf = FusionClassifier(head=head, multilabel=multilabel, random_state=0,
                                device=resolve_device(settings.device), **(params or {}))

@@ -4,7 +4,8 @@ On offline data sets of different modalities, over several seeds:
 - digits: all 1,797 scikit-learn digits, image + noisy text + noisy spoken name (audio);
 - openmoji-10 image: 552 OpenMoji emoji in ten categories, images only (naturally imbalanced,
   14 to 108 per class);
-- openmoji-10 image+caption: the same emoji with their Unicode names as captions.
+- openmoji-10 image+caption: the same emoji with their Unicode names as captions;
+- openmoji-10 caption: the captions alone (text).
 
 Measured:
 - learning curves of every strategy against random; labels needed to reach 95 % of full-pool
@@ -51,19 +52,22 @@ def load_data(smoke: bool) -> dict[str, tuple[dict, np.ndarray]]:
         it["image"], it["text"] = render_svg(it["svg"], 96), f"an emoji of {it['caption']}"
     moji_y = np.array([it["label"] for it in moji])
     moji_image = enc["image"].encode([it["image"] for it in moji])
+    moji_text = enc["text"].encode([it["text"] for it in moji])
     digit_mods = ["image", "text"] + (["audio"] if audio else [])
     return {
         "digits": ({m: enc[m].encode([it[m] for it in digits]) for m in digit_mods},
                    np.array([it["label"] for it in digits])),
         "openmoji-10 image": ({"image": moji_image}, moji_y),
-        "openmoji-10 image+caption": ({"image": moji_image, "text": enc["text"].encode([it["text"] for it in moji])},
-                                     moji_y),
+        "openmoji-10 image+caption": ({"image": moji_image, "text": moji_text}, moji_y),
+        "openmoji-10 caption": ({"text": moji_text}, moji_y),
     }
 
 
 # (budget, step) per data set: the budget lets random reach 95 % of full-pool accuracy
-BUDGETS = {"digits": (320, 10), "openmoji-10 image": (320, 8), "openmoji-10 image+caption": (240, 8)}
-SMOKE_BUDGETS = {"digits": (40, 10), "openmoji-10 image": (24, 8), "openmoji-10 image+caption": (24, 8)}
+BUDGETS = {"digits": (240, 10), "openmoji-10 image": (320, 8), "openmoji-10 image+caption": (240, 8),
+           "openmoji-10 caption": (240, 8)}
+SMOKE_BUDGETS = {"digits": (40, 10), "openmoji-10 image": (24, 8), "openmoji-10 image+caption": (24, 8),
+                 "openmoji-10 caption": (24, 8)}
 
 
 def _one_curve(job) -> list[dict]:
@@ -204,8 +208,10 @@ def plot(results, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2), squeeze=False)
-    for ax, (name, res) in zip(axes[0], results.items()):
+    cols = min(2, len(results))
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
+    for ax, (name, res) in zip(axes.ravel(), results.items()):
         for s, c in res["curves"]["curves"].items():
             ax.plot([p["labels"] for p in c], [p["accuracy"] for p in c], "-o" if s == "random" else "-", ms=3,
                     lw=2.5 if s in ("random", res["curves"]["best_strategy"]) else 1, label=s,

@@ -120,12 +120,18 @@ def retrain(
     project: ProjectOpt,
     head: Annotated[str, typer.Option(help="concat | weighted | attention | gated | tensor")] = "attention",
     force: Annotated[bool, typer.Option(help="Promote even if it is worse than the active version.")] = False,
+    self_training: Annotated[Optional[bool], typer.Option(
+        "--self-training/--no-self-training",
+        help="Also learn from confident predictions on unlabelled items (default: ANNOTATOR_SELF_TRAINING, on).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a fusion head on human labels; promote it only if it is not worse."""
     from annotator.training import retrain as run_retrain
 
-    result = run_retrain(_store(), _settings(), project_name=project, head=head, force=force)
+    settings = _settings()
+    if self_training is not None:
+        settings = settings.model_copy(update={"self_training": self_training})
+    result = run_retrain(_store(), settings, project_name=project, head=head, force=force)
     m = result.metrics
     _emit(result.to_dict(), as_json,
           f"{result.model_version}: accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}, ECE {m['ece']} "

@@ -62,13 +62,21 @@ class FusionClassifier:
     refit : bool, default=True
         After the temperature is fitted on the held-out slice, train again on every label and keep
         that temperature, so calibration costs no training data (twice the training time).
-    pseudo_label_ratio : float, default=2.0
+    pseudo_label_ratio : float, default=15.0
         Self-training, used when `fit` is given ``unlabelled`` items (single-label only): after a
         first fit, each class takes up to this many times its label count of the unlabelled items
-        predicted as it most confidently, with the predicted label, and the head is trained again on
-        labels and pseudo-labels together. The model learns the easy items from the pool, so human
-        labels are needed where it is unsure, which is where active learning sends them
-        (Wang et al. 2016, "Cost-effective active learning"). 0 turns it off.
+        predicted as it most confidently (and at least ``pseudo_label_threshold`` confidently),
+        with the predicted label, and the head is trained again on labels and pseudo-labels
+        together. The model learns the easy items from the pool, so human labels are needed where
+        it is unsure, which is where active learning sends them (Wang et al. 2016, "Cost-effective
+        active learning"). 0 turns it off.
+    pseudo_label_threshold : float, default=0.9
+        Smallest predicted probability a pseudo-label may have (temperature-scaled when there were
+        enough labels to calibrate): a wrong pseudo-label teaches the model its own mistake, so
+        only confident ones are used.
+    max_pseudo_labels : int, default=2000
+        At most this many pseudo-labels in all (each class's share shrinks in proportion): they
+        matter while labels are few, and bound the training time when labels are many.
     modality_weights : list of float, optional
         For ``head="weighted"``: fixed weights in modality order; None chooses them by ``cv_folds``-fold
         cross-validation over a simplex grid.
@@ -95,7 +103,8 @@ class FusionClassifier:
                  lr: float = 2e-3, weight_decay: float = 1e-4, dropout: float = 0.1,
                  modality_dropout: float = 0.25, multilabel: bool = False, calibrate: bool = True,
                  calibration_fraction: float = 0.15, min_calibration: int = 20, refit: bool = True,
-                 pseudo_label_ratio: float = 2.0, modality_weights: list[float] | None = None,
+                 pseudo_label_ratio: float = 15.0, pseudo_label_threshold: float = 0.9,
+                 max_pseudo_labels: int = 2000, modality_weights: list[float] | None = None,
                  cv_folds: int = 3, random_state: int = 0, device: str = "cpu"):
         self.head = head
         self.hidden_dim = hidden_dim
@@ -112,6 +121,8 @@ class FusionClassifier:
         self.min_calibration = min_calibration
         self.refit = refit
         self.pseudo_label_ratio = pseudo_label_ratio
+        self.pseudo_label_threshold = pseudo_label_threshold
+        self.max_pseudo_labels = max_pseudo_labels
         self.modality_weights = modality_weights
         self.cv_folds = cv_folds
         self.random_state = random_state
@@ -121,7 +132,8 @@ class FusionClassifier:
 
     _PARAMS = ("head", "hidden_dim", "epochs", "min_steps", "batch_size", "lr", "weight_decay", "dropout",
                "modality_dropout", "multilabel", "calibrate", "calibration_fraction", "min_calibration",
-               "refit", "pseudo_label_ratio", "modality_weights",
+               "refit", "pseudo_label_ratio", "pseudo_label_threshold", "max_pseudo_labels",
+               "modality_weights",
                "cv_folds", "random_state", "device")
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -246,19 +258,22 @@ class FusionClassifier:
 
     def _pseudo_labels(self, unlabelled, targets):
         """(arrays, mask, targets) of the unlabelled items kept as pseudo-labels, or None: per class,
-        the ``pseudo_label_ratio`` × its label count items predicted as it most confidently."""
-        if unlabelled is None or self.pseudo_label_ratio <= 0 or self.multilabel:
+        up to ``pseudo_label_ratio`` × its label count of the items predicted as it most confidently
+        (above ``pseudo_label_threshold``), scaled down to ``max_pseudo_labels`` in all."""
+        if unlabelled is None or self.pseudo_label_ratio <= 0 or self.max_pseudo_labels <= 0 or self.multilabel:
             return None
         arrays, mask = self._arrays(unlabelled, fitting=False)
         if not len(mask):
             return None
         probs = self._probabilities(self._logits(arrays, mask) / self.temperature_)
         pred, confidence = probs.argmax(axis=1), probs.max(axis=1)
-        usable = mask.sum(axis=1) > 0
+        usable = (mask.sum(axis=1) > 0) & (confidence >= self.pseudo_label_threshold)
+        quota = self.pseudo_label_ratio * np.bincount(targets, minlength=len(self.classes_))
+        quota = np.floor(quota * min(1.0, self.max_pseudo_labels / max(quota.sum(), 1))).astype(int)
         keep = []
-        for c, count in enumerate(np.bincount(targets, minlength=len(self.classes_))):
+        for c, count in enumerate(quota):
             rows = np.flatnonzero((pred == c) & usable)
-            keep.extend(rows[np.argsort(-confidence[rows], kind="stable")[: int(self.pseudo_label_ratio * count)]])
+            keep.extend(rows[np.argsort(-confidence[rows], kind="stable")[:count]])
         if not keep:
             return None
         keep = np.sort(np.array(keep, dtype=np.int64))

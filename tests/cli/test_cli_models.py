@@ -16,7 +16,7 @@ def test_demo_then_retrain_predict_and_rollback(tmp_path):
     assert embed["items"] == 48 and sum(embed["encoded"].values()) == 0  # all cached by the demo
 
     retrained = json.loads(run_cli("retrain", "--project", "demo", "--head", "concat", "--force", "--json",
-                                   env_extra=env, check=True).stdout)
+                                   "--no-self-training", env_extra=env, check=True).stdout)
     assert retrained["model_version"] == "v2" and retrained["promoted"] is True
     assert set(retrained["metrics"]) == {"accuracy", "macro_f1", "ece"} and retrained["n_labels"] == 24
 

@@ -166,10 +166,13 @@ def test_retrain_self_trains_on_unlabelled_items_with_cached_vectors(store, sett
     make_project(store, tmp_path, labelled=6)  # 18 labels, 30 unlabelled items
     embed_project(store, settings, project_name="p", encoders=encoders, progress=False, index=False)
     on = retrain(store, settings, project_name="p", encoders=encoders, progress=False)
-    assert 0 < on.metrics["pseudo_labels"] <= 2 * 18
-    off = retrain(store, settings, project_name="p", encoders=encoders, progress=False, force=True,
-                  params={"pseudo_label_ratio": 0})
+    assert 0 < on.metrics["pseudo_labels"] <= 30  # some of the 30 unlabelled items, never more
+    off = retrain(store, settings.model_copy(update={"self_training": False}), project_name="p", encoders=encoders,
+                  progress=False, force=True)
     assert off.metrics["pseudo_labels"] == 0
+    ratio_zero = retrain(store, settings, project_name="p", encoders=encoders, progress=False, force=True,
+                         params={"pseudo_label_ratio": 0})
+    assert ratio_zero.metrics["pseudo_labels"] == 0
     with store.session() as s:
         project = repo.get_project(s, name="p")
         labels = repo.current_labels(s, project=project)

@@ -134,12 +134,12 @@ def test_self_training_on_unlabelled_items_helps_with_few_labels():
         labelled = np.concatenate([rest[y[rest] == c][:3] for c in np.unique(y)])
         pool = np.setdiff1d(rest, labelled)
         accuracy = {}
-        for ratio in (0, 2):
+        for ratio in (0, 15):
             clf = FusionClassifier(head="concat", pseudo_label_ratio=ratio, random_state=0).fit(
                 {"text": X[labelled]}, y[labelled], unlabelled={"text": X[pool]})
-            assert clf.n_pseudo_labels_ == (0 if ratio == 0 else 60)  # 2 × 3 labels × 10 classes
+            assert (clf.n_pseudo_labels_ == 0) if ratio == 0 else (0 < clf.n_pseudo_labels_ <= 15 * 30)
             accuracy[ratio] = float((np.array(clf.predict({"text": X[test]})) == y[test]).mean())
-        gains.append(accuracy[2] - accuracy[0])
+        gains.append(accuracy[15] - accuracy[0])
     assert np.mean(gains) > 0.015 and min(gains) > -0.01, gains
 
 
@@ -154,7 +154,8 @@ def test_pseudo_labels_are_each_class_s_most_confident_predictions():
     X = {"text": np.vstack([around(-3, 5, 0.2), around(3, 5, 0.2)])}
     y = ["a"] * 5 + ["b"] * 5
     unlabelled = {"text": np.vstack([around(0, 40, 0.5), around(-3, 10, 0.2), around(3, 10, 0.2)])}
-    clf = FusionClassifier(head="concat", pseudo_label_ratio=1, random_state=0).fit(X, y, unlabelled=unlabelled)
+    clf = FusionClassifier(head="concat", pseudo_label_ratio=1, pseudo_label_threshold=0.0, random_state=0).fit(
+        X, y, unlabelled=unlabelled)
     assert clf.n_pseudo_labels_ == 10
     arrays, _, targets = clf._pseudo_labels(unlabelled, np.array([0] * 5 + [1] * 5))
     x0 = arrays[0][:, 0]
@@ -163,6 +164,23 @@ def test_pseudo_labels_are_each_class_s_most_confident_predictions():
     off = FusionClassifier(head="concat", pseudo_label_ratio=0, random_state=0)
     np.testing.assert_allclose(off.fit(X, y, unlabelled=unlabelled).predict_proba(X),
                                FusionClassifier(head="concat", random_state=0).fit(X, y).predict_proba(X), atol=1e-6)
+
+
+def test_pseudo_labels_stay_above_the_threshold_and_under_the_cap():
+    rng = np.random.default_rng(1)
+    X, y = planted(n=60)
+    unlabelled = {m: np.vstack([a, a + 0.5 * rng.standard_normal(a.shape).astype(np.float32)]) for m, a in X.items()}
+    clf = FusionClassifier(head="concat", pseudo_label_ratio=100, pseudo_label_threshold=0.0, random_state=0)
+    clf.fit(X, y)
+    confidence = clf.predict_proba(unlabelled).max(axis=1)
+    threshold = float(np.median(confidence))  # half the pool is below it
+    clf.set_params(pseudo_label_threshold=threshold)
+    arrays, mask, _ = clf._pseudo_labels(unlabelled, clf._targets(y))
+    kept = clf._probabilities(clf._logits(arrays, mask) / clf.temperature_).max(axis=1)
+    assert 0 < len(kept) <= (confidence >= threshold).sum() and (kept >= threshold - 1e-6).all()
+    clf.set_params(pseudo_label_threshold=0.0, max_pseudo_labels=9)
+    targets = clf._pseudo_labels(unlabelled, clf._targets(y))[2]
+    assert 0 < len(targets) <= 9 and len(np.unique(targets)) > 1  # the cap shrinks every class's share
 
 
 def test_errors_are_clear():
