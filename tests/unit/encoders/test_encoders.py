@@ -36,6 +36,19 @@ def test_default_image_encoder_sees_the_same_photo(offline_encoders):
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
 
 
+def test_default_image_encoder_gives_each_image_the_same_vector_in_any_batch(offline_encoders):
+    """The CPU encodes in micro-batches (faster than one big batch): a batch that spans several of
+    them, with an odd remainder, must match encoding each image alone."""
+    from annotator.encoders.image import CPU_MICRO_BATCH
+
+    enc = offline_encoders["image"]
+    images = [_img("cat.png"), _img("coffee.jpg"), ImageOps.mirror(_img("cat.png"))] * CPU_MICRO_BATCH
+    images = images[: 2 * CPU_MICRO_BATCH + 1]
+    together = enc.encode(images)
+    alone = np.vstack([enc.encode([img]) for img in images])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
 def test_default_audio_encoder_separates_speech_from_a_tone(offline_encoders):
     enc = offline_encoders["audio"]
     v = enc.encode([_wav("cat_speech.wav"), _wav("coffee_speech.wav"), _wav("tone.wav")])
