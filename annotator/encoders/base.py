@@ -42,6 +42,14 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def forward_batch_size(batch_size: int, device: str, cpu_limit: int) -> int:
+    """Inputs per forward pass. On a CPU a convolutional network slows down once a batch's
+    activations outgrow the cache (measured on 2 cores, images/s at 32 vs the best size:
+    EfficientNet-Lite0 23 vs 72 at 4, ResNet-50 15 vs 29 at 8; ViTs unaffected), so CPU passes are
+    capped at ``cpu_limit``; a GPU takes the configured ``batch_size``."""
+    return min(batch_size, cpu_limit) if str(device).startswith("cpu") else batch_size
+
+
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -36,17 +36,26 @@ def test_default_image_encoder_sees_the_same_photo(offline_encoders):
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
 
 
-def test_default_image_encoder_gives_each_image_the_same_vector_in_any_batch(offline_encoders):
-    """The CPU encodes in micro-batches (faster than one big batch): a batch that spans several of
-    them, with an odd remainder, must match encoding each image alone."""
-    from annotator.encoders.image import CPU_MICRO_BATCH
+def _spanning_forward_passes(enc):
+    """Images that span several CPU forward passes, with an odd remainder."""
+    images = [_img("cat.png"), _img("coffee.jpg"), ImageOps.mirror(_img("cat.png"))] * enc.cpu_batch_size
+    return images[: 2 * enc.cpu_batch_size + 1]
 
+
+def test_default_image_encoder_gives_each_image_the_same_vector_in_any_batch(offline_encoders):
+    """The CPU encodes a few images per forward pass (faster than one big pass): a batch that spans
+    several of them must match encoding each image alone."""
     enc = offline_encoders["image"]
-    images = [_img("cat.png"), _img("coffee.jpg"), ImageOps.mirror(_img("cat.png"))] * CPU_MICRO_BATCH
-    images = images[: 2 * CPU_MICRO_BATCH + 1]
-    together = enc.encode(images)
-    alone = np.vstack([enc.encode([img]) for img in images])
-    np.testing.assert_allclose(together, alone, atol=1e-5)
+    images = _spanning_forward_passes(enc)
+    np.testing.assert_allclose(enc.encode(images), np.vstack([enc.encode([img]) for img in images]), atol=1e-5)
+
+
+def test_forward_batch_size_caps_only_the_cpu():
+    from annotator.encoders.base import forward_batch_size
+
+    assert forward_batch_size(32, "cpu", 4) == 4
+    assert forward_batch_size(2, "cpu", 4) == 2
+    assert forward_batch_size(32, "cuda", 4) == forward_batch_size(32, "cuda:1", 4) == 32
 
 
 def test_default_audio_encoder_separates_speech_from_a_tone(offline_encoders):
@@ -87,6 +96,8 @@ def test_clip_checkpoint_by_path_gives_one_shared_space(tmp_path):
 def test_transformers_image_models_by_path(tmp_path, builder, dim):
     enc = load_encoder("image", str(builder(tmp_path)), device="cpu")
     _check(enc.encode([_img("cat.png"), _img("coffee.jpg")]), 2, dim)
+    images = _spanning_forward_passes(enc)  # several CPU forward passes give what one image alone gives
+    np.testing.assert_allclose(enc.encode(images), np.vstack([enc.encode([img]) for img in images]), atol=1e-5)
 
 
 def test_transformers_audio_model_by_path(tmp_path):
