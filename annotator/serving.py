@@ -94,9 +94,8 @@ class Backend:
         config = parse_label_config(schema)
         if hostname and access_token:
             self._ls_access[pid] = (hostname, access_token)
-        with self.store.session() as s:
-            p = self.ensure_project(s, pid, schema, config)
-            return {"model_version": self._serving_version(s, p, config)}
+        return self.store.run(lambda s: {"model_version": self._serving_version(
+            s, self.ensure_project(s, pid, schema, config), config)})
 
     def ensure_project(self, session, pid: int, schema: str | None, config: LabelConfig | None):
         p = repo.get_or_create_project(session, name=project_name_for(pid))
@@ -121,20 +120,27 @@ class Backend:
         if not tasks:
             return {"results": []}
         pid = parse_project_id(project if project is not None else tasks[0].get("project"))
-        with self.store.session() as s:
+
+        def register(s) -> LabelConfig:
             p = repo.get_or_create_project(s, name=project_name_for(pid))
             schema = label_config or p.label_config
             if not schema:
                 raise AnnotatorError(f"project {pid}: no label config yet (Label Studio sends it with /setup)")
             config = parse_label_config(schema)
-            p = self.ensure_project(s, pid, schema, config)
-            items = self.upsert_tasks(s, p, config, tasks)
-            version = self._serving_version(s, p, config)
+            self.upsert_tasks(s, self.ensure_project(s, pid, schema, config), config, tasks)
+            return config
+
+        # the writes commit before encoding starts: a long /predict must not hold SQLite's write lock
+        # while webhooks (which Label Studio never retries) wait for it
+        config = self.store.run(register)
+        with self.store.session() as s:
+            p = repo.get_project(s, name=project_name_for(pid))
+            items = repo.items_by_task_ids(s, project=p, task_ids=[int(t["id"]) for t in tasks])
             with self._fetcher(pid) as fetcher:
                 report = embed_items(list(items.values()), encoders=self.encoders, fetcher=fetcher, progress=False)
             failed = {f["id"]: f["error"] for f in report.failed}
             ordered = [items[int(t["id"])] for t in tasks]
-            results = self._results(s, p, config, version, ordered, failed)
+            results = self._results(s, p, config, self._serving_version(s, p, config), ordered, failed)
         return {"results": results}
 
     def _fetcher(self, pid: int) -> MediaFetcher:
@@ -235,28 +241,32 @@ class Backend:
             return {"status": "ignored", "action": action, "reason": "no project in payload"}
         pid = int(project_obj["id"])
         schema = project_obj.get("label_config")
-        with self.store.session() as s:
-            config = parse_label_config(schema) if schema else None
-            p = self.ensure_project(s, pid, schema, config)
-            if action in LABEL_EVENTS:
-                annotations = payload.get("annotation")
-                tasks = payload.get("task")
-                annotations = annotations if isinstance(annotations, list) else [annotations]
-                tasks = tasks if isinstance(tasks, list) else [tasks]
-                n = self.record_annotations(s, p, config, [a for a in annotations if a], [t for t in tasks if t])
-                return {"status": "ok", "action": action, "recorded": n}
-            if action in DELETE_EVENTS:
-                raw = payload.get("annotations") or ([payload["annotation"]] if payload.get("annotation") else [])
-                keys = [f"ls:{a['id']}" for a in raw if isinstance(a, dict) and "id" in a]
-                return {"status": "ok", "action": action, "deleted": repo.soft_delete_labels(s, project=p, annotation_keys=keys)}
-            if action == "START_TRAINING":
-                repo.request_training(s, project=p, trigger="label-studio")
-                return {"status": "ok", "action": action, "training": "requested"}
-            if action == "TASKS_DELETED":
-                task_ids = [int(t["id"]) for t in payload.get("tasks") or [] if isinstance(t, dict) and "id" in t]
-                gone = repo.items_by_task_ids(s, project=p, task_ids=task_ids)
-                repo.delete_items(s, project=p, external_ids=[it.external_id for it in gone.values()])
-                return {"status": "ok", "action": action, "deleted": len(gone)}
+        config = parse_label_config(schema) if schema else None
+        return self.store.run(lambda s: self._apply_event(s, action, pid, schema, config, payload))
+
+    def _apply_event(self, s, action: str, pid: int, schema: str | None, config: LabelConfig | None,
+                     payload: dict[str, Any]) -> dict[str, Any]:
+        """One webhook's writes, in one transaction; idempotent, so a lost insert race can rerun it."""
+        p = self.ensure_project(s, pid, schema, config)
+        if action in LABEL_EVENTS:
+            annotations = payload.get("annotation")
+            tasks = payload.get("task")
+            annotations = annotations if isinstance(annotations, list) else [annotations]
+            tasks = tasks if isinstance(tasks, list) else [tasks]
+            n = self.record_annotations(s, p, config, [a for a in annotations if a], [t for t in tasks if t])
+            return {"status": "ok", "action": action, "recorded": n}
+        if action in DELETE_EVENTS:
+            raw = payload.get("annotations") or ([payload["annotation"]] if payload.get("annotation") else [])
+            keys = [f"ls:{a['id']}" for a in raw if isinstance(a, dict) and "id" in a]
+            return {"status": "ok", "action": action, "deleted": repo.soft_delete_labels(s, project=p, annotation_keys=keys)}
+        if action == "START_TRAINING":
+            repo.request_training(s, project=p, trigger="label-studio")
+            return {"status": "ok", "action": action, "training": "requested"}
+        if action == "TASKS_DELETED":
+            task_ids = [int(t["id"]) for t in payload.get("tasks") or [] if isinstance(t, dict) and "id" in t]
+            gone = repo.items_by_task_ids(s, project=p, task_ids=task_ids)
+            repo.delete_items(s, project=p, external_ids=[it.external_id for it in gone.values()])
+            return {"status": "ok", "action": action, "deleted": len(gone)}
         return {"status": "ignored", "action": action}
 
     def record_annotations(self, session, project, config: LabelConfig | None, annotations, tasks) -> int:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -13,12 +14,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from annotator.config import Settings
 from annotator.errors import DatabaseOutOfDateError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+T = TypeVar("T")
 
 
 def _migrations_dir() -> Path:
@@ -95,6 +98,24 @@ class Store:
         """A transaction: committed on success, rolled back on any error."""
         with self.sessionmaker.begin() as session:
             yield session
+
+    def run(self, work: Callable[[Session], T], *, attempts: int = 5) -> T:
+        """``work(session)`` in a transaction, run again from the start when a concurrent writer won a race.
+
+        Two requests that both read "no such row" and both insert it (the first webhooks of a new
+        project, two events for one task) leave the later one with a unique-constraint error; on
+        SQLite, a transaction whose snapshot went stale cannot start writing ("database is locked").
+        A fresh attempt sees the winner's rows, so ``work`` must be an idempotent upsert.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.session() as session:
+                    return work(session)
+            except (IntegrityError, OperationalError) as exc:
+                lost_race = isinstance(exc, IntegrityError) or "database is locked" in str(exc)
+                if not lost_race or attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self.engine.dispose()

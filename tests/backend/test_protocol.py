@@ -185,3 +185,44 @@ def test_repeated_events_and_resyncs_do_not_retrigger_training(client, backend):
     t, _ = pairs[0]  # a real correction does count
     client.post("/webhook", json=annotation_event(300, t, "food", action="ANNOTATION_UPDATED"))
     assert backend.train_due_projects(now=later + timedelta(seconds=40)) == ["v2"]
+
+
+def test_concurrent_webhooks_on_a_new_project_lose_no_label(backend):
+    """Label Studio posts each annotation on its own connection and never retries a failed one: the
+    first events of a new project arrive together, and each must create the project, its task and
+    its label without tripping over the others (the loser of an insert race retries)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pairs = tasks_for_all()
+    events = [annotation_event(2000 + n, t, "car-like" if label == "vehicle" else label)
+              for n, (t, label) in enumerate(pairs)]
+    events += [dict(ev, action="ANNOTATION_UPDATED") for ev in events[:8]]  # the same annotations, at the same time
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(backend.webhook, events))
+    assert all(a["status"] == "ok" and a["recorded"] == 1 for a in answers)
+    with backend.store.session() as s:
+        project = repo.get_project(s, name="ls-7")
+        assert len(repo.list_items(s, project=project)) == len(pairs)
+        assert len(repo.current_labels(s, project=project)) == len(pairs)
+
+
+def test_a_webhook_is_not_blocked_while_predict_encodes(backend, monkeypatch):
+    """/predict commits its writes before encoding: a webhook that arrives meanwhile is stored at once
+    instead of waiting for SQLite's write lock (Label Studio drops a webhook that fails)."""
+    import threading
+
+    pairs = tasks_for_all()
+    image_encoder = backend.encoders.get("image")
+    encode, answered = image_encoder.encode, []
+
+    def encode_while_a_webhook_arrives(inputs):
+        if not answered:
+            hook = threading.Thread(target=lambda: answered.append(backend.webhook(annotation_event(4000, pairs[-1][0], "food"))))
+            hook.start()
+            hook.join(timeout=15)  # the store's busy timeout is 30 s: a held lock would leave this unanswered
+            assert answered, "the webhook waited for /predict to finish encoding"
+        return encode(inputs)
+
+    monkeypatch.setattr(image_encoder, "encode", encode_while_a_webhook_arrives)
+    backend.predict(tasks=[t for t, _ in pairs[:4]], project=7, label_config=CONFIG)
+    assert answered == [{"status": "ok", "action": "ANNOTATION_CREATED", "recorded": 1}]

@@ -3,7 +3,7 @@ from sqlalchemy import func, select
 
 from annotator.errors import NotFoundError
 from annotator.store import open_store, repo
-from annotator.store.models import Item, Label
+from annotator.store.models import Item, Label, Project
 
 
 def _exercise(store):
@@ -55,3 +55,39 @@ def test_promote_retires_previous_active(store):
         states = {m.version: m.status for m in repo.list_model_versions(s, project=p)}
         assert states == {"v1": "retired", "v2": "active"}
         assert repo.active_model_version(s, project=p).version == "v2"
+
+
+def test_a_transaction_that_lost_an_insert_race_runs_again(store):
+    """Two writers both found no project and both inserted it: the loser's transaction is rolled back
+    and rerun, and then finds the winner's row."""
+    import threading
+
+    attempts = []
+
+    def create(session):
+        attempts.append(1)
+        if len(attempts) == 1:  # another request inserts the same project between our read and our insert
+            assert session.scalar(select(func.count()).select_from(Project)) == 0
+            winner = threading.Thread(target=lambda: store.run(lambda s: repo.get_or_create_project(s, name="p")))
+            winner.start()
+            winner.join()
+            session.add(Project(name="p"))
+            session.flush()
+        return repo.get_or_create_project(session, name="p").id
+
+    pid = store.run(create)
+    assert len(attempts) == 2
+    with store.session() as s:
+        assert [p.id for p in s.scalars(select(Project))] == [pid]
+
+
+def test_other_errors_are_not_retried(store):
+    attempts = []
+
+    def broken(session):
+        attempts.append(1)
+        raise ValueError("not a race")
+
+    with pytest.raises(ValueError, match="not a race"):
+        store.run(broken)
+    assert attempts == [1]
