@@ -79,16 +79,20 @@ def sync(store: Store, settings: Settings, *, url: str, api_key: str, ls_project
     tasks = tasks if tasks is not None else list_tasks(ls, ls_project_id)
     backend = Backend(settings.with_label_studio(url, api_key), store=store, encoders=Encoders(settings),
                       start_trainer=False)
-    with store.session() as s:
+    annotations = [{**_as_dict(a), "task": t["id"]} for t in tasks for a in (t.get("annotations") or [])]
+    live = {f"ls:{a['id']}" for a in annotations}
+
+    def write(s) -> tuple[int, int]:
         p = backend.ensure_project(s, ls_project_id, schema, config)
         if tasks:
             backend.upsert_tasks(s, p, config, [{"id": t["id"], "data": t["data"]} for t in tasks])
-        annotations = [{**_as_dict(a), "task": t["id"]} for t in tasks for a in (t.get("annotations") or [])]
         recorded = backend.record_annotations(s, p, config, annotations, [])
-        live = {f"ls:{a['id']}" for a in annotations}
         synced_items = repo.items_by_task_ids(s, project=p, task_ids=[t["id"] for t in tasks])
         stale = [k for k in _label_keys(s, p, [it.id for it in synced_items.values()]) if k not in live]
-        deleted = repo.soft_delete_labels(s, project=p, annotation_keys=stale)
+        return recorded, repo.soft_delete_labels(s, project=p, annotation_keys=stale)
+
+    # the backend's trainer syncs while webhooks for the same tasks may arrive: an upsert race reruns it
+    recorded, deleted = store.run(write)
     return {"project": project_name_for(ls_project_id), "tasks": len(tasks), "labels": recorded,
             "deleted_labels": deleted}
 

@@ -104,8 +104,9 @@ class Store:
 
         Two requests that both read "no such row" and both insert it (the first webhooks of a new
         project, two events for one task) leave the later one with a unique-constraint error; on
-        SQLite, a transaction whose snapshot went stale cannot start writing ("database is locked").
-        A fresh attempt sees the winner's rows, so ``work`` must be an idempotent upsert.
+        SQLite, "database is locked" means another writer held the lock past the busy timeout (or a
+        stale snapshot could not start writing), so a retry waits for it once more. A fresh attempt
+        sees the winner's rows, so ``work`` must be an idempotent upsert.
         """
         for attempt in range(1, attempts + 1):
             try:
