@@ -56,10 +56,11 @@ class Settings(BaseSettings):
         When set (e.g. ``entropy``), every automatic retrain also chooses the next
         ``next_batch_size`` tasks with this strategy and makes Label Studio serve them first.
         Unset: Label Studio's uncertainty sampling follows the new model's confidence.
-    self_training : bool, default=True
-        Retraining also learns from the project's unlabelled items (confident pseudo-labels; see
-        `FusionClassifier`'s ``pseudo_label_ratio``). Turn off when the pool is unlike what will
-        be labelled.
+    self_training : {"auto", "on", "off"}, default="auto"
+        Whether retraining also learns from the project's unlabelled items (confident
+        pseudo-labels; see `FusionClassifier`'s ``pseudo_label_ratio``). ``auto``: only where
+        cross-validation on the project's labels says it helps. ``true``/``false`` are read as
+        ``on``/``off``.
     """
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -88,7 +89,7 @@ class Settings(BaseSettings):
 
     next_batch_strategy: str | None = Field(default=None, validation_alias=_env("next_batch_strategy"))
     next_batch_size: int = Field(default=50, ge=1, validation_alias=_env("next_batch_size"))
-    self_training: bool = Field(default=True, validation_alias=_env("self_training"))
+    self_training: Literal["auto", "on", "off"] = Field(default="auto", validation_alias=_env("self_training"))
 
     max_media_bytes: int = Field(default=50 * 1024 * 1024, ge=1, validation_alias=_env("max_media_bytes"))
     media_timeout_s: float = Field(default=30.0, gt=0, validation_alias=_env("media_timeout_s"))
@@ -119,6 +120,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value() else None
+
+    @field_validator("self_training", mode="before")
+    @classmethod
+    def _self_training_words(cls, value):
+        words = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return words.get(str(value).strip().lower(), str(value).strip().lower())
 
     @field_validator("next_batch_strategy", mode="after")
     @classmethod

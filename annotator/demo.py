@@ -28,7 +28,7 @@ def run_offline_demo(store: Store, settings: Settings, *, project_name: str = DE
     with store.session() as s:
         imported = import_manifest(s, project_name=project_name, manifest=SAMPLE_DIR / "items.jsonl")
     embedded = embed_project(store, settings, project_name=project_name, encoders=encoders, progress=progress)
-    trained = retrain(store, settings, project_name=project_name, head="attention", encoders=encoders,
+    trained = retrain(store, settings, project_name=project_name, encoders=encoders,
                       progress=progress, trigger="demo")
     with store.session() as s:
         project = repo.get_project(s, name=project_name)
@@ -43,6 +43,7 @@ def run_offline_demo(store: Store, settings: Settings, *, project_name: str = DE
         "embedded": embedded.to_dict(),
         "model_version": trained.model_version,
         "promoted": trained.promoted,
+        "model": trained.model,
         "metrics": {k: trained.metrics[k] for k in ("accuracy", "macro_f1", "ece")},
         "predictions": [{**p, "text": captions[p["id"]]} for p in predicted.predictions],
     }

@@ -1,15 +1,14 @@
-"""retrain → evaluate → version → promote-if-not-worse, over cached embeddings.
+"""retrain → choose the model on the project's labels → version → promote if not worse.
 
-The held-out split is stable: an item's membership comes from a hash of its id, so as labels grow,
-items never move from evaluation into training and every version is judged on items it never saw.
-With fewer than ``MIN_HOLDOUT_LABELS`` labels, metrics come from stratified k-fold cross-validation
-and the candidate is compared with the active version's recorded metrics.
+The model is chosen per project (`ModelSearch`): candidates are cross-validated on the same folds of
+the project's labels and the winner is refitted on every label, so the served model learns from all
+of them. Promotion compares like with like: the active version's configuration is scored on the
+same folds of today's labels, not by a figure recorded when it had fewer.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import shutil
 import time
@@ -25,16 +24,15 @@ import numpy as np
 from annotator.config import Settings
 from annotator.embedding import embed_items, load_features, usable_rows
 from annotator.encoders.base import resolve_device
-from annotator.errors import NotEnoughLabelsError, TrainingInProgressError, UnknownNameError
+from annotator.errors import NotEnoughLabelsError, TrainingInProgressError
 from annotator.fusion.calibration import expected_calibration_error
-from annotator.fusion.classifier import HEADS, FusionClassifier
+from annotator.fusion.persistence import load_classifier
+from annotator.fusion.selection import AUTO, Candidate, ModelSearch
 from annotator.media import MediaFetcher
 from annotator.runtime import Encoders
 from annotator.store import Store, repo
 from annotator.store.models import ModelVersion, utcnow
 
-MIN_HOLDOUT_LABELS = 30
-HOLDOUT_FRACTION = 0.2
 MAX_UNLABELLED = 20_000
 
 
@@ -48,37 +46,21 @@ class RetrainResult:
     reason: str = ""
     skipped: list[dict[str, str]] = field(default_factory=list)
 
+    @property
+    def model(self) -> str:
+        """The chosen candidate's name (e.g. ``logreg`` or ``attention [text+image] +self-training``)."""
+        return self.metrics.get("chosen", "")
+
     def to_dict(self) -> dict[str, Any]:
         keys = ("accuracy", "macro_f1", "ece")
         return {"model_version": self.model_version, "promoted": self.promoted,
-                "metrics": {k: self.metrics[k] for k in keys}, "n_labels": self.n_labels,
+                "metrics": {k: self.metrics.get(k) for k in keys}, "n_labels": self.n_labels,
+                "model": self.model, "why": self.metrics.get("why"), "candidates": self.metrics.get("candidates", []),
                 "details": {"metrics": self.metrics, "previous": self.previous, "reason": self.reason,
                             "skipped": self.skipped}}
 
 
-def _unit_hash(key: str) -> float:
-    return int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) / float(1 << 48)
-
-
-def holdout_split(keys: Sequence[str], labels: Sequence[str], fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
-    """Boolean mask of held-out rows: stable per key, and every class with ≥ 2 items has at least
-    one held-out and one training row."""
-    h = np.array([_unit_hash(k) for k in keys])
-    held = h < fraction
-    labels = np.asarray(labels)
-    for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        if len(rows) < 2:
-            held[rows] = False
-            continue
-        if not held[rows].any():
-            held[rows[np.argmin(h[rows])]] = True
-        if held[rows].all():
-            held[rows[np.argmax(h[rows])]] = False
-    return held
-
-
-def evaluate(clf: FusionClassifier, X: dict[str, np.ndarray], y: Sequence) -> dict[str, Any]:
+def evaluate(clf, X: dict[str, np.ndarray], y: Sequence) -> dict[str, Any]:
     """accuracy, macro-F1, per-class F1 and ECE (calibrated and at temperature 1)."""
     from sklearn.metrics import f1_score
 
@@ -127,40 +109,16 @@ def unlabelled_features(items: Sequence, encoders: Encoders, modalities: Sequenc
     return {m: a[usable] for m, a in features.items()} if usable.any() else None
 
 
-def _cv_metrics(clf: FusionClassifier, X, y, folds: int, unlabelled=None) -> dict[str, Any]:
-    """Stratified k-fold estimate: out-of-fold predictions of clones of ``clf``, scored once."""
-    from sklearn.model_selection import StratifiedKFold
-
-    labels = np.array([v[0] if isinstance(v, list) else v for v in y])
-    oof = np.zeros((len(labels), len(np.unique(labels))), dtype=np.float64)
-    classes = sorted(np.unique(labels))
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=clf.random_state)
-    for train, test in skf.split(labels, labels):
-        fold = clf.clone().fit({m: a[train] for m, a in X.items()}, labels[train], unlabelled=unlabelled)
-        p = fold.predict_proba({m: a[test] for m, a in X.items()})
-        for j, c in enumerate(fold.classes_):
-            oof[test, classes.index(c)] = p[:, j]
-
-    class _Fixed:  # evaluate() wants an estimator; this one replays the out-of-fold probabilities
-        multilabel, classes_, temperature_ = False, classes, 1.0
-        predict_proba = staticmethod(lambda _X: oof)
-        decision_function = staticmethod(lambda _X: np.log(np.clip(oof, 1e-12, 1)))
-
-    metrics = evaluate(_Fixed(), X, list(labels))
-    metrics["ece_uncalibrated"] = metrics["ece"]
-    metrics["cv_folds"] = folds
-    return metrics
-
-
 def _model_dir(settings: Settings, project: str, version: str) -> Path:
     return settings.project_dir(project) / "models" / version
 
 
-def load_model(settings: Settings, mv: ModelVersion) -> tuple[FusionClassifier, dict[str, str]]:
-    """The classifier of a model version and the encoder names it was trained on."""
+def load_model(settings: Settings, mv: ModelVersion) -> tuple[Any, dict[str, str]]:
+    """The classifier of a model version (a fusion head or the linear model) and the encoder
+    names it was trained on."""
     path = Path(mv.artifact_path)
     meta = json.loads((path / "meta.json").read_text())
-    return FusionClassifier.load(path / "classifier", device=resolve_device(settings.device)), meta["encoders"]
+    return load_classifier(path / "classifier", device=resolve_device(settings.device)), meta["encoders"]
 
 
 @contextmanager
@@ -182,21 +140,25 @@ def training_lock(settings: Settings, project_name: str) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def retrain(store: Store, settings: Settings, *, project_name: str, head: str = "attention", force: bool = False,
+def retrain(store: Store, settings: Settings, *, project_name: str, head: str = AUTO, force: bool = False,
             trigger: str = "cli", encoders: Encoders | None = None, params: dict[str, Any] | None = None,
             progress: bool = True) -> RetrainResult:
-    """Train a new model version on the project's human labels and promote it if it is not worse.
+    """Choose the project's model on its labels, fit it on every label, promote it if it is not worse.
 
-    The project's unlabelled items with cached vectors take part through self-training (the
-    classifier's ``pseudo_label_ratio``), unless ``settings.self_training`` is off.
+    ``head="auto"`` compares the candidates of `ModelSearch` (fusion heads, logistic regression,
+    single modalities) by cross-validated macro-F1; a model name (``attention``, ``logreg``,
+    ``concat [text]``…) forces that one. Self-training on the project's unlabelled items with
+    cached vectors is kept where the same folds say it helps (``settings.self_training``).
+    ``params`` go to the fusion heads.
 
-    Not worse means: macro-F1 on the held-out items at least the active version's on the same
-    items (``force`` promotes regardless). A failure at any step leaves the active version serving
-    and records the error on the training run. Only one process trains a project at a time;
-    another attempt raises `TrainingInProgressError`.
+    Not worse means: the chosen model's cross-validated macro-F1 is at least the active version's
+    configuration's on the same folds, less one standard error (``force`` promotes regardless). A
+    failure at any step leaves the active version serving and records the error on the training
+    run. Only one process trains a project at a time; another attempt raises
+    `TrainingInProgressError`.
     """
-    if head not in HEADS:
-        raise UnknownNameError("fusion head", head, HEADS)
+    if head != AUTO:
+        Candidate.parse(head)  # fail fast on a bad name
     with training_lock(settings, project_name) as acquired:
         if not acquired:
             raise TrainingInProgressError(f"project {project_name!r} is being trained by another process; try again later")
@@ -236,42 +198,23 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         X = {m: a[usable] for m, a in X.items()}
         y = [labels[it.id] if multilabel else labels[it.id][0] for it in items]
         keys = [it.external_id for it in items]
-        unlabelled = unlabelled_features(pool, encoders, list(X)) if settings.self_training else None
+        unlabelled = unlabelled_features(pool, encoders, list(X)) if settings.self_training != "off" else None
 
-        clf = FusionClassifier(head=head, multilabel=multilabel, random_state=0,
-                               device=resolve_device(settings.device), **(params or {}))
         t1 = time.perf_counter()
-        previous = None
         with store.session() as s:
             active = repo.active_model_version(s, project=repo.get_project(s, name=project_name))
-            active_snapshot = (active.version, active.artifact_path, dict(active.metrics)) if active else None
-        if len(items) >= MIN_HOLDOUT_LABELS and not multilabel:
-            held = holdout_split(keys, y)
-            train = ~held
-            clf.fit({m: a[train] for m, a in X.items()}, [v for v, t in zip(y, train) if t], unlabelled=unlabelled)
-            X_eval = {m: a[held] for m, a in X.items()}
-            y_eval = [v for v, h in zip(y, held) if h]
-            metrics = evaluate(clf, X_eval, y_eval)
-            metrics["evaluation"] = "holdout"
-            if active_snapshot:
-                previous = _evaluate_version(settings, active, encoders, X_eval, y_eval)
-        else:
-            label_counts = np.unique([v if isinstance(v, str) else v[0] for v in y], return_counts=True)[1]
-            folds = int(min(5, label_counts.min())) if not multilabel else 0
-            if folds >= 2:
-                metrics = _cv_metrics(clf, X, y, folds, unlabelled)
-                metrics["evaluation"] = f"{folds}-fold cross-validation"
-            else:
-                metrics = {"accuracy": float("nan"), "macro_f1": float("nan"), "ece": float("nan"),
-                           "evaluation": "none (too few labels per class)"}
-            clf.fit(X, y, unlabelled=unlabelled)
-            if active_snapshot:
-                previous = {k: active_snapshot[2].get(k) for k in ("accuracy", "macro_f1", "ece")}
-                previous["evaluation"] = "recorded metrics of the active version"
+            active_snapshot = (active.version, active.head) if active else None
+        reference = _reference(settings, active, encoders) if active else None
+        search = ModelSearch(head, self_training=settings.self_training, multilabel=multilabel, params=params,
+                             reference=reference, random_state=0, device=resolve_device(settings.device))
+        search.fit(X, y, unlabelled=unlabelled)
+        clf = search.best_estimator_
         timings["train_s"] = time.perf_counter() - t1
+        metrics = dict(search.metrics_)
         metrics["pseudo_labels"] = clf.n_pseudo_labels_
+        previous = metrics.get("reference")
 
-        promoted, reason = _decide(metrics, previous, force, active_snapshot)
+        promoted, reason = _decide(search, force, active_snapshot)
         with store.session() as s:
             project = repo.get_project(s, name=project_name)
             version = f"v{len(repo.list_model_versions(s, project=project)) + 1}"
@@ -279,8 +222,9 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         _save_version(path, clf, encoders.names(), metrics, keys)
         with store.session() as s:
             project = repo.get_project(s, name=project_name)
-            s.add(ModelVersion(project_id=project.id, version=version, head=head, metrics=_jsonable(metrics),
-                               artifact_path=str(path), n_labels=len(items), status="candidate"))
+            s.add(ModelVersion(project_id=project.id, version=version, head=search.best_.name,
+                               metrics=_jsonable(metrics), artifact_path=str(path), n_labels=len(items),
+                               status="candidate"))
             s.flush()
             if promoted:
                 repo.promote_model_version(s, project=project, version=version)
@@ -296,32 +240,40 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         raise
 
 
-def _evaluate_version(settings, active: ModelVersion, encoders: Encoders, X, y) -> dict[str, Any] | None:
+def _reference(settings: Settings, active: ModelVersion, encoders: Encoders) -> tuple[str, Any] | None:
+    """(row name, unfitted copy) of the active version's model, to be scored on today's folds; None
+    when its files are gone or it was trained on other encoders (not comparable on these features)."""
     try:
         old, old_encoders = load_model(settings, active)
     except FileNotFoundError:
         return None
     if old_encoders != {m: n for m, n in encoders.names().items() if m in old_encoders}:
-        return None  # trained on other encoders: not comparable on these features
-    metrics = evaluate(old, {m: a for m, a in X.items() if m in old.modalities_}, y)
-    metrics["evaluation"] = "holdout (same items)"
-    return metrics
+        return None
+    prototype = old.clone()
+    prototype.modalities_ = list(old.modalities_)  # the modalities it was trained on, read by ModelSearch
+    return f"active {active.version}: {active.head}", prototype
 
 
-def _decide(metrics, previous, force, active_snapshot) -> tuple[bool, str]:
+def _decide(search: ModelSearch, force: bool, active_snapshot) -> tuple[bool, str]:
     if force:
         return True, "forced"
     if active_snapshot is None:
         return True, "no active version"
-    if previous is None or previous.get("macro_f1") is None or np.isnan(previous["macro_f1"]):
-        return True, f"active version {active_snapshot[0]} could not be evaluated on these features"
-    new, old = metrics.get("macro_f1"), previous["macro_f1"]
-    if new is not None and not np.isnan(new) and new >= old - 1e-9:
-        return True, f"macro-F1 {new:.4f} >= {old:.4f} of {active_snapshot[0]}"
-    return False, f"macro-F1 {new:.4f} < {old:.4f} of {active_snapshot[0]}; kept {active_snapshot[0]}"
+    version = active_snapshot[0]
+    reference = search.result(search.reference[0]) if search.reference else None
+    if reference is None or reference.error or np.isnan(reference.mean):
+        return True, f"active version {version} could not be scored on these features and labels"
+    new = search.result(search.best_.name)
+    if new is None or np.isnan(new.mean):
+        return True, f"too few labels per class to compare with {version}; more labels"
+    if new.mean >= reference.mean - reference.se - 1e-9:
+        return True, (f"macro-F1 {new.mean:.4f} vs {reference.mean:.4f} ± {reference.se:.4f} for {version}'s model "
+                      f"on the same folds of today's labels")
+    return False, (f"macro-F1 {new.mean:.4f} < {reference.mean:.4f} ± {reference.se:.4f} for {version}'s model on "
+                   f"the same folds of today's labels; kept {version}")
 
 
-def _save_version(path: Path, clf: FusionClassifier, encoder_names: dict[str, str], metrics, keys) -> None:
+def _save_version(path: Path, clf, encoder_names: dict[str, str], metrics, keys) -> None:
     """Write the version folder completely under a temp name, then rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -94,14 +94,12 @@ def labels_to_stay(curve: list[dict], target: float) -> int | None:
 
 
 def curves_section(features, y, seeds, budget, step) -> dict:
-    from annotator.active.loop import _stratified_test, labels_to_reach
-    from annotator.fusion import FusionClassifier
+    from annotator.active.loop import _stratified_test, fit_model, labels_to_reach
 
     full, jobs = [], []
     for seed in seeds:
         test = _stratified_test(y, np.random.default_rng(seed), 0.2)
-        clf = FusionClassifier(head="concat", random_state=seed, min_steps=200).fit(
-            {m: a[~test] for m, a in features.items()}, y[~test])
+        clf = fit_model({m: a[~test] for m, a in features.items()}, y[~test], random_state=seed)
         full.append(float((np.array(clf.predict({m: a[test] for m, a in features.items()})) == y[test]).mean()))
         jobs += [(features, y, test, s, budget, step, seed) for s in STRATEGIES]
     context = multiprocessing.get_context("spawn")  # a forked torch thread pool can deadlock
@@ -129,8 +127,8 @@ def curves_section(features, y, seeds, budget, step) -> dict:
 def cold_start_section(features, y, seeds) -> dict:
     from annotator.active import get_strategy
     from annotator.active.base import Pool
-    from annotator.active.loop import _stratified_test, concat_embeddings
-    from annotator.fusion import FusionClassifier
+    from annotator.active.loop import _stratified_test, fit_model
+    from annotator.fusion.linear import concat_embeddings
 
     k = len(np.unique(y))
     acc = {"typiclust": [], "random": []}
@@ -145,8 +143,8 @@ def cold_start_section(features, y, seeds) -> dict:
                 acc[name].append(1.0 / k)
                 continue
             rest = np.setdiff1d(pool_rows, rows)
-            clf = FusionClassifier(head="concat", random_state=seed, min_steps=200).fit(
-                {m: a[rows] for m, a in features.items()}, y[rows], unlabelled={m: a[rest] for m, a in features.items()})
+            clf = fit_model({m: a[rows] for m, a in features.items()}, y[rows], random_state=seed,
+                            unlabelled={m: a[rest] for m, a in features.items()})
             acc[name].append(float((np.array(clf.predict({m: a[test] for m, a in features.items()})) == y[test]).mean()))
     gain = 100 * (np.mean(acc["typiclust"]) - np.mean(acc["random"]))
     return {"labels": k, "typiclust_accuracy": float(np.mean(acc["typiclust"])),
@@ -157,8 +155,8 @@ def label_error_section(features, y, seed=0) -> dict:
     from sklearn.metrics import precision_recall_curve, roc_auc_score
 
     from annotator.active.label_errors import knn_disagreement, out_of_fold_probs, suspicion_scores
-    from annotator.active.loop import concat_embeddings
     from annotator.fusion import FusionClassifier
+    from annotator.fusion.linear import concat_embeddings
 
     rng = np.random.default_rng(seed)
     classes = sorted(np.unique(y))
@@ -182,8 +180,7 @@ def label_error_section(features, y, seed=0) -> dict:
 
 def loop_latency_section(features, y, n_pool: int) -> dict:
     from annotator.active import get_strategy
-    from annotator.active.loop import build_pool
-    from annotator.fusion import FusionClassifier
+    from annotator.active.loop import build_pool, fit_model
     from annotator.training import MAX_UNLABELLED
 
     rng = np.random.default_rng(0)
@@ -197,8 +194,8 @@ def loop_latency_section(features, y, n_pool: int) -> dict:
     # as `retrain` does: self-training on a sample of at most MAX_UNLABELLED pool items
     sample = np.sort(rng.choice(np.flatnonzero(~labelled), min(MAX_UNLABELLED, int((~labelled).sum())), replace=False))
     with timer() as t_train:
-        clf = FusionClassifier(head="attention", random_state=0).fit(
-            {m: a[labelled] for m, a in big.items()}, big_y[labelled], unlabelled={m: a[sample] for m, a in big.items()})
+        clf = fit_model({m: a[labelled] for m, a in big.items()}, big_y[labelled],
+                        unlabelled={m: a[sample] for m, a in big.items()})
     out["retrain_s"] = t_train()
     with timer() as t_pool:
         pool = build_pool(big, labelled, clf)  # re-scores every unlabelled item (probabilities + hidden)

@@ -118,25 +118,41 @@ def embed(project: ProjectOpt, as_json: JsonOpt = False) -> None:
 @app.command()
 def retrain(
     project: ProjectOpt,
-    head: Annotated[str, typer.Option(help="concat | weighted | attention | gated | tensor")] = "attention",
+    head: Annotated[str, typer.Option(
+        help="auto (choose by cross-validation on the project's labels) | logreg | concat | weighted | attention | "
+             "gated | tensor; a model on some modalities only: 'logreg [text]'")] = "auto",
     force: Annotated[bool, typer.Option(help="Promote even if it is worse than the active version.")] = False,
     self_training: Annotated[Optional[bool], typer.Option(
         "--self-training/--no-self-training",
-        help="Also learn from confident predictions on unlabelled items (default: ANNOTATOR_SELF_TRAINING, on).")] = None,
+        help="Always / never learn from confident predictions on unlabelled items (default: ANNOTATOR_SELF_TRAINING, "
+             "auto: where cross-validation says it helps).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a fusion head on human labels; promote it only if it is not worse."""
+    """Choose the model on the project's labels, fit it on all of them, promote it only if it is not worse."""
     from annotator.training import retrain as run_retrain
 
     settings = _settings()
     if self_training is not None:
-        settings = settings.model_copy(update={"self_training": self_training})
+        settings = settings.model_copy(update={"self_training": "on" if self_training else "off"})
     result = run_retrain(_store(), settings, project_name=project, head=head, force=force)
     m = result.metrics
     _emit(result.to_dict(), as_json,
-          f"{result.model_version}: accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}, ECE {m['ece']} "
-          f"on {result.n_labels} labels ({m.get('evaluation')}); "
-          f"{'promoted' if result.promoted else 'not promoted'}: {result.reason}")
+          f"{result.model_version}: {result.model} — accuracy {_fmt(m['accuracy'])}, macro-F1 {_fmt(m['macro_f1'])}, "
+          f"ECE {_fmt(m['ece'])} on {result.n_labels} labels ({m.get('evaluation')}); "
+          f"{'promoted' if result.promoted else 'not promoted'}: {result.reason}\n"
+          f"chosen because: {m.get('why')}\n{_candidate_table(m.get('candidates', []))}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _candidate_table(rows: list[dict]) -> str:
+    """The model choice as a table: macro-F1 mean ± sd per candidate, best first, the winner starred."""
+    rows = sorted(rows, key=lambda r: -(r.get("macro_f1_mean") or -1))
+    return "\n".join(f"  {'*' if r.get('chosen') else ' '} {r['name']:<40} macro-F1 {_fmt(r.get('macro_f1_mean'))} "
+                     f"± {_fmt(r.get('macro_f1_sd'))}  accuracy {_fmt(r.get('accuracy_mean'))}"
+                     + (f"  failed: {r['error']}" if r.get("error") else "") for r in rows)
 
 
 @app.command()
@@ -248,14 +264,15 @@ def simulate(
     budget: Annotated[int, typer.Option(help="Labels to spend.")] = 200,
     step: Annotated[int, typer.Option(help="Labels per round.")] = 20,
     seeds: Annotated[int, typer.Option(help="Repetitions with different splits.")] = 3,
+    head: Annotated[str, typer.Option(help="The model, as for retrain (auto: chosen on each round's labels).")] = "auto",
     report: Annotated[Optional[Path], typer.Option(help="Write a learning-curve plot (.png or .html).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Active-learning curve of a strategy against random, from a cold start (strategies that need a
-    model take their first batch with typiclust)."""
+    model take their first batch with typiclust); each round trains the model `retrain` would."""
     from annotator.active.loop import plot_curves, simulate as run_simulation
 
-    result = run_simulation(_settings(), manifest, strategy=strategy, budget=budget, step=step, seeds=seeds)
+    result = run_simulation(_settings(), manifest, strategy=strategy, budget=budget, step=step, seeds=seeds, head=head)
     if report:
         plot_curves(result, report)
     lines = [f"full-data accuracy {result['full_accuracy']:.3f} ({result['items']} items, {seeds} seeds)"]
@@ -296,7 +313,7 @@ def demo(
         summary = run_offline_demo(_store(), settings)
         lines = [f"data dir: {settings.data_dir}",
                  f"imported {summary['imported']} sample items into project {summary['project']!r}",
-                 f"model {summary['model_version']}: {summary['metrics']} (promoted: {summary['promoted']})",
+                 f"model {summary['model_version']} ({summary['model']}): {summary['metrics']} (promoted: {summary['promoted']})",
                  "pre-labels for the unlabelled half:"]
         lines += [f"  {p['label']:<10} {p['score']:.2f}  {p['text']}" for p in summary["predictions"]]
         _emit(summary, as_json, "\n".join(lines))
@@ -355,13 +372,18 @@ def models_list(project: ProjectOpt, as_json: JsonOpt = False) -> None:
     from annotator.store import repo
 
     with _store().session() as s:
-        versions = [{"version": v.version, "head": v.head, "status": v.status, "n_labels": v.n_labels,
+        versions = [{"version": v.version, "model": v.head, "status": v.status, "n_labels": v.n_labels,
                      "accuracy": v.metrics.get("accuracy"), "macro_f1": v.metrics.get("macro_f1"),
-                     "created_at": v.created_at.isoformat()}
+                     "evaluation": v.metrics.get("evaluation"), "why": v.metrics.get("why"),
+                     "candidates": v.metrics.get("candidates", []), "created_at": v.created_at.isoformat()}
                     for v in repo.list_model_versions(s, project=repo.get_project(s, name=project))]
-    _emit(versions, as_json, "\n".join(
-        f"{v['version']:>6} {v['status']:<9} {v['head']:<9} acc {v['accuracy']} F1 {v['macro_f1']} ({v['n_labels']} labels)"
-        for v in versions) or "no model versions yet")
+    lines = []
+    for v in versions:
+        lines.append(f"{v['version']:>6} {v['status']:<9} {v['model']:<28} accuracy {_fmt(v['accuracy'])} "
+                     f"macro-F1 {_fmt(v['macro_f1'])} ({v['n_labels']} labels, {v['evaluation']})")
+        if v["status"] == "active" and v["candidates"]:
+            lines.append(f"       chosen because: {v['why']}\n{_candidate_table(v['candidates'])}")
+    _emit(versions, as_json, "\n".join(lines) or "no model versions yet")
 
 
 @models_app.command("promote")

@@ -21,20 +21,30 @@ from annotator.config import Settings
 from annotator.embedding import embed_items, load_features, usable_rows
 from annotator.errors import NotEnoughLabelsError, NotFoundError
 from annotator.fusion.classifier import FusionClassifier
+from annotator.fusion.linear import concat_embeddings
+from annotator.fusion.selection import Candidate, ModelSearch
 from annotator.media import MediaFetcher
 from annotator.runtime import Encoders
 from annotator.store import Store, open_store, repo
 from annotator.store.models import Item
 
 
-def concat_embeddings(features: dict[str, np.ndarray]) -> np.ndarray:
-    """One unit vector per item: per-modality unit vectors side by side (missing → 0), renormalised."""
-    blocks = [np.nan_to_num(a, nan=0.0) for a in features.values()]
-    x = np.hstack(blocks).astype(np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def fit_model(X: dict[str, np.ndarray], y, *, head: str = "auto", unlabelled: dict[str, np.ndarray] | None = None,
+              self_training: str = "auto", random_state: int = 0):
+    """The model `retrain` would serve for these labels (`ModelSearch`'s choice, refitted on all of
+    them), so simulated learning curves describe the production model. A forced model with
+    self-training forced on or off leaves nothing to choose: it is fitted without scoring."""
+    if head != "auto" and self_training != "auto":
+        candidate = Candidate.parse(head)
+        candidate = Candidate(candidate.model, candidate.modalities, self_training == "on")
+        mods = list(candidate.modalities or X)
+        pool = {m: unlabelled[m] for m in mods} if unlabelled is not None and candidate.self_training else None
+        return candidate.build(random_state=random_state).fit({m: X[m] for m in mods}, y, unlabelled=pool)
+    search = ModelSearch(head, self_training=self_training, random_state=random_state)
+    return search.fit(X, y, unlabelled=unlabelled).best_estimator_
 
 
-def build_pool(features: dict[str, np.ndarray], labelled: np.ndarray, clf: FusionClassifier | None) -> Pool:
+def build_pool(features: dict[str, np.ndarray], labelled: np.ndarray, clf=None) -> Pool:
     """Strategy inputs for the unlabelled rows. Embeddings are always the encoders' own vectors
     (content similarity: near-duplicates, coverage); with a model there are also its calibrated
     probabilities and hidden features (BADGE's gradient embedding)."""
@@ -137,10 +147,11 @@ def _stratified_test(y: np.ndarray, rng, fraction: float) -> np.ndarray:
 
 
 def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, strategy: str, *, budget: int,
-              step: int, seed: int, head: str = "concat", warm_start: str = "typiclust") -> list[dict[str, float]]:
+              step: int, seed: int, head: str = "auto", warm_start: str = "typiclust",
+              self_training: str = "auto") -> list[dict[str, float]]:
     """Label ``step`` items at a time from the non-test rows with ``strategy`` until ``budget``; the
-    model is retrained from scratch after each step, as the product trains it (self-training on the
-    rest of the pool included), and scored on the test rows. Strategies that need a model pick
+    model is chosen and retrained from scratch after each step, as `retrain` does (`fit_model`, the
+    rest of the pool as unlabelled items), and scored on the test rows. Strategies that need a model pick
     their first batch with ``warm_start`` (a cold-start strategy)."""
     rng = np.random.default_rng(seed)
     chooser, warm = get_strategy(strategy), get_strategy(warm_start)
@@ -160,8 +171,8 @@ def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, 
         if len(np.unique(yp[labelled])) < 2:
             clf = None
             continue
-        clf = FusionClassifier(head=head, random_state=seed, min_steps=200).fit(
-            {m: a[labelled] for m, a in Xp.items()}, yp[labelled], unlabelled={m: a[~labelled] for m, a in Xp.items()})
+        clf = fit_model({m: a[labelled] for m, a in Xp.items()}, yp[labelled], head=head, random_state=seed,
+                        unlabelled={m: a[~labelled] for m, a in Xp.items()}, self_training=self_training)
         acc, f1 = _evaluate(clf, Xt, yt)
         curve.append({"labels": int(labelled.sum()), "accuracy": acc, "macro_f1": f1})
     return curve
@@ -172,7 +183,7 @@ def labels_to_reach(curve: list[dict[str, float]], target: float) -> int | None:
 
 
 def simulate(settings: Settings, manifest: Path, *, strategy: str, budget: int, step: int, seeds: int = 3,
-             head: str = "concat", test_fraction: float = 0.2, encoders: Encoders | None = None,
+             head: str = "auto", test_fraction: float = 0.2, encoders: Encoders | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Active-learning curve of ``strategy`` against random, with the manifest's labels as the oracle.
 
@@ -184,7 +195,9 @@ def simulate(settings: Settings, manifest: Path, *, strategy: str, budget: int, 
     """
     from annotator.importer import import_manifest
 
-    get_strategy(strategy)  # fail fast on a bad name
+    get_strategy(strategy)  # fail fast on bad names
+    if head != "auto":
+        Candidate.parse(head)
     encoders = encoders or Encoders(settings)
     with tempfile.TemporaryDirectory(prefix="annotator-sim-") as tmp:
         sim_settings = settings.model_copy(update={"database_url": f"sqlite:///{Path(tmp) / 'sim.db'}"})
@@ -204,11 +217,12 @@ def simulate(settings: Settings, manifest: Path, *, strategy: str, budget: int, 
     bar = tqdm(total=seeds * len(names), desc="simulate", file=sys.stderr, disable=not progress)
     for seed in range(seeds):
         test = _stratified_test(y, np.random.default_rng(seed), test_fraction)
-        clf = FusionClassifier(head=head, random_state=seed, min_steps=200).fit(
-            {m: a[~test] for m, a in features.items()}, y[~test])
+        clf = fit_model({m: a[~test] for m, a in features.items()}, y[~test], head=head, random_state=seed,
+                        self_training=settings.self_training)
         full.append(_evaluate(clf, {m: a[test] for m, a in features.items()}, y[test])[0])
         for name in names:
-            runs[name].append(run_curve(features, y, test, name, budget=budget, step=step, seed=seed, head=head))
+            runs[name].append(run_curve(features, y, test, name, budget=budget, step=step, seed=seed, head=head,
+                                        self_training=settings.self_training))
             bar.update()
     bar.close()
     full_accuracy = float(np.mean(full))

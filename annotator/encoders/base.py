@@ -10,6 +10,11 @@ import numpy as np
 MODALITIES = ("text", "image", "audio")
 
 
+def modality_order(names) -> list[str]:
+    """Modalities in the canonical order (text, image, audio, then any other by name)."""
+    return sorted(names, key=lambda m: (MODALITIES.index(m) if m in MODALITIES else len(MODALITIES), m))
+
+
 @runtime_checkable
 class Encoder(Protocol):
     """Turns a batch of decoded inputs into L2-normalised float32 vectors.

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from annotator.encoders.base import modality_order
 from annotator.errors import NotEnoughLabelsError, NotFittedError, UnknownNameError
-from annotator.fusion.classifier import _modality_order
 
 
 class CrossModalAligner:
@@ -52,7 +52,7 @@ class CrossModalAligner:
         import torch
 
         present = {m: ~np.isnan(np.asarray(a)).any(axis=1) for m, a in X.items()}
-        order = _modality_order(X)
+        order = modality_order(X)
         pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]
                  if (present[a] & present[b]).sum() >= self.min_pairs]
         if not pairs:

@@ -9,6 +9,7 @@ def test_demo_then_retrain_predict_and_rollback(tmp_path):
     env = {"ANNOTATOR_DATA_DIR": str(tmp_path / "data")}
     demo = json.loads(run_cli("demo", "--offline", "--json", env_extra=env, check=True).stdout)
     assert demo["imported"] == 48 and demo["model_version"] == "v1" and demo["promoted"]
+    assert demo["model"]  # the candidate chosen on the sample's own labels
     assert len(demo["predictions"]) == 24  # the unlabelled half
     assert demo["metrics"]["accuracy"] > 0.5  # four classes: chance is 0.25
 
@@ -19,6 +20,9 @@ def test_demo_then_retrain_predict_and_rollback(tmp_path):
                                    "--no-self-training", env_extra=env, check=True).stdout)
     assert retrained["model_version"] == "v2" and retrained["promoted"] is True
     assert set(retrained["metrics"]) == {"accuracy", "macro_f1", "ece"} and retrained["n_labels"] == 24
+    assert retrained["model"] == "concat" and [r["name"] for r in retrained["candidates"]][0] == "concat"
+    assert any(r["name"].startswith("active v1: ") for r in retrained["candidates"])  # compared like with like
+    assert retrained["why"]
 
     predictions = json.loads(run_cli("predict", "--project", "demo", "--json", env_extra=env, check=True).stdout)
     assert len(predictions) == 48
@@ -28,6 +32,11 @@ def test_demo_then_retrain_predict_and_rollback(tmp_path):
     run_cli("models", "promote", "v1", "--project", "demo", env_extra=env, check=True)
     versions = json.loads(run_cli("models", "list", "--project", "demo", "--json", env_extra=env, check=True).stdout)
     assert [(v["version"], v["status"]) for v in versions] == [("v1", "active"), ("v2", "retired")]
+    v1 = versions[0]
+    assert v1["model"] == demo["model"] and sum(r["chosen"] for r in v1["candidates"]) == 1
+    assert {"logreg", "concat", "attention"} <= {r["name"] for r in v1["candidates"]}
+    table = run_cli("models", "list", "--project", "demo", env_extra=env, check=True).stdout
+    assert "chosen because:" in table and "macro-F1" in table and f"* {demo['model']}" in table
 
     bad = run_cli("retrain", "--project", "demo", "--head", "mlp", env_extra=env)
-    assert bad.returncode == 1 and "unknown fusion head 'mlp'" in bad.stderr
+    assert bad.returncode == 1 and "unknown model 'mlp'" in bad.stderr and "auto" in bad.stderr

@@ -111,7 +111,7 @@ def test_image_and_text_project_full_loop(label_studio, ls_client, backend_serve
 
     # 3. Start Training → a promoted version → the next predictions carry it
     ls_client.ml.train(id=ml.id)
-    wait_for(lambda: active_version(backend_server, project.id) == "v1", what="v1 to be promoted")
+    wait_for(lambda: active_version(backend_server, project.id) == "v1", timeout_s=240, what="v1 to be promoted")
     # the backend re-scores every task and pushes the predictions itself after a promotion
     v1 = wait_for(lambda: [p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"] or None,
                   what="v1 predictions pushed by the backend")
@@ -191,7 +191,7 @@ def test_audio_project_trains_from_annotations(label_studio, ls_client, backend_
                                                           "value": {"choices": [label]}}])
     wait_for(lambda: len(human_labels(backend_server, pid)) == 8, what="8 audio labels")
     ls_client.ml.train(id=ml.id)
-    wait_for(lambda: active_version(backend_server, pid) == "v1", what="audio v1")
+    wait_for(lambda: active_version(backend_server, pid) == "v1", timeout_s=240, what="audio v1")
     wait_for(lambda: len([p for p in predictions_of(ls_client, pid) if p["model_version"] == "v1"]) == 8,
              what="8 refreshed audio predictions")
     v1 = [p for p in predictions_of(ls_client, pid) if p["model_version"] == "v1"]
@@ -220,7 +220,7 @@ def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, ba
     wait_for(lambda: len(human_labels(backend_server, project.id)) == 19, what="19 labels")
     ls_client.ml.train(id=ml.id)
     name = project_name_for(project.id)
-    wait_for(lambda: active_version(backend_server, project.id) == "v1", what="v1")
+    wait_for(lambda: active_version(backend_server, project.id) == "v1", timeout_s=240, what="v1")
     # the backend re-scored every task after training and pushed the predictions itself
     wait_for(lambda: len([p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]) == len(rows),
              what="refreshed v1 predictions for every task")

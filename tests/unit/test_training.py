@@ -13,7 +13,8 @@ from annotator.importer import import_manifest
 from annotator.prediction import predict
 from annotator.store import repo
 from annotator.store.models import Prediction, TrainingRun
-from annotator.training import holdout_split, retrain, unlabelled_features
+from annotator.fusion.selection import ModelSearch
+from annotator.training import load_model, retrain, unlabelled_features
 
 WORDS = {
     "animal": ["dog", "cat", "horse", "rabbit", "owl", "fox", "cow", "sheep"],
@@ -49,27 +50,20 @@ def _active(store):
         return mv.version if mv else None
 
 
-def test_holdout_split_is_stable_and_covers_each_class():
-    keys = [f"k{i}" for i in range(100)]
-    labels = ["a"] * 50 + ["b"] * 48 + ["c"] * 2
-    held = holdout_split(keys, labels)
-    assert 0.1 < held.mean() < 0.3
-    for c in "abc":
-        rows = [i for i, lab in enumerate(labels) if lab == c]
-        assert held[rows].any() and not held[rows].all()
-    # adding items never moves an existing item across the split
-    more = holdout_split(keys + [f"k{i}" for i in range(100, 200)], labels + ["a"] * 100)
-    assert (more[:98] == held[:98]).all()
-
-
 def test_retrain_then_predict(store, settings, encoders, tmp_path):
     make_project(store, tmp_path)
-    result = retrain(store, settings, project_name="p", head="attention", encoders=encoders, progress=False)
+    result = retrain(store, settings, project_name="p", encoders=encoders, progress=False)
     assert result.model_version == "v1" and result.promoted and result.reason == "no active version"
-    assert result.metrics["evaluation"] == "holdout"
+    assert result.metrics["evaluation"] == "5-fold cross-validation x 2"  # 48 labels: folds repeated
     assert result.metrics["accuracy"] >= 0.9 and result.n_labels == 48
-    assert set(result.metrics["per_class_f1"]) == set(WORDS)
     assert 0 <= result.metrics["ece"] <= 1
+    # the candidate table: every head, the linear baseline and each modality alone, the winner marked;
+    # no image-only model, since two items in three have no image
+    names = {row["name"] for row in result.metrics["candidates"]}
+    assert {"logreg", "concat", "weighted", "attention", "gated", "tensor", "logreg [text]", "concat [text]"} <= names
+    assert not any("[image]" in name for name in names)
+    assert [row["name"] for row in result.metrics["candidates"] if row["chosen"]] == [result.model]
+    assert all(0 <= row["macro_f1_mean"] <= 1 and row["macro_f1_sd"] >= 0 for row in result.metrics["candidates"])
 
     out = predict(store, settings, project_name="p", encoders=encoders, progress=False)
     assert out.model_version == "v1" and out.failed == [] and len(out.predictions) == 48
@@ -77,7 +71,8 @@ def test_retrain_then_predict(store, settings, encoders, tmp_path):
     assert accuracy >= 0.9
     assert all(0 < p["score"] <= 1 and p["model_version"] == "v1" for p in out.predictions)
     with_image = next(p for p in out.predictions if p["id"] == "animal-0")
-    assert set(with_image["modality_weights"]) == {"text", "image"}
+    used = set(result.model.split("[")[1].split("]")[0].split("+")) if "[" in result.model else {"text", "image"}
+    assert set(with_image["modality_weights"]) == used
     with store.session() as s:
         assert len(s.scalars(select(Prediction)).all()) == 48
 
@@ -85,13 +80,15 @@ def test_retrain_then_predict(store, settings, encoders, tmp_path):
 def test_worse_model_is_refused_unless_forced(store, settings, encoders, tmp_path):
     make_project(store, tmp_path)
     retrain(store, settings, project_name="p", encoders=encoders, progress=False)
-    bad = retrain(store, settings, project_name="p", encoders=encoders, progress=False,
-                  params={"epochs": 1, "lr": 1e-6})
+    bad = retrain(store, settings, project_name="p", head="attention", encoders=encoders, progress=False,
+                  params={"epochs": 1, "min_steps": 1, "lr": 1e-6})
     assert bad.model_version == "v2" and not bad.promoted
-    assert bad.metrics["macro_f1"] < bad.previous["macro_f1"]
+    # like with like: v1's configuration was scored on the same folds of today's labels
+    assert bad.previous["name"].startswith("active v1: ")
+    assert bad.metrics["macro_f1"] < bad.previous["macro_f1_mean"]
     assert "kept v1" in bad.reason and _active(store) == "v1"
-    forced = retrain(store, settings, project_name="p", encoders=encoders, progress=False,
-                     params={"epochs": 1, "lr": 1e-6}, force=True)
+    forced = retrain(store, settings, project_name="p", head="attention", encoders=encoders, progress=False,
+                     params={"epochs": 1, "min_steps": 1, "lr": 1e-6}, force=True)
     assert forced.promoted and _active(store) == "v3"
     with store.session() as s:
         statuses = {v.version: v.status for v in repo.list_model_versions(s, project=repo.get_project(s, name="p"))}
@@ -105,7 +102,7 @@ def test_crash_mid_training_leaves_active_version_serving(store, settings, encod
     def explode(self, X, y, unlabelled=None):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(FusionClassifier, "fit", explode)
+    monkeypatch.setattr(ModelSearch, "fit", explode)
     with pytest.raises(RuntimeError, match="simulated"):
         retrain(store, settings, project_name="p", encoders=encoders, progress=False)
     monkeypatch.undo()
@@ -119,13 +116,19 @@ def test_crash_mid_training_leaves_active_version_serving(store, settings, encod
 
 
 def test_item_with_only_an_image_still_gets_a_prediction(store, settings, encoders, tmp_path):
+    """Every labelled item has text, and text alone would do; but the project also holds an item with
+    only an image, so a text-only model is not a candidate and that item is pre-labelled too."""
+    from annotator.embedding import embed_project
+
     make_project(store, tmp_path)
-    retrain(store, settings, project_name="p", encoders=encoders, progress=False)
     path = tmp_path / "lonely.png"
     Image.new("RGB", (48, 48), COLORS["vehicle"]).save(path)
     (tmp_path / "more.jsonl").write_text(json.dumps({"id": "lonely", "image": str(path)}))
     with store.session() as s:
         import_manifest(s, project_name="p", manifest=tmp_path / "more.jsonl")
+    embed_project(store, settings, project_name="p", encoders=encoders, progress=False, index=False)
+    result = retrain(store, settings, project_name="p", encoders=encoders, progress=False)
+    assert "[" not in result.model and not any("[text]" in r["name"] for r in result.metrics["candidates"])
     [pred] = predict(store, settings, project_name="p", item_ids=["lonely"], encoders=encoders, progress=False).predictions
     assert pred["modality_weights"] == {"text": 0.0, "image": 1.0}
     assert pred["label"] in WORDS
@@ -134,7 +137,10 @@ def test_item_with_only_an_image_still_gets_a_prediction(store, settings, encode
 def test_few_labels_use_cross_validation(store, settings, encoders, tmp_path):
     make_project(store, tmp_path, labelled=4)
     result = retrain(store, settings, project_name="p", head="concat", encoders=encoders, progress=False)
-    assert result.n_labels == 12 and result.metrics["evaluation"] == "4-fold cross-validation"
+    assert result.n_labels == 12 and result.metrics["evaluation"] == "4-fold cross-validation x 2"
+    # a forced model: no other candidate; self-training only if the same folds say it helps
+    assert result.model in ("concat", "concat +self-training")
+    assert {r["name"] for r in result.metrics["candidates"]} <= {"concat", "concat +self-training"}
     assert result.metrics["accuracy"] > 0.6
 
 
@@ -160,17 +166,25 @@ def test_only_one_process_trains_a_project_at_a_time(store, settings, encoders, 
     assert retrain(store, settings, project_name="p", encoders=encoders, progress=False).model_version == "v1"
 
 
-def test_retrain_self_trains_on_unlabelled_items_with_cached_vectors(store, settings, encoders, tmp_path):
+def test_retrain_self_trains_where_the_folds_say_so(store, settings, encoders, tmp_path):
     from annotator.embedding import embed_project
 
     make_project(store, tmp_path, labelled=6)  # 18 labels, 30 unlabelled items
     embed_project(store, settings, project_name="p", encoders=encoders, progress=False, index=False)
-    on = retrain(store, settings, project_name="p", encoders=encoders, progress=False)
-    assert 0 < on.metrics["pseudo_labels"] <= 30  # some of the 30 unlabelled items, never more
-    off = retrain(store, settings.model_copy(update={"self_training": False}), project_name="p", encoders=encoders,
-                  progress=False, force=True)
-    assert off.metrics["pseudo_labels"] == 0
-    ratio_zero = retrain(store, settings, project_name="p", encoders=encoders, progress=False, force=True,
+    on = retrain(store, settings.model_copy(update={"self_training": "on"}), project_name="p", head="attention",
+                 encoders=encoders, progress=False)
+    assert on.model == "attention +self-training" and 0 < on.metrics["pseudo_labels"] <= 30
+    off = retrain(store, settings.model_copy(update={"self_training": "off"}), project_name="p", head="attention",
+                  encoders=encoders, progress=False, force=True)
+    assert off.model == "attention" and off.metrics["pseudo_labels"] == 0
+    assert not any("self-training" in r["name"] for r in off.metrics["candidates"] if r["name"] != off.previous["name"])
+    auto = retrain(store, settings, project_name="p", head="attention", encoders=encoders, progress=False, force=True)
+    rows = {r["name"]: r for r in auto.metrics["candidates"]}
+    kept = rows["attention +self-training"]["macro_f1_mean"] > rows["attention"]["macro_f1_mean"]
+    assert auto.model == ("attention +self-training" if kept else "attention")  # the folds decided
+    assert ("self-training raises it" if kept else "self-training left off") in auto.metrics["why"]
+    ratio_zero = retrain(store, settings.model_copy(update={"self_training": "on"}), project_name="p",
+                         head="attention", encoders=encoders, progress=False, force=True,
                          params={"pseudo_label_ratio": 0})
     assert ratio_zero.metrics["pseudo_labels"] == 0
     with store.session() as s:
@@ -180,3 +194,27 @@ def test_retrain_self_trains_on_unlabelled_items_with_cached_vectors(store, sett
     assert len(pool) == 30
     sample = unlabelled_features(pool, encoders, ["text"], limit=7)  # a large pool is sampled down
     assert set(sample) == {"text"} and sample["text"].shape == (7, encoders.cache("text").dim)
+
+
+def test_the_served_model_saw_every_label(store, settings, encoders, tmp_path, monkeypatch):
+    """The promoted version is fitted on all 48 labels, not on the folds' four fifths."""
+    from annotator.fusion import LinearClassifier
+
+    make_project(store, tmp_path)
+    seen: list[int] = []
+    for cls in (FusionClassifier, LinearClassifier):
+        original = cls.fit
+
+        def spy(self, X, y, unlabelled=None, _original=original):
+            seen.append(len(y))
+            return _original(self, X, y, unlabelled=unlabelled)
+
+        monkeypatch.setattr(cls, "fit", spy)
+    result = retrain(store, settings, project_name="p", encoders=encoders, progress=False)
+    assert seen[-1] == 48 == result.n_labels  # the last fit in this process is the served model's
+    with store.session() as s:
+        mv = repo.active_model_version(s, project=repo.get_project(s, name="p"))
+        assert mv.head == result.model
+        clf, _ = load_model(settings, mv)
+    assert type(clf).__name__ == ("LinearClassifier" if result.model.startswith("logreg") else "FusionClassifier")
+    assert json.loads((settings.project_dir("p") / "models" / "v1" / "meta.json").read_text())["trained_on"] == 48

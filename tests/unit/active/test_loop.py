@@ -52,10 +52,11 @@ def test_simulate_is_reproducible(settings, encoders, tmp_path):
     rows = [{"id": f"{c}-{i}", "text": f"a photo of a {w} {i}", "label": c}
             for c, words in WORDS.items() for i, w in enumerate(words * 3)]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    settings = settings.model_copy(update={"self_training": "off"})  # a forced model: nothing to choose per round
     a = simulate(settings, tmp_path / "m.jsonl", strategy="margin", budget=15, step=5, seeds=1, encoders=encoders,
-                 progress=False)
+                 progress=False, head="concat")
     b = simulate(settings, tmp_path / "m.jsonl", strategy="margin", budget=15, step=5, seeds=1, encoders=encoders,
-                 progress=False)
+                 progress=False, head="concat")
     # Same seed, same run: identical up to BLAS rounding (kernels may round differently with memory
     # alignment), which can flip at most one prediction on this 15-item test split.
     one_item = 1 / 15 + 1e-9
@@ -80,3 +81,27 @@ def test_simulation_warm_starts_model_strategies_with_typiclust():
     curves = {s: run_curve(features, y, test, s, budget=8, step=4, seed=0) for s in ("margin", "typiclust", "random")}
     assert curves["margin"][0] == curves["typiclust"][0]
     assert curves["margin"][0] != curves["random"][0]
+
+
+def test_simulation_and_retrain_train_the_same_model_for_the_same_data(store, settings, encoders, tmp_path):
+    from annotator.active.loop import fit_model
+    from annotator.embedding import embed_project, load_features
+    from annotator.training import load_model, unlabelled_features
+
+    make_project(store, tmp_path, labelled=10, images_every=1)
+    embed_project(store, settings, project_name="p", encoders=encoders, progress=False, index=False)
+    result = retrain(store, settings, project_name="p", encoders=encoders, progress=False)
+    with store.session() as s:
+        project = repo.get_project(s, name="p")
+        labels = repo.current_labels(s, project=project)
+        items = repo.list_items(s, project=project)
+        served, _ = load_model(settings, repo.active_model_version(s, project=project))
+    labelled = [it for it in items if it.id in labels]
+    X = load_features(labelled, encoders=encoders)
+    pool = unlabelled_features([it for it in items if it.id not in labels], encoders, list(X))
+    simulated = fit_model(X, [labels[it.id][0] for it in labelled], unlabelled=pool)
+    assert type(simulated) is type(served) and simulated.modalities_ == served.modalities_
+    assert getattr(simulated, "head", None) == getattr(served, "head", None)
+    assert simulated.get_params() == served.get_params() and result.model
+    used = {m: X[m] for m in served.modalities_}
+    np.testing.assert_allclose(simulated.predict_proba(used), served.predict_proba(used), atol=1e-4)

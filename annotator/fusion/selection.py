@@ -1,0 +1,452 @@
+"""Choose a project's model by cross-validation on its own labels.
+
+Defaults tuned on our benchmark data are no evidence for a user's data. `ModelSearch` compares the
+candidates — the fusion heads, logistic regression on the concatenated embeddings, each modality
+alone (and, with three or more modalities, each set that leaves one out) — on the *same* stratified
+folds of the project's labels, repeated when labels are few. It picks by macro-F1 with the
+one-standard-error rule (the simplest candidate whose mean is within one standard error of the
+best), lets the same folds decide whether self-training helps, and refits the winner on every label.
+A scikit-learn meta-estimator in the manner of `GridSearchCV`: ``fit`` then ``best_estimator_``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from annotator.encoders.base import modality_order
+from annotator.errors import NotEnoughLabelsError, UnknownNameError
+from annotator.fusion.calibration import expected_calibration_error, fit_temperature
+from annotator.fusion.classifier import HEADS, FusionClassifier
+from annotator.fusion.linear import LinearClassifier
+
+LINEAR = "logreg"
+MODELS = (LINEAR, *HEADS)  # simplest first: the order the one-standard-error rule prefers
+AUTO = "auto"
+SELF_TRAINING_CHOICES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model configuration: which model, on which modalities (None: all), self-training or not."""
+
+    model: str
+    modalities: tuple[str, ...] | None = None
+    self_training: bool = False
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise UnknownNameError("model", self.model, (AUTO, *MODELS))
+
+    @property
+    def name(self) -> str:
+        mods = f" [{'+'.join(self.modalities)}]" if self.modalities else ""
+        return f"{self.model}{mods}{' +self-training' if self.self_training else ''}"
+
+    @classmethod
+    def parse(cls, text: str) -> Candidate:
+        """The inverse of `name`: ``"attention"``, ``"logreg [text+image]"``, ``"concat +self-training"``."""
+        match = re.fullmatch(r"\s*([\w-]+)\s*(?:\[([\w+]+)\])?\s*(\+self-training)?\s*", text or "")
+        if not match:
+            raise UnknownNameError("model", text, (AUTO, *MODELS))
+        mods = tuple(match.group(2).split("+")) if match.group(2) else None
+        return cls(match.group(1), mods, bool(match.group(3)))
+
+    def simplicity(self, n_modalities: int) -> tuple[int, int, int]:
+        """Sort key, simplest first: linear before the fusion heads (in `MODELS` order), fewer
+        modalities first, no self-training first."""
+        return MODELS.index(self.model), len(self.modalities or ()) or n_modalities, int(self.self_training)
+
+    def build(self, *, multilabel: bool = False, random_state: int = 0, device: str = "cpu",
+              params: Mapping[str, Any] | None = None):
+        """An unfitted estimator for this configuration. ``params`` go to the fusion heads."""
+        if self.model == LINEAR:
+            if multilabel:
+                raise UnknownNameError("model for a multi-label project", self.model, HEADS)
+            return LinearClassifier(random_state=random_state, device=device)
+        params = dict(params or {})
+        if not self.self_training:
+            params["pseudo_label_ratio"] = 0.0
+        return FusionClassifier(head=self.model, multilabel=multilabel, random_state=random_state, device=device,
+                                **params)
+
+
+def default_candidates(modalities: Sequence[str], *, multilabel: bool = False) -> list[Candidate]:
+    """The automatic choice's candidates for a project with these modalities."""
+    modalities = modality_order(modalities)
+    models = HEADS if multilabel else MODELS
+    out = [Candidate(m) for m in models]
+    if len(modalities) > 1:
+        for m in modalities:  # each modality alone: its linear model and its network
+            out += [Candidate(model, (m,)) for model in (() if multilabel else (LINEAR,)) + ("concat",)]
+    if len(modalities) > 2 and not multilabel:  # a modality that hurts can be left out
+        for left_out in modalities:
+            out.append(Candidate(LINEAR, tuple(m for m in modalities if m != left_out)))
+    return out
+
+
+def _labels(y: Sequence, multilabel: bool) -> np.ndarray | list:
+    if multilabel:
+        return [list(v) if isinstance(v, (list, tuple)) else [v] for v in y]
+    return np.array([str(v[0]) if isinstance(v, (list, tuple)) else str(v) for v in y])
+
+
+def make_splits(y: Sequence, *, folds: int = 5, repeats: int | str = "auto", multilabel: bool = False,
+                random_state: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, test) splits every candidate is scored on: stratified ``folds``-fold (fewer when
+    a class is smaller), repeated ``repeats`` times ("auto": twice below 200 labels, else once).
+    Empty when there are too few labels per class to cross-validate."""
+    from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
+
+    n = len(y)
+    if repeats == "auto":
+        repeats = 2 if n < 200 else 1
+    if multilabel:
+        k = min(folds, n // 2)
+        return [] if k < 2 else list(RepeatedKFold(n_splits=k, n_repeats=repeats, random_state=random_state).split(np.zeros(n)))
+    labels = _labels(y, False)
+    counts = np.unique(labels, return_counts=True)[1]
+    if len(counts) < 2 or (counts >= 2).sum() < 2:
+        return []
+    k = int(min(folds, max(2, counts.min())))
+    with warnings.catch_warnings():  # a singleton class is tested once and never trained on: scored as an error
+        warnings.simplefilter("ignore", UserWarning)
+        return list(RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=random_state).split(labels, labels))
+
+
+def _score_split(estimator, modalities, X, y, train, test, unlabelled, multilabel):
+    """Fit a clone on ``train`` and score it on ``test``: (macro-F1, accuracy, test probabilities, classes).
+
+    Runs in a worker process; one torch thread each, since small heads train faster as parallel
+    single-threaded runs than as one run on every core.
+    """
+    import torch
+    from sklearn.metrics import f1_score
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Xs = {m: X[m] for m in modalities}
+        clf = estimator.clone().set_params(calibrate=False)
+        if isinstance(clf, FusionClassifier):
+            clf.set_params(refit=False)
+        y_train = [y[i] for i in train] if multilabel else y[train]
+        u = {m: unlabelled[m] for m in modalities} if unlabelled is not None else None
+        clf.fit({m: a[train] for m, a in Xs.items()}, y_train, unlabelled=u)
+        probs = clf.predict_proba({m: a[test] for m, a in Xs.items()})
+    finally:
+        torch.set_num_threads(threads)
+    classes = list(clf.classes_)
+    if multilabel:
+        truth = np.array([[c in y[i] for c in classes] for i in test])
+        pred = probs >= 0.5
+        return (float(f1_score(truth, pred, average="macro", zero_division=0)),
+                float((truth == pred).all(axis=1).mean()), probs, classes)
+    pred = np.array(classes)[probs.argmax(axis=1)]
+    all_classes = sorted(set(y.tolist()))
+    return (float(f1_score(y[test], pred, labels=all_classes, average="macro", zero_division=0)),
+            float((pred == y[test]).mean()), probs, classes)
+
+
+@dataclass
+class CandidateResult:
+    """Cross-validated scores of one candidate (one entry of the table `retrain` reports)."""
+
+    name: str
+    macro_f1: list[float]
+    accuracy: list[float]
+    oof_probs: np.ndarray | None = None  # first repeat's out-of-fold probabilities, in sorted class order
+    error: str | None = None
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.macro_f1)) if self.macro_f1 and self.error is None else float("nan")
+
+    @property
+    def sd(self) -> float:
+        return float(np.std(self.macro_f1, ddof=1)) if len(self.macro_f1) > 1 and self.error is None else 0.0
+
+    @property
+    def se(self) -> float:
+        return self.sd / np.sqrt(max(len(self.macro_f1), 1))
+
+    def row(self) -> dict[str, Any]:
+        out = {"name": self.name, "macro_f1_mean": _r(self.mean), "macro_f1_sd": _r(self.sd),
+               "accuracy_mean": _r(float(np.mean(self.accuracy)) if self.accuracy and self.error is None else float("nan")),
+               "splits": len(self.macro_f1)}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def _r(v: float) -> float | None:
+    return None if v is None or np.isnan(v) else round(float(v), 4)
+
+
+class ModelSearch:
+    """Choose among candidate models by cross-validated macro-F1, then refit the winner on every label.
+
+    Parameters
+    ----------
+    candidates : "auto" or list of (Candidate or str), default="auto"
+        ``auto``: `default_candidates` for the modalities of ``X``. One name forces that model (it is
+        still cross-validated, for its metrics and the comparison with ``reference``).
+    self_training : {"auto", "on", "off"}, default="auto"
+        With unlabelled items given to `fit`: ``auto`` keeps self-training for the chosen fusion head
+        only when its cross-validated macro-F1 is higher with it; ``on`` always uses it.
+    multilabel : bool, default=False
+    folds : int, default=5
+    repeats : int or "auto", default="auto"
+        See `make_splits`.
+    one_standard_error : bool, default=True
+        Take the simplest candidate within one standard error of the best mean, not the best mean:
+        on a few hundred labels, differences smaller than that are noise, and simpler models
+        generalise more predictably.
+    reference : (name, unfitted estimator), optional
+        Also score this model (e.g. the active version's configuration) on the same folds; it is
+        reported, never chosen. The caller compares like with like for promotion.
+    params : dict, optional
+        Extra parameters for the fusion heads.
+    n_jobs : int, optional
+        Worker processes for the folds (default: every core).
+    random_state : int, default=0
+    device : str, default="cpu"
+
+    Attributes
+    ----------
+    results_ : list of CandidateResult
+        Every candidate scored, in the order tried.
+    best_ : Candidate
+    best_estimator_ : estimator fitted on every label
+    reason_ : str
+        Why the winner was chosen, in words.
+    evaluation_ : str
+        How the scores were measured (e.g. "5-fold cross-validation x 2").
+    metrics_ : dict
+        The winner's cross-validated accuracy, macro-F1 and ECE (after a temperature fitted on its
+        out-of-fold logits), plus the candidate table.
+    """
+
+    def __init__(self, candidates: str | Sequence[Candidate | str] = AUTO, *, self_training: str = "auto",
+                 multilabel: bool = False, folds: int = 5, repeats: int | str = "auto",
+                 one_standard_error: bool = True, reference: tuple[str, Any] | None = None,
+                 params: Mapping[str, Any] | None = None, n_jobs: int | None = None, random_state: int = 0,
+                 device: str = "cpu"):
+        self.candidates = candidates
+        self.self_training = self_training
+        self.multilabel = multilabel
+        self.folds = folds
+        self.repeats = repeats
+        self.one_standard_error = one_standard_error
+        self.reference = reference
+        self.params = params
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.device = device
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _candidate_list(self, modalities: list[str]) -> list[Candidate]:
+        if isinstance(self.candidates, str):
+            if self.candidates == AUTO:
+                return default_candidates(modalities, multilabel=self.multilabel)
+            return [Candidate.parse(self.candidates)]
+        return [c if isinstance(c, Candidate) else Candidate.parse(c) for c in self.candidates]
+
+    def _build(self, candidate: Candidate):
+        return candidate.build(multilabel=self.multilabel, random_state=self.random_state, device=self.device,
+                               params=self.params)
+
+    def _modalities(self, candidate: Candidate, available: list[str]) -> list[str]:
+        missing = set(candidate.modalities or ()) - set(available)
+        if missing:
+            raise UnknownNameError("modality", sorted(missing)[0], available)
+        return list(candidate.modalities) if candidate.modalities else available
+
+    def _run(self, jobs: list[tuple[str, Any, list[str], bool]], X, y, splits, unlabelled) -> list[CandidateResult]:
+        """Score every (name, estimator, modalities, uses_unlabelled) job on every split; the first
+        repeat's out-of-fold probabilities are kept (for the winner's calibration error)."""
+        from joblib import Parallel, delayed
+
+        work = [(j, s) for j in range(len(jobs)) for s in range(len(splits))]
+        n_jobs = self.n_jobs or os.cpu_count() or 1
+        runner = Parallel(n_jobs=min(n_jobs, len(work)) or 1, backend="loky" if n_jobs > 1 else "sequential")
+        outputs = runner(delayed(_safe_score)(jobs[j][1], jobs[j][2], X, y, splits[s][0], splits[s][1],
+                                              unlabelled if jobs[j][3] else None, self.multilabel)
+                         for j, s in work)
+        classes = sorted({c for row in y for c in row}) if self.multilabel else sorted(set(y.tolist()))
+        first_repeat = len(splits) // _n_repeats(splits, len(y))
+        results = []
+        for j, (name, *_rest) in enumerate(jobs):
+            f1s, accs, error = [], [], None
+            oof = np.zeros((len(y), len(classes)))
+            for s in range(len(splits)):
+                out = outputs[j * len(splits) + s]
+                if isinstance(out, str):
+                    error = error or out
+                    continue
+                f1s.append(out[0])
+                accs.append(out[1])
+                if s < first_repeat:
+                    for col, c in enumerate(out[3]):
+                        oof[splits[s][1], classes.index(c)] = out[2][:, col]
+            results.append(CandidateResult(name, f1s, accs, oof, error))
+        return results
+
+    def _race(self, jobs, X, y, splits, unlabelled, n_reference: int) -> list[CandidateResult]:
+        """Every job on the first repeat of the folds; the further repeats only for the candidates
+        within two standard errors of the leader (and the reference), since more repeats only
+        matter to tell close candidates apart. Saves most of the cost when labels are few."""
+        repeats = _n_repeats(splits, len(y))
+        per_repeat = len(splits) // repeats
+        results = self._run(jobs, X, y, splits[:per_repeat], unlabelled)
+        if repeats == 1:
+            return results
+        ranked = [r for r in results[: len(results) - n_reference] if r.error is None]
+        if not ranked:
+            return results
+        leader = max(ranked, key=lambda r: r.mean)
+        finalists = [j for j, r in enumerate(results)
+                     if j >= len(results) - n_reference or (r.error is None and r.mean >= leader.mean - 2 * leader.se)]
+        more = self._run([jobs[j] for j in finalists], X, y, splits[per_repeat:], unlabelled)
+        for j, extra in zip(finalists, more):
+            results[j].macro_f1 += extra.macro_f1
+            results[j].accuracy += extra.accuracy
+            results[j].error = results[j].error or extra.error
+        return results
+
+    def _choose(self, scored: list[tuple[Candidate, CandidateResult]], n_modalities: int) -> tuple[Candidate, str]:
+        valid = [(c, r) for c, r in scored if r.error is None and not np.isnan(r.mean)]
+        most = max((len(r.macro_f1) for _, r in valid), default=0)
+        valid = [(c, r) for c, r in valid if len(r.macro_f1) == most]  # the finalists of the race
+        if not valid:
+            raise NotEnoughLabelsError("every candidate model failed on these labels: "
+                                       + "; ".join(f"{r.name}: {r.error}" for _, r in scored))
+        best_c, best = max(valid, key=lambda cr: (cr[1].mean, [-v for v in cr[0].simplicity(n_modalities)]))
+        if not self.one_standard_error or len(valid) == 1:
+            return best_c, f"highest cross-validated macro-F1 ({best.mean:.3f})"
+        threshold = best.mean - best.se
+        close = [(c, r) for c, r in valid if r.mean >= threshold]
+        chosen_c, chosen = min(close, key=lambda cr: cr[0].simplicity(n_modalities))
+        if chosen_c == best_c:
+            return best_c, f"highest cross-validated macro-F1 ({best.mean:.3f})"
+        return chosen_c, (f"simplest within one standard error of the best: {chosen.mean:.3f} vs "
+                          f"{best.name} {best.mean:.3f} ± {best.se:.3f}")
+
+    # --- fit -----------------------------------------------------------------------------------
+
+    def fit(self, X: Mapping[str, np.ndarray], y: Sequence, unlabelled: Mapping[str, np.ndarray] | None = None) -> ModelSearch:
+        """Score the candidates on shared folds of (``X``, ``y``), choose, refit the winner on all of it.
+
+        ``unlabelled`` ({modality: (m, d)}) feeds self-training where it is used; a candidate on some
+        modalities only is left out when it could not predict every labelled and unlabelled item.
+        """
+        if self.self_training not in SELF_TRAINING_CHOICES:
+            raise UnknownNameError("self-training setting", str(self.self_training), SELF_TRAINING_CHOICES)
+        available = modality_order(X)
+        y = _labels(y, self.multilabel)
+        candidates = self._candidate_list(available)
+        for c in candidates:
+            self._modalities(c, available)
+        if self.candidates == AUTO:  # a model on some modalities must be able to predict every item we know of
+            def rows_with(m):
+                rows = ~np.isnan(np.asarray(X[m], dtype=np.float32)).any(axis=1)
+                if unlabelled is not None and m in unlabelled:
+                    rows = np.concatenate([rows, ~np.isnan(np.asarray(unlabelled[m], dtype=np.float32)).any(axis=1)])
+                elif unlabelled is not None and len(next(iter(unlabelled.values()), [])):
+                    rows = np.concatenate([rows, np.zeros(len(next(iter(unlabelled.values()))), dtype=bool)])
+                return rows
+
+            present = {m: rows_with(m) for m in available}
+            candidates = [c for c in candidates if c.modalities is None
+                          or np.logical_or.reduce([present[m] for m in c.modalities]).all()]
+        splits = make_splits(y, folds=self.folds, repeats=self.repeats, multilabel=self.multilabel,
+                             random_state=self.random_state)
+        has_pool = unlabelled is not None and len(next(iter(unlabelled.values()), [])) > 0
+        if not splits:
+            self.best_ = candidates[0]
+            self.results_, self.evaluation_ = [], "none (too few labels per class to cross-validate)"
+            self.reason_ = f"{self.best_.name}: too few labels per class to compare models"
+            self.metrics_ = {"accuracy": float("nan"), "macro_f1": float("nan"), "ece": float("nan")}
+        else:
+            repeats = _n_repeats(splits, len(y))
+            n_folds = len(splits) // repeats
+            self.evaluation_ = f"{n_folds}-fold cross-validation" + (f" x {repeats}" if repeats > 1 else "")
+            jobs = [(c.name, self._build(c), self._modalities(c, available), c.self_training) for c in candidates]
+            if self.reference is not None:
+                ref_name, ref_est = self.reference
+                ref_mods = [m for m in getattr(ref_est, "modalities_", available) if m in available] or available
+                jobs.append((ref_name, ref_est, ref_mods, True))
+            results = self._race(jobs, X, y, splits, unlabelled if has_pool else None,
+                                 n_reference=int(self.reference is not None))
+            scored = list(zip(candidates, results[: len(candidates)]))
+            self.best_, self.reason_ = self._choose(scored, len(available))
+            if self.self_training != "off" and has_pool and self.best_.model != LINEAR and not self.multilabel \
+                    and not self.best_.self_training:
+                with_st = Candidate(self.best_.model, self.best_.modalities, True)
+                st_result = self._run([(with_st.name, self._build(with_st), self._modalities(with_st, available), True)],
+                                      X, y, splits, unlabelled)[0]
+                results.append(st_result)
+                base = dict(scored)[self.best_]
+                if self.self_training == "on" or (st_result.error is None and st_result.mean > base.mean):
+                    self.reason_ += ("; self-training on (forced)" if self.self_training == "on" else
+                                     f"; self-training raises it to {st_result.mean:.3f}")
+                    self.best_ = with_st
+                else:
+                    self.reason_ += f"; self-training left off ({st_result.mean:.3f} with it)"
+            self.results_ = results
+            self.metrics_ = self._winner_metrics(y)
+        mods = self._modalities(self.best_, available)
+        estimator = self._build(self.best_)
+        use_pool = self.best_.self_training and has_pool
+        self.best_estimator_ = estimator.fit({m: X[m] for m in mods}, list(y) if self.multilabel else y,
+                                             unlabelled={m: unlabelled[m] for m in mods} if use_pool else None)
+        self.metrics_["candidates"] = [dict(r.row(), chosen=r.name == self.best_.name) for r in self.results_]
+        self.metrics_["chosen"] = self.best_.name
+        self.metrics_["why"] = self.reason_
+        self.metrics_["evaluation"] = self.evaluation_
+        if self.reference is not None:
+            ref = next((r for r in self.results_ if r.name == self.reference[0]), None)
+            self.metrics_["reference"] = ref.row() if ref else None
+        return self
+
+    def result(self, name: str) -> CandidateResult | None:
+        return next((r for r in self.results_ if r.name == name), None)
+
+    def _winner_metrics(self, y) -> dict[str, Any]:
+        r = self.result(self.best_.name)
+        out: dict[str, Any] = {"accuracy": float(np.mean(r.accuracy)) if r.accuracy else float("nan"),
+                               "macro_f1": r.mean, "macro_f1_sd": r.sd, "ece": float("nan")}
+        if not self.multilabel and r.oof_probs is not None:
+            classes = sorted(set(y.tolist()))
+            targets = np.searchsorted(classes, y)
+            logits = np.log(np.clip(r.oof_probs, 1e-12, 1.0))
+            temperature = fit_temperature(logits, targets)
+            z = logits / temperature
+            p = np.exp(z - z.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            out["ece"] = expected_calibration_error(p, targets)
+            out["ece_uncalibrated"] = expected_calibration_error(r.oof_probs, targets)
+        return out
+
+
+def _n_repeats(splits, n: int) -> int:
+    """How many times every item was tested (the number of repeats)."""
+    counts = np.zeros(n, dtype=int)
+    for _, test in splits:
+        counts[test] += 1
+    return max(1, int(counts.max())) if n else 1
+
+
+def _safe_score(*args):
+    """`_score_split`, with a failure (e.g. a fold whose training part has one class) as its message."""
+    try:
+        return _score_split(*args)
+    except Exception as exc:  # reported in the candidate table; the other candidates go on
+        return f"{type(exc).__name__}: {exc}"
