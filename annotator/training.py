@@ -267,9 +267,9 @@ def _decide(search: ModelSearch, force: bool, active_snapshot) -> tuple[bool, st
     if new is None or np.isnan(new.mean):
         return True, f"too few labels per class to compare with {version}; more labels"
     if new.mean >= reference.mean - reference.se - 1e-9:
-        return True, (f"macro-F1 {new.mean:.4f} vs {reference.mean:.4f} ± {reference.se:.4f} for {version}'s model "
+        return True, (f"macro-F1 {new.mean:.4f} vs {reference.mean:.4f} (standard error {reference.se:.4f}) for {version}'s model "
                       f"on the same folds of today's labels")
-    return False, (f"macro-F1 {new.mean:.4f} < {reference.mean:.4f} ± {reference.se:.4f} for {version}'s model on "
+    return False, (f"macro-F1 {new.mean:.4f} < {reference.mean:.4f} (standard error {reference.se:.4f}) for {version}'s model on "
                    f"the same folds of today's labels; kept {version}")
 
 

@@ -148,11 +148,14 @@ def _fmt(value) -> str:
 
 
 def _candidate_table(rows: list[dict]) -> str:
-    """The model choice as a table: macro-F1 mean ± sd per candidate, best first, the winner starred."""
+    """The model choice as a table: macro-F1 mean and sd over the folds per candidate, best first, the
+    winner starred (a candidate far behind after the first repeat has fewer folds: it left the race)."""
     rows = sorted(rows, key=lambda r: -(r.get("macro_f1_mean") or -1))
-    return "\n".join(f"  {'*' if r.get('chosen') else ' '} {r['name']:<40} macro-F1 {_fmt(r.get('macro_f1_mean'))} "
-                     f"± {_fmt(r.get('macro_f1_sd'))}  accuracy {_fmt(r.get('accuracy_mean'))}"
-                     + (f"  failed: {r['error']}" if r.get("error") else "") for r in rows)
+    lines = [f"    {'candidate':<36} {'macro-F1':>8} {'sd':>6} {'accuracy':>8} {'folds':>5}"]
+    lines += [f"  {'*' if r.get('chosen') else ' '} {r['name']:<36} {_fmt(r.get('macro_f1_mean')):>8} "
+              f"{_fmt(r.get('macro_f1_sd')):>6} {_fmt(r.get('accuracy_mean')):>8} {r.get('splits', ''):>5}"
+              + (f"  failed: {r['error']}" if r.get("error") else "") for r in rows]
+    return "\n".join(lines)
 
 
 @app.command()

@@ -337,7 +337,7 @@ class ModelSearch:
         if chosen_c == best_c:
             return best_c, f"highest cross-validated macro-F1 ({best.mean:.3f})"
         return chosen_c, (f"simplest within one standard error of the best: {chosen.mean:.3f} vs "
-                          f"{best.name} {best.mean:.3f} ± {best.se:.3f}")
+                          f"{best.name} {best.mean:.3f} (standard error {best.se:.3f})")
 
     # --- fit -----------------------------------------------------------------------------------
 
