@@ -358,7 +358,8 @@ class Backend:
             log.exception("project %s: training failed; the active version keeps serving", name)
             return None
         self.trainings += 1
-        log.info("project %s: trained %s (promoted: %s; %s)", name, result.model_version, result.promoted, result.reason)
+        log.info("project %s: trained %s, %s (promoted: %s; %s; chosen because: %s)", name, result.model_version,
+                 result.model, result.promoted, result.reason, result.metrics.get("why"))
         if result.promoted:
             self.refresh_label_studio(name)
         return result.model_version
