@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -37,6 +38,21 @@ def _default_data_dir() -> Path:
 def _env(name: str, *also: str) -> AliasChoices:
     """Accept ``ANNOTATOR_<NAME>``, conventional aliases, and the bare field name (for TOML)."""
     return AliasChoices(f"ANNOTATOR_{name.upper()}", *also, name)
+
+
+# Variables of other programs that configure us on purpose: Label Studio's own names for itself.
+FOREIGN_VARIABLES = ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LOCAL_FILES_DOCUMENT_ROOT")
+
+
+class _OwnEnvironment(EnvSettingsSource):
+    """The environment, limited to ``ANNOTATOR_*`` and `FOREIGN_VARIABLES`. The bare field names
+    are for the TOML file only: a ``DATABASE_URL`` or ``DATA_DIR`` set for another program on the
+    same host (usual on PaaS and in compose files) must not point annotator at that program's data."""
+
+    def _load_env_vars(self):
+        allowed = {name.lower() for name in FOREIGN_VARIABLES}
+        return {k: v for k, v in super()._load_env_vars().items()
+                if k.lower().startswith("annotator_") or k.lower() in allowed}
 
 
 class Settings(BaseSettings):
@@ -103,7 +119,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _OwnEnvironment(settings_cls)]
         config_file = os.environ.get("ANNOTATOR_CONFIG")
         if config_file:
             if not Path(config_file).is_file():

@@ -45,3 +45,23 @@ def test_unknown_next_batch_strategy_is_refused_with_the_choices(monkeypatch, se
         load_settings()
     monkeypatch.setenv("ANNOTATOR_NEXT_BATCH_STRATEGY", "entropy")
     assert load_settings().next_batch_strategy == "entropy"
+
+
+def test_other_programs_variables_do_not_configure_us(monkeypatch, settings, tmp_path):
+    """DATABASE_URL / DATA_DIR / DEVICE / BATCH_SIZE belong to whatever else runs on the host."""
+    for name, value in {"DATABASE_URL": "postgresql://elsewhere/otherapp", "DATA_DIR": str(tmp_path / "theirs"),
+                        "DEVICE": "cuda", "BATCH_SIZE": "7", "database_url": "sqlite:///lower.db"}.items():
+        monkeypatch.setenv(name, value)
+    s = Settings()
+    assert s.database_url is None and s.data_dir == settings.data_dir
+    assert s.device == "auto" and s.batch_size == 32
+    monkeypatch.setenv("ANNOTATOR_BATCH_SIZE", "8")  # our own names still work
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://ls:8080")  # and Label Studio's
+    s = Settings()
+    assert s.batch_size == 8 and s.label_studio_url == "http://ls:8080"
+    cfg = tmp_path / "annotator.toml"  # bare names are for the TOML file
+    cfg.write_text('batch_size = 16\ndevice = "cpu"\n')
+    monkeypatch.setenv("ANNOTATOR_CONFIG", str(cfg))
+    monkeypatch.delenv("ANNOTATOR_BATCH_SIZE")
+    s = Settings()
+    assert s.batch_size == 16 and s.device == "cpu"
