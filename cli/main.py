@@ -27,6 +27,20 @@ app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(ls_app, name="ls")
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"annotator {version('annotator')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None) -> None:
+    """Multimodal annotation assistant for Label Studio: pre-labels, cross-modal search, active learning."""
+
+
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
@@ -400,23 +414,12 @@ def models_promote(project: ProjectOpt, version: Annotated[str, typer.Argument()
 
 
 def main() -> None:
-    """Console entry point: library errors become one line on stderr and an exit code."""
+    """Console entry point. Click's standalone mode prints usage errors with the usage line and exits
+    2 (and exits with each command's code); library errors become one line on stderr and an exit code."""
     try:
-        code = app(standalone_mode=False)  # click returns typer.Exit codes in this mode
+        app()
     except AnnotatorError as exc:
         sys.exit(report(exc))
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -69,3 +69,26 @@ def test_cli_and_backend_hold_no_ml_imports():
     pattern = re.compile(r"^\s*(import|from)\s+(torch|numpy|faiss|sklearn|transformers|sentence_transformers)\b", re.M)
     offenders = [str(p) for d in ("cli", "backends") for p in (ROOT / d).rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+@pytest.mark.parametrize("args", [("select",), ("retrain", "--project", "p", "--no-such-option"),
+                                  ("search", "--project", "p", "-k", "many"), ("no-such-command",)])
+def test_usage_errors_print_usage_and_exit_2_without_a_traceback(args, env):
+    proc = run_cli(*args, env_extra=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Usage: " in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_version_through_the_installed_console_script(env):
+    from importlib.metadata import version
+
+    script = Path(sys.executable).parent / "annotator"
+    if not script.exists():
+        pytest.skip(f"no console script beside {sys.executable}")
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+    assert proc.returncode == 0 and proc.stdout.strip() == f"annotator {version('annotator')}"
+    missing = subprocess.run([str(script), "select"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **env})
+    assert missing.returncode == 2 and "Missing option '--project'" in missing.stderr
+    assert "Traceback" not in missing.stderr
