@@ -8,7 +8,6 @@ same folds of today's labels, not by a figure recorded when it had fewer.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 import time
@@ -126,18 +125,20 @@ def training_lock(settings: Settings, project_name: str) -> Iterator[bool]:
     """Non-blocking per-project lock (a file lock, so it holds across processes): yields whether it
     was acquired. Whoever holds it is the only one training the project, so any run still marked
     'running' in the database while it is free belongs to a process that died."""
+    from filelock import FileLock, Timeout
+
     path = settings.project_dir(project_name) / ".train.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = FileLock(path, preserve_lock_file=True)  # unlinking a lock file on release races with its next user
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def retrain(store: Store, settings: Settings, *, project_name: str, head: str = AUTO, force: bool = False,

@@ -290,13 +290,14 @@ def simulate(
     from annotator.active.loop import plot_curves, simulate as run_simulation
 
     result = run_simulation(_settings(), manifest, strategy=strategy, budget=budget, step=step, seeds=seeds, head=head)
-    if report:
-        plot_curves(result, report)
     lines = [f"full-data accuracy {result['full_accuracy']:.3f} ({result['items']} items, {seeds} seeds)"]
     for name, curve in result["curves"].items():
         lines.append(f"{name:>16}: " + " ".join(f"{p['labels']}:{p['accuracy']:.2f}" for p in curve)
                      + f"  (95 % reached at {result['labels_to_95pct_of_full'][name]} labels)")
-    _emit(result, as_json, "\n".join(lines))
+    _emit(result, as_json, "\n".join(lines))  # the results first: a failing plot must not lose them
+    if report:
+        plot_curves(result, report)
+        typer.echo(f"report written to {report}", err=True)
 
 
 @app.command()

@@ -8,7 +8,6 @@ mid-append loses at most that append, never earlier rows.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -99,12 +98,10 @@ class EmbeddingCache:
 
     @contextmanager
     def _locked(self):
-        with (self.dir / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        from filelock import FileLock
+
+        with FileLock(self.dir / ".lock", preserve_lock_file=True):
+            yield
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Append vectors for keys not cached yet (keys already present are left as they are)."""

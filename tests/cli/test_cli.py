@@ -92,3 +92,20 @@ def test_version_through_the_installed_console_script(env):
                              env={**os.environ, **env})
     assert missing.returncode == 2 and "Missing option '--project'" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_simulate_prints_its_results_before_the_report_can_fail(tmp_path, env):
+    words = {"animal": ["dog", "cat", "owl", "fox"], "food": ["pizza", "apple", "soup", "bread"]}
+    rows = [{"id": f"{c}-{i}", "text": f"a photo of a {w} {i}", "label": c}
+            for c, ws in words.items() for i, w in enumerate(ws * 4)]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    proc = run_cli("simulate", str(tmp_path / "m.jsonl"), "--strategy", "margin", "--budget", "8", "--step", "4",
+                   "--seeds", "1", "--head", "logreg", "--json", "--report", str(tmp_path / "no" / "such" / "dir.png"),
+                   env_extra={**env, "ANNOTATOR_SELF_TRAINING": "off"})
+    assert proc.returncode != 0  # the plot could not be written...
+    result = json.loads(proc.stdout)  # ...but the simulation's results were printed first
+    assert set(result["curves"]) == {"margin", "random"} and result["items"] == 32
+    ok = run_cli("simulate", str(tmp_path / "m.jsonl"), "--strategy", "margin", "--budget", "8", "--step", "4",
+                 "--seeds", "1", "--head", "logreg", "--report", str(tmp_path / "curve.png"),
+                 env_extra={**env, "ANNOTATOR_SELF_TRAINING": "off"}, check=True)
+    assert (tmp_path / "curve.png").stat().st_size > 1000 and "report written to" in ok.stderr

@@ -218,3 +218,33 @@ def test_the_served_model_saw_every_label(store, settings, encoders, tmp_path, m
         clf, _ = load_model(settings, mv)
     assert type(clf).__name__ == ("LinearClassifier" if result.model.startswith("logreg") else "FusionClassifier")
     assert json.loads((settings.project_dir("p") / "models" / "v1" / "meta.json").read_text())["trained_on"] == 48
+
+
+def test_the_training_lock_holds_across_processes(settings, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from annotator.training import training_lock
+
+    ready = tmp_path / "held"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib\n"
+        "from annotator.config import Settings\n"
+        "from annotator.training import training_lock\n"
+        "with training_lock(Settings(data_dir=sys.argv[1]), 'p') as got:\n"
+        "    assert got\n"
+        "    pathlib.Path(sys.argv[2]).touch()\n"
+        "    time.sleep(30)\n"), str(settings.data_dir), str(ready)])
+    try:
+        deadline = time.time() + 60
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert ready.exists()
+        with training_lock(settings, "p") as acquired:
+            assert not acquired  # another process trains this project
+    finally:
+        child.kill()
+        child.wait()
+    with training_lock(settings, "p") as acquired:
+        assert acquired  # a killed holder leaves the lock free
