@@ -40,8 +40,9 @@ def _env(name: str, *also: str) -> AliasChoices:
     return AliasChoices(f"ANNOTATOR_{name.upper()}", *also, name)
 
 
-# Variables of other programs that configure us on purpose: Label Studio's own names for itself.
-FOREIGN_VARIABLES = ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LOCAL_FILES_DOCUMENT_ROOT")
+# Variables of other programs that configure us on purpose: Label Studio's own names for itself, and
+# the log level every Label Studio ML backend container reads.
+FOREIGN_VARIABLES = ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LOCAL_FILES_DOCUMENT_ROOT", "LOG_LEVEL")
 
 
 class _OwnEnvironment(EnvSettingsSource):
@@ -72,6 +73,8 @@ class Settings(BaseSettings):
         When set (e.g. ``entropy``), every automatic retrain also chooses the next
         ``next_batch_size`` tasks with this strategy and makes Label Studio serve them first.
         Unset: Label Studio's uncertainty sampling follows the new model's confidence.
+    log_level : {"DEBUG", "INFO", "WARNING", "ERROR"}, default="INFO"
+        The backend's log level (``ANNOTATOR_LOG_LEVEL``, or ``LOG_LEVEL`` as ML-backend containers set it).
     self_training : {"auto", "on", "off"}, default="auto"
         Whether retraining also learns from the project's unlabelled items (confident
         pseudo-labels; see `FusionClassifier`'s ``pseudo_label_ratio``). ``auto``: only where
@@ -107,6 +110,9 @@ class Settings(BaseSettings):
     next_batch_size: int = Field(default=50, ge=1, validation_alias=_env("next_batch_size"))
     self_training: Literal["auto", "on", "off"] = Field(default="auto", validation_alias=_env("self_training"))
 
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias=_env("log_level", "LOG_LEVEL"))
+
     max_media_bytes: int = Field(default=50 * 1024 * 1024, ge=1, validation_alias=_env("max_media_bytes"))
     media_timeout_s: float = Field(default=30.0, gt=0, validation_alias=_env("media_timeout_s"))
 
@@ -136,6 +142,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value() else None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value):
+        return str(value).strip().upper()
 
     @field_validator("self_training", mode="before")
     @classmethod

@@ -159,6 +159,6 @@ def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory backends.app:app_from_env` (each worker builds its own)."""
     from annotator.config import load_settings
 
-    configure_logging()
     settings = load_settings()
+    configure_logging(settings.log_level)
     return create_app(settings)

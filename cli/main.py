@@ -305,10 +305,16 @@ def serve(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 9090,
     workers: Annotated[int, typer.Option(help="Worker processes (training still runs one at a time).")] = 1,
+    log_level: Annotated[Optional[str], typer.Option(
+        help="DEBUG | INFO | WARNING | ERROR (default: ANNOTATOR_LOG_LEVEL or LOG_LEVEL, else INFO).")] = None,
 ) -> None:
     """Run the Label Studio ML backend (add it in a project's Settings → Model, or `annotator ls connect`)."""
+    import os
+
     import uvicorn
 
+    if log_level:
+        os.environ["ANNOTATOR_LOG_LEVEL"] = log_level  # read by every worker process's settings
     _settings()  # fail now, with a clear message, on bad configuration
     typer.echo(f"annotator backend on http://{host}:{port} (Ctrl-C to stop)", err=True)
     uvicorn.run("backends.app:app_from_env", factory=True, host=host, port=port, workers=workers,

@@ -22,8 +22,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture
 def settings(tmp_path, monkeypatch):
     """Settings pointing at a fresh data dir (SQLite there); environment isolated."""
+    from annotator.config import FOREIGN_VARIABLES
+
     for var in list(os.environ):
-        if var.startswith("ANNOTATOR_") or var in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+        if var.startswith("ANNOTATOR_") or var in FOREIGN_VARIABLES:
             monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("ANNOTATOR_DATA_DIR", str(tmp_path / "data"))
     from annotator.config import Settings

@@ -65,3 +65,14 @@ def test_other_programs_variables_do_not_configure_us(monkeypatch, settings, tmp
     monkeypatch.delenv("ANNOTATOR_BATCH_SIZE")
     s = Settings()
     assert s.batch_size == 16 and s.device == "cpu"
+
+
+def test_log_level_from_our_variable_or_the_ml_backend_convention(monkeypatch, settings):
+    assert Settings().log_level == "INFO"
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    assert Settings().log_level == "DEBUG"
+    monkeypatch.setenv("ANNOTATOR_LOG_LEVEL", "warning")
+    assert Settings().log_level == "WARNING"
+    monkeypatch.setenv("ANNOTATOR_LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError, match="ANNOTATOR_LOG_LEVEL"):
+        load_settings()
