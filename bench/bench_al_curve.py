@@ -82,8 +82,8 @@ def _one_curve(job) -> list[dict]:
     from annotator.active.loop import run_curve
 
     torch.set_num_threads(1)
-    features, y, test, strategy, budget, step, seed = job
-    return run_curve(features, y, test, strategy, budget=budget, step=step, seed=seed)
+    features, y, test, strategy, budget, step, seed, model = job
+    return run_curve(features, y, test, strategy, budget=budget, step=step, seed=seed, **model)
 
 
 def labels_to_stay(curve: list[dict], target: float) -> int | None:
@@ -93,15 +93,15 @@ def labels_to_stay(curve: list[dict], target: float) -> int | None:
     return next((p["labels"] for i, p in enumerate(curve) if all(above[i:])), None)
 
 
-def curves_section(features, y, seeds, budget, step) -> dict:
+def curves_section(features, y, seeds, budget, step, model: dict) -> dict:
     from annotator.active.loop import _stratified_test, fit_model, labels_to_reach
 
     full, jobs = [], []
     for seed in seeds:
         test = _stratified_test(y, np.random.default_rng(seed), 0.2)
-        clf = fit_model({m: a[~test] for m, a in features.items()}, y[~test], random_state=seed)
+        clf = fit_model({m: a[~test] for m, a in features.items()}, y[~test], random_state=seed, **model)
         full.append(float((np.array(clf.predict({m: a[test] for m, a in features.items()})) == y[test]).mean()))
-        jobs += [(features, y, test, s, budget, step, seed) for s in STRATEGIES]
+        jobs += [(features, y, test, s, budget, step, seed, model) for s in STRATEGIES]
     context = multiprocessing.get_context("spawn")  # a forked torch thread pool can deadlock
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=context) as pool:
         runs = list(tqdm(pool.map(_one_curve, jobs), total=len(jobs), desc="learning curves", file=sys.stderr))
@@ -124,7 +124,7 @@ def curves_section(features, y, seeds, budget, step) -> dict:
             "meets_target": bool(known is not None and known <= 0.5)}
 
 
-def cold_start_section(features, y, seeds) -> dict:
+def cold_start_section(features, y, seeds, model: dict) -> dict:
     from annotator.active import get_strategy
     from annotator.active.base import Pool
     from annotator.active.loop import _stratified_test, fit_model
@@ -143,7 +143,7 @@ def cold_start_section(features, y, seeds) -> dict:
                 acc[name].append(1.0 / k)
                 continue
             rest = np.setdiff1d(pool_rows, rows)
-            clf = fit_model({m: a[rows] for m, a in features.items()}, y[rows], random_state=seed,
+            clf = fit_model({m: a[rows] for m, a in features.items()}, y[rows], random_state=seed, **model,
                             unlabelled={m: a[rest] for m, a in features.items()})
             acc[name].append(float((np.array(clf.predict({m: a[test] for m, a in features.items()})) == y[test]).mean()))
     gain = 100 * (np.mean(acc["typiclust"]) - np.mean(acc["random"]))
@@ -178,7 +178,7 @@ def label_error_section(features, y, seed=0) -> dict:
             "seconds": t(), "meets_target": bool(auroc >= 0.95 and p_at_70 >= 0.80)}
 
 
-def loop_latency_section(features, y, n_pool: int) -> dict:
+def loop_latency_section(features, y, n_pool: int, model: dict) -> dict:
     from annotator.active import get_strategy
     from annotator.active.loop import build_pool, fit_model
     from annotator.training import MAX_UNLABELLED
@@ -194,7 +194,7 @@ def loop_latency_section(features, y, n_pool: int) -> dict:
     # as `retrain` does: self-training on a sample of at most MAX_UNLABELLED pool items
     sample = np.sort(rng.choice(np.flatnonzero(~labelled), min(MAX_UNLABELLED, int((~labelled).sum())), replace=False))
     with timer() as t_train:
-        clf = fit_model({m: a[labelled] for m, a in big.items()}, big_y[labelled],
+        clf = fit_model({m: a[labelled] for m, a in big.items()}, big_y[labelled], **model,
                         unlabelled={m: a[sample] for m, a in big.items()})
     out["retrain_s"] = t_train()
     with timer() as t_pool:
@@ -239,20 +239,24 @@ def plot(results, path) -> None:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--head", default=None, help="the model each round trains, as for retrain (default: auto; "
+                   "--smoke: logreg without self-training, so the smoke run checks the script, not the search)")
     args = p.parse_args()
     seeds = list(range(1 if args.smoke else args.seeds))
+    head = args.head or ("logreg" if args.smoke else "auto")
+    model = {"head": head, "self_training": "off" if args.smoke and not args.head else "auto"}
     t0 = time.time()
     data = load_data(args.smoke)
     results = {}
     for name, (features, y) in data.items():
         budget, step = (SMOKE_BUDGETS if args.smoke else BUDGETS)[name]
         results[name] = {"n": int(len(y)), "classes": int(len(np.unique(y))),
-                         "curves": curves_section(features, y, seeds, budget, step),
-                         "cold_start": cold_start_section(features, y, seeds),
+                         "curves": curves_section(features, y, seeds, budget, step, model),
+                         "cold_start": cold_start_section(features, y, seeds, model),
                          "label_errors": label_error_section(features, y)}
     feats, y = data["digits"]
-    latency = loop_latency_section(feats, y, 5_000 if args.smoke else 100_000)
-    out = {"datasets": results, "loop_latency": latency, "seconds": time.time() - t0}
+    latency = loop_latency_section(feats, y, 5_000 if args.smoke else 100_000, model)
+    out = {"datasets": results, "loop_latency": latency, "seconds": time.time() - t0, "model": model}
     name = "bench_al_curve" + ("_smoke" if args.smoke else "")
     write_results(name, out, args.out)
     plot(results, args.out / f"{name}.png")
