@@ -241,18 +241,16 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         raise
 
 
-def _reference(settings: Settings, active: ModelVersion, encoders: Encoders) -> tuple[str, Any] | None:
-    """(row name, unfitted copy) of the active version's model, to be scored on today's folds; None
-    when its files are gone or it was trained on other encoders (not comparable on these features)."""
+def _reference(settings: Settings, active: ModelVersion, encoders: Encoders) -> tuple[str, Any, list[str]] | None:
+    """(row name, unfitted copy, modalities) of the active version's model, to be scored on today's
+    folds; None when its files are gone or it was trained on other encoders (not comparable)."""
     try:
         old, old_encoders = load_model(settings, active)
     except FileNotFoundError:
         return None
     if old_encoders != {m: n for m, n in encoders.names().items() if m in old_encoders}:
         return None
-    prototype = old.clone()
-    prototype.modalities_ = list(old.modalities_)  # the modalities it was trained on, read by ModelSearch
-    return f"active {active.version}: {active.head}", prototype
+    return f"active {active.version}: {active.head}", old.clone(), list(old.modalities_)
 
 
 def _decide(search: ModelSearch, force: bool, active_snapshot) -> tuple[bool, str]:

@@ -35,11 +35,9 @@ def fit_model(X: dict[str, np.ndarray], y, *, head: str = "auto", unlabelled: di
     them), so simulated learning curves describe the production model. A forced model with
     self-training forced on or off leaves nothing to choose: it is fitted without scoring."""
     if head != "auto" and self_training != "auto":
-        candidate = Candidate.parse(head)
-        candidate = Candidate(candidate.model, candidate.modalities, self_training == "on")
-        mods = list(candidate.modalities or X)
-        pool = {m: unlabelled[m] for m in mods} if unlabelled is not None and candidate.self_training else None
-        return candidate.build(random_state=random_state).fit({m: X[m] for m in mods}, y, unlabelled=pool)
+        forced = Candidate.parse(head)
+        return Candidate(forced.model, forced.modalities, self_training == "on").fit(X, y, unlabelled,
+                                                                                     random_state=random_state)
     search = ModelSearch(head, self_training=self_training, random_state=random_state)
     return search.fit(X, y, unlabelled=unlabelled).best_estimator_
 

@@ -63,6 +63,21 @@ class Candidate:
         modalities first, no self-training first."""
         return MODELS.index(self.model), len(self.modalities or ()) or n_modalities, int(self.self_training)
 
+    def modalities_in(self, available: Sequence[str]) -> list[str]:
+        """The modalities of ``available`` this candidate uses; refuses one the data does not have."""
+        missing = set(self.modalities or ()) - set(available)
+        if missing:
+            raise UnknownNameError("modality", sorted(missing)[0], list(available))
+        return list(self.modalities) if self.modalities else list(available)
+
+    def fit(self, X: Mapping[str, np.ndarray], y, unlabelled: Mapping[str, np.ndarray] | None = None,
+            **build_options):
+        """Build this configuration and fit it on its modalities of ``X``; ``unlabelled`` feeds
+        self-training when the candidate uses it."""
+        mods = self.modalities_in(list(X))
+        pool = {m: unlabelled[m] for m in mods} if self.self_training and unlabelled is not None else None
+        return self.build(**build_options).fit({m: X[m] for m in mods}, y, unlabelled=pool)
+
     def build(self, *, multilabel: bool = False, random_state: int = 0, device: str = "cpu",
               params: Mapping[str, Any] | None = None):
         """An unfitted estimator for this configuration. ``params`` go to the fusion heads."""
@@ -208,8 +223,9 @@ class ModelSearch:
         Take the simplest candidate within one standard error of the best mean, not the best mean:
         on a few hundred labels, differences smaller than that are noise, and simpler models
         generalise more predictably.
-    reference : (name, unfitted estimator), optional
-        Also score this model (e.g. the active version's configuration) on the same folds; it is
+    reference : (name, unfitted estimator, modalities), optional
+        Also score this model (e.g. the active version's configuration, on the modalities it was
+        trained on) on the same folds; it is
         reported, never chosen. The caller compares like with like for promotion.
     params : dict, optional
         Extra parameters for the fusion heads.
@@ -235,7 +251,7 @@ class ModelSearch:
 
     def __init__(self, candidates: str | Sequence[Candidate | str] = AUTO, *, self_training: str = "auto",
                  multilabel: bool = False, folds: int = 5, repeats: int | str = "auto",
-                 one_standard_error: bool = True, reference: tuple[str, Any] | None = None,
+                 one_standard_error: bool = True, reference: tuple[str, Any, Sequence[str]] | None = None,
                  params: Mapping[str, Any] | None = None, n_jobs: int | None = None, random_state: int = 0,
                  device: str = "cpu"):
         self.candidates = candidates
@@ -259,15 +275,9 @@ class ModelSearch:
             return [Candidate.parse(self.candidates)]
         return [c if isinstance(c, Candidate) else Candidate.parse(c) for c in self.candidates]
 
-    def _build(self, candidate: Candidate):
-        return candidate.build(multilabel=self.multilabel, random_state=self.random_state, device=self.device,
-                               params=self.params)
-
-    def _modalities(self, candidate: Candidate, available: list[str]) -> list[str]:
-        missing = set(candidate.modalities or ()) - set(available)
-        if missing:
-            raise UnknownNameError("modality", sorted(missing)[0], available)
-        return list(candidate.modalities) if candidate.modalities else available
+    def _build_options(self) -> dict[str, Any]:
+        return {"multilabel": self.multilabel, "random_state": self.random_state, "device": self.device,
+                "params": self.params}
 
     def _run(self, jobs: list[tuple[str, Any, list[str], bool]], X, y, splits, unlabelled) -> list[CandidateResult]:
         """Score every (name, estimator, modalities, uses_unlabelled) job on every split; the first
@@ -353,22 +363,21 @@ class ModelSearch:
         y = _labels(y, self.multilabel)
         candidates = self._candidate_list(available)
         for c in candidates:
-            self._modalities(c, available)
+            c.modalities_in(available)
+        has_pool = unlabelled is not None and len(next(iter(unlabelled.values()), [])) > 0
         if self.candidates == AUTO:  # a model on some modalities must be able to predict every item we know of
             def rows_with(m):
-                rows = ~np.isnan(np.asarray(X[m], dtype=np.float32)).any(axis=1)
-                if unlabelled is not None and m in unlabelled:
-                    rows = np.concatenate([rows, ~np.isnan(np.asarray(unlabelled[m], dtype=np.float32)).any(axis=1)])
-                elif unlabelled is not None and len(next(iter(unlabelled.values()), [])):
-                    rows = np.concatenate([rows, np.zeros(len(next(iter(unlabelled.values()))), dtype=bool)])
-                return rows
+                rows = [~np.isnan(np.asarray(X[m], dtype=np.float32)).any(axis=1)]
+                if has_pool:  # a modality the pool lacks is missing on every pool row
+                    rows.append(~np.isnan(np.asarray(unlabelled[m], dtype=np.float32)).any(axis=1) if m in unlabelled
+                                else np.zeros(len(next(iter(unlabelled.values()))), dtype=bool))
+                return np.concatenate(rows)
 
             present = {m: rows_with(m) for m in available}
             candidates = [c for c in candidates if c.modalities is None
                           or np.logical_or.reduce([present[m] for m in c.modalities]).all()]
         splits = make_splits(y, folds=self.folds, repeats=self.repeats, multilabel=self.multilabel,
                              random_state=self.random_state)
-        has_pool = unlabelled is not None and len(next(iter(unlabelled.values()), [])) > 0
         if not splits:
             self.best_ = candidates[0]
             self.results_, self.evaluation_ = [], "none (too few labels per class to cross-validate)"
@@ -378,10 +387,10 @@ class ModelSearch:
             repeats = _n_repeats(splits, len(y))
             n_folds = len(splits) // repeats
             self.evaluation_ = f"{n_folds}-fold cross-validation" + (f" x {repeats}" if repeats > 1 else "")
-            jobs = [(c.name, self._build(c), self._modalities(c, available), c.self_training) for c in candidates]
+            jobs = [(c.name, c.build(**self._build_options()), c.modalities_in(available), c.self_training) for c in candidates]
             if self.reference is not None:
-                ref_name, ref_est = self.reference
-                ref_mods = [m for m in getattr(ref_est, "modalities_", available) if m in available] or available
+                ref_name, ref_est, ref_mods = self.reference
+                ref_mods = [m for m in ref_mods if m in available] or available
                 jobs.append((ref_name, ref_est, ref_mods, True))
             results = self._race(jobs, X, y, splits, unlabelled if has_pool else None,
                                  n_reference=int(self.reference is not None))
@@ -390,7 +399,7 @@ class ModelSearch:
             if self.self_training != "off" and has_pool and self.best_.model != LINEAR and not self.multilabel \
                     and not self.best_.self_training:
                 with_st = Candidate(self.best_.model, self.best_.modalities, True)
-                st_result = self._run([(with_st.name, self._build(with_st), self._modalities(with_st, available), True)],
+                st_result = self._run([(with_st.name, with_st.build(**self._build_options()), with_st.modalities_in(available), True)],
                                       X, y, splits, unlabelled)[0]
                 results.append(st_result)
                 base = dict(scored)[self.best_]
@@ -402,11 +411,8 @@ class ModelSearch:
                     self.reason_ += f"; self-training left off ({st_result.mean:.3f} with it)"
             self.results_ = results
             self.metrics_ = self._winner_metrics(y)
-        mods = self._modalities(self.best_, available)
-        estimator = self._build(self.best_)
-        use_pool = self.best_.self_training and has_pool
-        self.best_estimator_ = estimator.fit({m: X[m] for m in mods}, list(y) if self.multilabel else y,
-                                             unlabelled={m: unlabelled[m] for m in mods} if use_pool else None)
+        self.best_estimator_ = self.best_.fit(X, list(y) if self.multilabel else y,
+                                              unlabelled if has_pool else None, **self._build_options())
         self.metrics_["candidates"] = [dict(r.row(), chosen=r.name == self.best_.name) for r in self.results_]
         self.metrics_["chosen"] = self.best_.name
         self.metrics_["why"] = self.reason_

@@ -99,7 +99,7 @@ def test_the_winner_is_refitted_on_every_label_and_the_table_says_why():
 def test_the_reference_is_scored_on_the_same_folds_but_never_chosen():
     X, y = planted(n=120, noise=())
     reference = FusionClassifier(head="attention", epochs=1, min_steps=1, lr=1e-6)
-    search = ModelSearch(["logreg"], reference=("active v1: attention", reference), n_jobs=1).fit(X, y)
+    search = ModelSearch(["logreg"], reference=("active v1: attention", reference, ["text", "image"]), n_jobs=1).fit(X, y)
     assert search.best_.name == "logreg"
     ref = search.result("active v1: attention")
     assert len(ref.macro_f1) == len(search.result("logreg").macro_f1) == 10
