@@ -65,16 +65,35 @@ class Settings(BaseSettings):
         Where artifacts live: models, indexes, the embedding cache, and the default SQLite file.
     database_url : str, optional
         SQLAlchemy URL. Default: ``sqlite:///<data_dir>/annotator.db`` (WAL mode).
+    artifacts_url : str, optional
+        Where every worker on every host finds model versions and indexes: any fsspec URL
+        (``s3://bucket/annotator``; ``file:///mnt/shared/annotator``). Written there as well as in
+        ``data_dir``, which then acts as a local copy. Unset: ``data_dir`` alone (one host).
+    artifacts_poll_s : float, default=5
+        How often a worker checks the shared artifacts for a newer index generation.
     device : {"auto", "cpu", "cuda"}
         Torch device; ``auto`` picks CUDA when available.
     text_model, image_model, audio_model : str
         Hugging Face id or local path, or ``"default"`` for the offline model shipped in a package.
+    model : str, default="auto"
+        The model retraining fits: ``auto`` chooses it per project by cross-validation; a name
+        (``logreg``, ``attention``, ``logreg [text]``…) forces it (`retrain`'s ``head``).
     next_batch_strategy : str, optional
         When set (e.g. ``entropy``), every automatic retrain also chooses the next
-        ``next_batch_size`` tasks with this strategy and makes Label Studio serve them first.
-        Unset: Label Studio's uncertainty sampling follows the new model's confidence.
+        ``next_batch_size`` tasks with this strategy and makes Label Studio serve them first
+        (checked by the trainer at startup). Unset: Label Studio's uncertainty sampling follows the new model's confidence.
     log_level : {"DEBUG", "INFO", "WARNING", "ERROR"}, default="INFO"
         The backend's log level (``ANNOTATOR_LOG_LEVEL``, or ``LOG_LEVEL`` as ML-backend containers set it).
+    predict_budget_s : float, default=50
+        How long /predict may encode before it answers (Label Studio gives it 100 s): tasks not
+        encoded by then are answered as pending (model version ``<version>-pending``, no result),
+        finished in the background and pushed to Label Studio in bulk.
+    encode_concurrency : int, default=1
+        Encoding jobs (of up to 128 tasks) one process runs at once; the encoder already uses
+        every core, so more only adds memory.
+    media_parallel, media_retries, media_retry_wait_s : int, int, float
+        Media downloads in flight at once (8), retries of a download that timed out or got 429/5xx
+        (3), and the first backoff wait in seconds (0.5, doubling, with jitter).
     self_training : {"auto", "on", "off"}, default="auto"
         Whether retraining also learns from the project's unlabelled items (confident
         pseudo-labels; see `FusionClassifier`'s ``pseudo_label_ratio``). ``auto``: only where
@@ -86,6 +105,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=_default_data_dir, validation_alias=_env("data_dir"))
     database_url: str | None = Field(default=None, validation_alias=_env("database_url"))
+    artifacts_url: str | None = Field(default=None, validation_alias=_env("artifacts_url"))
+    artifacts_poll_s: float = Field(default=5.0, ge=0, validation_alias=_env("artifacts_poll_s"))
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", validation_alias=_env("device"))
     text_model: str = Field(default=DEFAULT_MODEL, validation_alias=_env("text_model"))
     image_model: str = Field(default=DEFAULT_MODEL, validation_alias=_env("image_model"))
@@ -106,6 +127,7 @@ class Settings(BaseSettings):
     basic_auth_user: str | None = Field(default=None, validation_alias=_env("basic_auth_user"))
     basic_auth_pass: SecretStr | None = Field(default=None, validation_alias=_env("basic_auth_pass"))
 
+    model: str = Field(default="auto", validation_alias=_env("model"))
     next_batch_strategy: str | None = Field(default=None, validation_alias=_env("next_batch_strategy"))
     next_batch_size: int = Field(default=50, ge=1, validation_alias=_env("next_batch_size"))
     self_training: Literal["auto", "on", "off"] = Field(default="auto", validation_alias=_env("self_training"))
@@ -115,6 +137,11 @@ class Settings(BaseSettings):
 
     max_media_bytes: int = Field(default=50 * 1024 * 1024, ge=1, validation_alias=_env("max_media_bytes"))
     media_timeout_s: float = Field(default=30.0, gt=0, validation_alias=_env("media_timeout_s"))
+    predict_budget_s: float = Field(default=50.0, gt=0, validation_alias=_env("predict_budget_s"))
+    encode_concurrency: int = Field(default=1, ge=1, le=64, validation_alias=_env("encode_concurrency"))
+    media_parallel: int = Field(default=8, ge=1, le=256, validation_alias=_env("media_parallel"))
+    media_retries: int = Field(default=3, ge=0, le=20, validation_alias=_env("media_retries"))
+    media_retry_wait_s: float = Field(default=0.5, ge=0, validation_alias=_env("media_retry_wait_s"))
 
     @classmethod
     def settings_customise_sources(
@@ -155,16 +182,6 @@ class Settings(BaseSettings):
         if isinstance(value, bool):
             return "on" if value else "off"
         return words.get(str(value).strip().lower(), str(value).strip().lower())
-
-    @field_validator("next_batch_strategy", mode="after")
-    @classmethod
-    def _known_strategy(cls, value: str | None) -> str | None:
-        if value:
-            from annotator.active.registry import STRATEGIES
-
-            if value not in STRATEGIES:
-                raise ValueError(f"unknown strategy {value!r}; choose one of {', '.join(STRATEGIES)}")
-        return value or None
 
     @model_validator(mode="after")
     def _auth_pair(self) -> Settings:

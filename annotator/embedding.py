@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from annotator.encoders.base import MODALITIES
 from annotator.errors import MediaError
 from annotator.media import MediaFetcher, load_audio, load_image, sha256
-from annotator.runtime import Encoders
+from annotator.encoders.registry import Encoders
 from annotator.store.models import Item
 
 
@@ -43,7 +44,7 @@ def _decode(modality: str, item: Item, fetcher: MediaFetcher) -> tuple[Any, str]
     ref = item.data[modality]
     if modality == "text":
         return ref, item.text_sha or sha256(ref.encode("utf-8"))
-    data = fetcher.fetch(ref)
+    data = fetcher.fetch(ref, task_id=item.ls_task_id)
     decoded = load_image(data, ref) if modality == "image" else load_audio(data, ref)
     return decoded, sha256(data)
 
@@ -73,12 +74,13 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
                    disable=not progress or not todo)
         for start in range(0, len(todo), chunk_size):
             inputs, keys = [], []
-            for it in todo[start:start + chunk_size]:
-                try:
-                    decoded, key = _decode(modality, it, fetcher)
-                except MediaError as exc:
-                    report.failed.append({"id": it.external_id, "modality": modality, "error": str(exc)})
+            chunk = todo[start:start + chunk_size]
+            # fetch and decode the chunk's media in parallel (bounded); the encoder takes the batch
+            for it, got in zip(chunk, fetcher.map(partial(_decode, modality, fetcher=fetcher), chunk)):
+                if isinstance(got, MediaError):
+                    report.failed.append({"id": it.external_id, "modality": modality, "error": str(got)})
                     continue
+                decoded, key = got
                 setattr(it, sha_attr, key)
                 if key not in cache and key not in keys:
                     inputs.append(decoded)
@@ -113,29 +115,8 @@ def load_features(items: Sequence[Item], *, encoders: Encoders,
     return features
 
 
-
-
 def usable_rows(features: dict[str, np.ndarray], n: int = 0) -> np.ndarray:
     """(n,) bool: items with a vector in at least one modality (``n`` is used when there is none)."""
     if not features:
         return np.zeros(n, dtype=bool)
     return ~np.all([np.isnan(a).any(axis=1) for a in features.values()], axis=0)
-
-
-def embed_project(store, settings, *, project_name: str, encoders: Encoders | None = None,
-                  progress: bool = True, index: bool = True) -> EmbedReport:
-    """Encode every item of a project that has no cached vector yet, then bring the project's
-    search indexes up to date (``annotator embed``): new items are searchable when it returns."""
-    from annotator.index.cross_modal import ProjectIndex
-    from annotator.store import repo
-
-    started = time.perf_counter()
-    encoders = encoders or Encoders(settings)
-    with store.session() as s:
-        items = repo.list_items(s, project=repo.get_project(s, name=project_name))
-        with MediaFetcher(settings) as fetcher:
-            report = embed_items(items, encoders=encoders, fetcher=fetcher, progress=progress)
-    if index:
-        report.index = ProjectIndex(settings, project_name, encoders).update(store, items=items).to_dict()
-    report.seconds = time.perf_counter() - started
-    return report

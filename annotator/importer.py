@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from annotator.encoders.base import MODALITIES
 from annotator.errors import AnnotatorError
+from annotator.labelstudio.label_config import choice_values
 from annotator.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, TEXT_SUFFIXES, is_remote, resolve_local, sha256
 from annotator.store import repo
-
-MODALITIES = ("text", "image", "audio")
 
 
 @dataclass
@@ -158,7 +158,7 @@ def _read_labelstudio_export(path: Path) -> Iterator[ManifestRow | RowError]:
                 row.extra[key] = value
         annotation = _latest_annotation(task.get("annotations") or [])
         if annotation is not None:
-            row.labels = _choices(annotation.get("result") or [])
+            row.labels = choice_values(annotation.get("result") or []) or None
             row.annotation_key = f"ls:{annotation['id']}" if "id" in annotation else None
         yield row
 
@@ -166,12 +166,6 @@ def _read_labelstudio_export(path: Path) -> Iterator[ManifestRow | RowError]:
 def _latest_annotation(annotations: list[dict[str, Any]]) -> dict[str, Any] | None:
     live = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result")]
     return max(live, key=lambda a: (a.get("updated_at") or "", a.get("id") or 0), default=None)
-
-
-def _choices(result: list[dict[str, Any]]) -> list[str] | None:
-    values = [c for region in result if region.get("type") == "choices"
-              for c in (region.get("value") or {}).get("choices", [])]
-    return values or None
 
 
 def _read_folder(root: Path) -> Iterator[ManifestRow | RowError]:

@@ -1,11 +1,16 @@
 """Fetch an item's media bytes and decode them, with size limits and clear per-item errors.
 
 Supported references: local paths (absolute, relative to a base folder, ``file://``), ``http(s)``
-URLs, and Label Studio URLs (``/data/upload/...``, ``/data/local-files/?d=...``,
-``/storage-data/...``) fetched from ``settings.label_studio_url`` with the configured key. A
-legacy key is sent as ``Token <key>``; a personal access token (a JWT) is first exchanged at
-``/api/token/refresh/`` for a short-lived access token sent as ``Bearer`` — Label Studio answers
-401 to a PAT sent as-is.
+URLs, Label Studio URLs (``/data/upload/...``, ``/data/local-files/?d=...``, ``/storage-data/...``)
+fetched from ``settings.label_studio_url`` with the configured key, and cloud-storage URIs
+(``s3://``, ``gs://``, ``azure-blob://``) resolved through Label Studio's presign endpoint for the
+task, as label-studio-sdk's ``get_local_path`` does. A legacy key is sent as ``Token <key>``; a
+personal access token (a JWT) is first exchanged at ``/api/token/refresh/`` for a short-lived
+access token sent as ``Bearer`` — Label Studio answers 401 to a PAT sent as-is.
+
+Downloads are retried with exponential backoff on timeouts, connection errors, 429 and 5xx
+(tenacity); `MediaFetcher.map` fetches many items at once on a bounded thread pool, so encoding
+does not wait on one slow server round trip after another.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlparse
 
 import httpx
 import numpy as np
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
 from annotator.config import Settings
 from annotator.errors import MediaError
@@ -29,6 +38,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".ti
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
 TEXT_SUFFIXES = {".txt"}
 LS_PREFIXES = ("/data/upload/", "/data/local-files", "/storage-data/")
+CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://")
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+T = TypeVar("T")
+R = TypeVar("R")
 
 _MAGIC = [
     (b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
@@ -60,7 +73,7 @@ def sniff(data: bytes) -> str:
 
 def is_remote(ref: str) -> bool:
     """True when ``ref`` is fetched over the network rather than read from disk."""
-    return ref.startswith(("http://", "https://", "s3://", "gs://", "azure-blob://")) or ref.startswith(LS_PREFIXES)
+    return ref.startswith(("http://", "https://", *CLOUD_SCHEMES)) or ref.startswith(LS_PREFIXES)
 
 
 def resolve_local(ref: str, base_dir: Path | None) -> Path:
@@ -110,23 +123,31 @@ class LabelStudioAuth:
             return f"Bearer {self._access}"
 
 
+class _Transient(MediaError):
+    """A failure worth retrying: a timeout, a dropped connection, 429 or 5xx."""
+
+
 class MediaFetcher:
-    """Reads media bytes for item references; one instance per job (it pools connections).
+    """Reads media bytes for item references; one instance per job (it pools connections and is
+    safe to share between threads).
 
     Parameters
     ----------
     settings : Settings
-        Supplies the size limit, timeout, Label Studio URL and key, and the local-files root.
+        Supplies the size limit, timeout, retries, parallelism, Label Studio URL and key, and the
+        local-files root.
     """
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._client = httpx.Client(timeout=settings.media_timeout_s, follow_redirects=True)
+        self._client = httpx.Client(timeout=settings.media_timeout_s, follow_redirects=True,
+                                    limits=httpx.Limits(max_connections=max(10, settings.media_parallel)))
         key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
         self._ls_auth = (
             LabelStudioAuth(settings.label_studio_url, key, self._client)
             if settings.label_studio_url and key else None
         )
+        self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> MediaFetcher:
         return self
@@ -135,14 +156,34 @@ class MediaFetcher:
         self.close()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._client.close()
 
-    def fetch(self, ref: str, *, base_dir: Path | None = None) -> bytes:
-        """Return the bytes behind ``ref``; raise `MediaError` naming ``ref`` and the reason."""
+    def map(self, work: Callable[[T], R], inputs: Iterable[T]) -> list[R | MediaError]:
+        """``work(x)`` for every input on up to ``settings.media_parallel`` threads, in input order;
+        an input whose work raised `MediaError` gets that error in its place (one bad item fails
+        alone)."""
+        def guarded(x: T) -> R | MediaError:
+            try:
+                return work(x)
+            except MediaError as exc:
+                return exc
+
+        inputs = list(inputs)
+        if self.settings.media_parallel <= 1 or len(inputs) <= 1:
+            return [guarded(x) for x in inputs]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.settings.media_parallel, thread_name_prefix="annotator-media")
+        return list(self._pool.map(guarded, inputs))
+
+    def fetch(self, ref: str, *, base_dir: Path | None = None, task_id: int | None = None) -> bytes:
+        """Return the bytes behind ``ref``; raise `MediaError` naming ``ref`` and the reason.
+        ``task_id`` (the Label Studio task holding ``ref``) is needed for cloud-storage URIs."""
         if not isinstance(ref, str) or not ref.strip():
             raise MediaError(repr(ref), "empty media reference")
-        if ref.startswith(("s3://", "gs://", "azure-blob://")):
-            raise MediaError(ref, "cloud storage URIs are fetched through Label Studio; import the task from Label Studio")
+        if ref.startswith(CLOUD_SCHEMES):
+            return self._get(self._presign_url(ref, task_id), ref, label_studio=True)
         if ref.startswith("/data/local-files") and self.settings.local_files_document_root:
             rel = parse_qs(urlparse(ref).query).get("d", [""])[0]
             return self._read_local(self.settings.local_files_document_root / unquote(rel), ref)
@@ -155,6 +196,18 @@ class MediaFetcher:
             return self._get(ref, ref, label_studio=bool(ls and ref.startswith(ls.rstrip("/"))))
         return self._read_local(resolve_local(ref, base_dir), ref)
 
+    def _presign_url(self, ref: str, task_id: int | None) -> str:
+        """Label Studio's presign endpoint for a cloud URI in a task: it answers with the object (a
+        redirect to a presigned URL, or the bytes), using the project's storage credentials."""
+        if not self.settings.label_studio_url:
+            raise MediaError(ref, "cloud storage URIs are fetched through Label Studio: set ANNOTATOR_LABEL_STUDIO_URL "
+                                  "(or connect the project, so /setup tells us where Label Studio is)")
+        if task_id is None:
+            raise MediaError(ref, "cloud storage URIs are fetched through Label Studio's presign endpoint, which needs "
+                                  "the task; import the task from Label Studio")
+        fileuri = base64.urlsafe_b64encode(ref.encode()).decode()
+        return f"{self.settings.label_studio_url.rstrip('/')}/tasks/{task_id}/presign/?fileuri={fileuri}"
+
     def _read_local(self, path: Path, ref: str) -> bytes:
         if not path.is_file():
             raise MediaError(ref, f"file not found: {path}")
@@ -164,6 +217,16 @@ class MediaFetcher:
         return path.read_bytes()
 
     def _get(self, url: str, ref: str, *, label_studio: bool) -> bytes:
+        attempts, first_wait = self.settings.media_retries + 1, self.settings.media_retry_wait_s
+        retrying = Retrying(stop=stop_after_attempt(attempts), reraise=True,
+                            wait=wait_exponential(multiplier=first_wait, max=10.0) + wait_random(0, first_wait),
+                            retry=retry_if_exception_type(_Transient))
+        try:
+            return retrying(self._get_once, url, ref, label_studio=label_studio)
+        except _Transient as exc:
+            raise MediaError(ref, f"{exc.reason} (after {attempts} attempt{'s' if attempts > 1 else ''})") from exc
+
+    def _get_once(self, url: str, ref: str, *, label_studio: bool) -> bytes:
         headers = {}
         if label_studio:
             if self._ls_auth is None:
@@ -174,7 +237,8 @@ class MediaFetcher:
             with self._client.stream("GET", url, headers=headers) as resp:
                 if resp.status_code != 200:
                     hint = " (check the API key)" if resp.status_code in (401, 403) else ""
-                    raise MediaError(ref, f"HTTP {resp.status_code} from {url}{hint}")
+                    error = _Transient if resp.status_code in RETRY_STATUS else MediaError
+                    raise error(ref, f"HTTP {resp.status_code} from {url}{hint}")
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limit:
                     raise MediaError(ref, f"response is {declared} bytes, over the limit of {limit}")
@@ -184,6 +248,8 @@ class MediaFetcher:
                     if len(buf) > limit:
                         raise MediaError(ref, f"response exceeds the limit of {limit} bytes")
                 return bytes(buf)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise _Transient(ref, f"download failed: {type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise MediaError(ref, f"download failed: {type(exc).__name__}: {exc}") from exc
 

@@ -1,4 +1,5 @@
-"""Pre-label items with the active model version, re-scoring from cached embeddings."""
+"""Pre-label items from cached vectors: with the project's active model, or zero-shot before any
+training. The backend's /predict, publishing to Label Studio and ``annotator predict`` all end here."""
 
 from __future__ import annotations
 
@@ -10,12 +11,29 @@ import numpy as np
 
 from annotator.config import Settings
 from annotator.embedding import embed_items, load_features, usable_rows
-from annotator.errors import ConfigError, NotFoundError
-from annotator.fusion.classifier import FusionClassifier
+from annotator.encoders.registry import Encoders
+from annotator.errors import NotFoundError
 from annotator.media import MediaFetcher
-from annotator.runtime import Encoders
+from annotator.runtime import ActiveModel, Runtime
 from annotator.store import Store, repo
 from annotator.store.models import Item
+
+ZERO_SHOT = "zero-shot"
+UNTRAINED = "untrained"
+# Zero-shot compares the item's text with each class name in this prompt. The softmax is sharp
+# (sentence-embedding cosines differ by a few hundredths) and the score is capped: a guess to start
+# from, never a confident pre-label that Label Studio would sort past the uncertain ones.
+ZERO_SHOT_PROMPT = "a {}"
+ZERO_SHOT_TEMPERATURE = 0.05
+ZERO_SHOT_MAX_SCORE = 0.5
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    score: float
+    model_version: str
+    modality_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -25,7 +43,14 @@ class PredictResult:
     model_version: str | None = None
 
 
-def score_items(clf: FusionClassifier, features: dict[str, np.ndarray]) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+def serving_version(model: ActiveModel | None, classes: Sequence[str] | None) -> str:
+    """What answers for a project now: its active version, else zero-shot (when it has classes)."""
+    if model is not None:
+        return model.version
+    return ZERO_SHOT if classes else UNTRAINED
+
+
+def score_items(clf, features: dict[str, np.ndarray]) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
     """(labels, scores (n,), probabilities (n, k), modality shares (n, M)) for feature matrices.
 
     The score is the calibrated probability of the predicted label (multi-label: the mean
@@ -42,48 +67,75 @@ def score_items(clf: FusionClassifier, features: dict[str, np.ndarray]) -> tuple
     return labels, scores, probs, shares
 
 
+def zero_shot(encoders: Encoders, classes: Sequence[str], text: np.ndarray) -> tuple[list[list[str]], np.ndarray]:
+    """Cold start: each class name, as text, against the items' text vectors (one space).
+    Items without text get no label."""
+    names = encoders.get("text").encode([ZERO_SHOT_PROMPT.format(c) for c in classes])
+    probs = np.exp(np.nan_to_num(text) @ names.T / ZERO_SHOT_TEMPERATURE)
+    probs /= probs.sum(axis=1, keepdims=True)
+    has_text = ~np.isnan(text).any(axis=1)
+    labels = [[classes[b]] if ok else [] for b, ok in zip(probs.argmax(axis=1), has_text)]
+    return labels, ZERO_SHOT_MAX_SCORE * probs.max(axis=1)
+
+
+def predict_cached(items: Sequence[Item], *, encoders: Encoders, model: ActiveModel | None,
+                   classes: Sequence[str] | None) -> list[Prediction | None]:
+    """One prediction per item from cached vectors (nothing is fetched or encoded), or None for an
+    item with no vector the model can use (or, zero-shot, no text). A multi-label prediction may
+    have no label."""
+    out: list[Prediction | None] = [None] * len(items)
+    if model is None and not classes:
+        return out
+    features = load_features(items, encoders=encoders, modalities=model.modalities if model else ["text"])
+    rows = np.flatnonzero(usable_rows(features, len(items)))
+    if not len(rows):
+        return out
+    sub = {m: a[rows] for m, a in features.items()}
+    version = serving_version(model, classes)
+    if model is None:
+        labels, scores = zero_shot(encoders, list(classes), sub["text"])
+        shares = np.ones((len(rows), 1))
+        modalities = ["text"]
+    else:
+        labels, scores, _, shares = score_items(model.classifier, sub)
+        modalities = model.modalities
+    for r, lab, sc, share in zip(rows, labels, scores, shares):
+        out[r] = Prediction(lab if isinstance(lab, list) else [lab], float(sc), version,
+                            {m: round(float(w), 4) for m, w in zip(modalities, share)})
+    return out
+
+
 def predict(store: Store, settings: Settings, *, project_name: str, item_ids: Sequence[str] | None = None,
-            encoders: Encoders | None = None, save: bool = True, progress: bool = True) -> PredictResult:
+            runtime: Runtime | None = None, save: bool = True, progress: bool = True) -> PredictResult:
     """Predict every item (or ``item_ids``) of a project with its active model version.
 
-    Items whose media cannot be read are listed in ``failed`` with the reason; the others are
-    predicted. Predictions are stored with the model version unless ``save`` is False.
+    Items not encoded yet are encoded first; items whose media cannot be read are listed in
+    ``failed`` with the reason, the others are predicted. Predictions are stored with the model
+    version unless ``save`` is False.
     """
-    from annotator.training import load_model
-
-    encoders = encoders or Encoders(settings)
+    runtime = runtime or Runtime(settings)
     with store.session() as s:
         project = repo.get_project(s, name=project_name)
-        active = repo.active_model_version(s, project=project)
-        if active is None:
+        model = runtime.active_model(s, project)
+        if model is None:
             raise NotFoundError(f"project {project_name!r} has no active model yet; run `annotator retrain --project {project_name}`")
-        clf, trained_on = load_model(settings, active)
-        for modality, name in trained_on.items():
-            if encoders.get(modality).name != name:
-                raise ConfigError(
-                    f"model {active.version} was trained on {modality} encoder {name!r} but the settings give "
-                    f"{encoders.get(modality).name!r}; retrain, or set ANNOTATOR_{modality.upper()}_MODEL back")
         items: list[Item] = repo.list_items(s, project=project, external_ids=item_ids)
         with MediaFetcher(settings) as fetcher:
-            report = embed_items(items, encoders=encoders, fetcher=fetcher, modalities=clf.modalities_,
+            report = embed_items(items, encoders=runtime.encoders, fetcher=fetcher, modalities=model.modalities,
                                  progress=progress)
         failed = [{"id": f["id"], "error": f["error"]} for f in report.failed]
-        features = load_features(items, encoders=encoders, modalities=clf.modalities_)
-        usable = usable_rows(features, len(items))
         failed_ids = {f["id"] for f in failed}
-        failed += [{"id": it.external_id, "error": f"no {'/'.join(clf.modalities_)} input the model can use"}
-                   for it, ok in zip(items, usable) if not ok and it.external_id not in failed_ids]
-        kept = [it for it, ok in zip(items, usable) if ok]
         results: list[dict[str, Any]] = []
-        if kept:
-            labels, scores, _, shares = score_items(clf, {m: a[usable] for m, a in features.items()})
-            records = []
-            for it, label, score, share in zip(kept, labels, scores, shares):
-                weights = {m: round(float(w), 4) for m, w in zip(clf.modalities_, share)}
-                results.append({"id": it.external_id, "label": label, "score": float(score),
-                                "model_version": active.version, "modality_weights": weights})
-                records.append(repo.PredictionRecord(it.id, label if isinstance(label, list) else [label],
-                                                     float(score), active.version, weights))
-            if save:
-                repo.add_predictions(s, project=project, records=records)
-    return PredictResult(results, failed, active.version)
+        records = []
+        for it, p in zip(items, predict_cached(items, encoders=runtime.encoders, model=model, classes=None)):
+            if p is None:
+                if it.external_id not in failed_ids:
+                    failed.append({"id": it.external_id, "error": f"no {'/'.join(model.modalities)} input the model can use"})
+                continue
+            label = p.labels if model.classifier.multilabel else p.labels[0]
+            results.append({"id": it.external_id, "label": label, "score": p.score, "model_version": p.model_version,
+                            "modality_weights": p.modality_weights})
+            records.append(repo.PredictionRecord(it.id, p.labels, p.score, p.model_version, p.modality_weights))
+        if save and records:
+            repo.add_predictions(s, project=project, records=records)
+    return PredictResult(results, failed, model.version)

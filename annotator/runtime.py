@@ -1,4 +1,9 @@
-"""What one process keeps loaded: encoders per modality and their caches.
+"""The process registry: what one process keeps loaded, and the one place that loads it.
+
+- the encoders (one per modality) and their embedding caches;
+- the active model of each project, cached by version and reloaded when another process (a worker,
+  the trainer, ``annotator retrain``) promotes a new one; checked against the encoders here, once;
+- each project's search indexes, which reload a generation written by another process.
 
 Built once by a CLI command or the server's startup, never at import and never per request.
 """
@@ -6,52 +11,77 @@ Built once by a CLI command or the server's startup, never at import and never p
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 from annotator.config import Settings
-from annotator.encoders.base import MODALITIES, Encoder
-from annotator.encoders.cache import EmbeddingCache
+from annotator.encoders.registry import Encoders
+from annotator.errors import ConfigError
+from annotator.index.cross_modal import ProjectIndex
+from annotator.store import repo
+from annotator.versions import load_version
 
 
-class Encoders:
-    """Lazily loaded encoders (one per modality) and their embedding caches.
+@dataclass(frozen=True)
+class ActiveModel:
+    """A project's serving model: its version name and the fitted classifier."""
+
+    version: str
+    classifier: Any
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.classifier.modalities_)
+
+
+class Runtime:
+    """Encoders, active models and project indexes of one process.
 
     Parameters
     ----------
     settings : Settings
-        Model names per modality, device, batch size, cache folder.
-    overrides : dict, optional
-        Ready encoder objects by modality (tests and benchmarks inject small ones here).
+    encoders : Encoders, optional
+        Ready encoders (tests and benchmarks share loaded models this way).
     """
 
-    def __init__(self, settings: Settings, overrides: dict[str, Encoder] | None = None):
+    def __init__(self, settings: Settings, *, encoders: Encoders | None = None):
         self.settings = settings
-        self._encoders: dict[str, Encoder] = dict(overrides or {})
-        self._caches: dict[str, EmbeddingCache] = {}
+        self.encoders = encoders or Encoders(settings)
+        self._models: dict[str, ActiveModel] = {}
+        self._indexes: dict[str, ProjectIndex] = {}
         self._lock = threading.Lock()
 
-    def model_name(self, modality: str) -> str:
-        return getattr(self.settings, f"{modality}_model")
+    def active_model(self, session, project) -> ActiveModel | None:
+        """The project's promoted model, or None before its first training.
 
-    def get(self, modality: str) -> Encoder:
+        Raises `ConfigError` when it was trained on other encoders than the settings give: its
+        scores on these vectors would mean nothing."""
+        active = repo.active_model_version(session, project=project)
+        if active is None:
+            return None
         with self._lock:
-            if modality not in self._encoders:
-                from annotator.encoders.load import load_encoder
-
-                self._encoders[modality] = load_encoder(
-                    modality, self.model_name(modality), device=self.settings.device,
-                    batch_size=self.settings.batch_size)
-            return self._encoders[modality]
-
-    def cache(self, modality: str) -> EmbeddingCache:
-        encoder = self.get(modality)
+            cached = self._models.get(project.name)
+            if cached is not None and cached.version == active.version:
+                return cached
+        clf, trained_on = load_version(self.settings, active)
+        for modality, name in trained_on.items():
+            if self.encoders.get(modality).name != name:
+                raise ConfigError(
+                    f"model {active.version} was trained on {modality} encoder {name!r} but the settings give "
+                    f"{self.encoders.get(modality).name!r}; retrain, or set ANNOTATOR_{modality.upper()}_MODEL back")
+        loaded = ActiveModel(active.version, clf)
         with self._lock:
-            if modality not in self._caches:
-                self._caches[modality] = EmbeddingCache(self.settings.cache_dir, encoder.name, encoder.dim)
-            return self._caches[modality]
+            self._models[project.name] = loaded
+        return loaded
 
-    def names(self) -> dict[str, str]:
-        """Encoder name per modality loaded so far (recorded with every model version)."""
-        return {m: e.name for m, e in self._encoders.items()}
+    def loaded_versions(self) -> dict[str, str]:
+        """Model version per project loaded in this process (for /health)."""
+        with self._lock:
+            return {name: m.version for name, m in self._models.items()}
 
-
-__all__ = ["Encoders", "MODALITIES"]
+    def project_index(self, project_name: str) -> ProjectIndex:
+        """The project's `ProjectIndex`, kept across calls (it reloads what another process rewrote)."""
+        with self._lock:
+            if project_name not in self._indexes:
+                self._indexes[project_name] = ProjectIndex(self.settings, project_name, self.encoders)
+            return self._indexes[project_name]

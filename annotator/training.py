@@ -8,14 +8,10 @@ same folds of today's labels, not by a figure recorded when it had fewer.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 import traceback
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,13 +20,13 @@ from annotator.config import Settings
 from annotator.embedding import embed_items, load_features, usable_rows
 from annotator.encoders.base import resolve_device
 from annotator.errors import NotEnoughLabelsError, TrainingInProgressError
-from annotator.fusion.calibration import expected_calibration_error
-from annotator.fusion.persistence import load_classifier
 from annotator.fusion.selection import AUTO, Candidate, ModelSearch
 from annotator.media import MediaFetcher
-from annotator.runtime import Encoders
+from annotator.encoders.registry import Encoders
 from annotator.store import Store, repo
+from annotator.store.locks import try_lock
 from annotator.store.models import ModelVersion, utcnow
+from annotator.versions import load_version, save_version, version_dir
 
 MAX_UNLABELLED = 20_000
 
@@ -59,37 +55,6 @@ class RetrainResult:
                             "skipped": self.skipped}}
 
 
-def evaluate(clf, X: dict[str, np.ndarray], y: Sequence) -> dict[str, Any]:
-    """accuracy, macro-F1, per-class F1 and ECE (calibrated and at temperature 1)."""
-    from sklearn.metrics import f1_score
-
-    probs = clf.predict_proba(X)
-    if clf.multilabel:
-        truth = np.array([[c in (v if isinstance(v, list) else [v]) for c in clf.classes_] for v in y])
-        pred = probs >= 0.5
-        per_class = f1_score(truth, pred, average=None, zero_division=0)
-        return {"accuracy": float((truth == pred).all(axis=1).mean()),
-                "macro_f1": float(f1_score(truth, pred, average="macro", zero_division=0)),
-                "per_class_f1": dict(zip(clf.classes_, map(float, per_class))), "ece": 0.0, "n_eval": len(y)}
-    labels = [v[0] if isinstance(v, list) else v for v in y]
-    index = {c: i for i, c in enumerate(clf.classes_)}
-    known = np.array([lab in index for lab in labels])
-    targets = np.array([index.get(lab, -1) for lab in labels])
-    pred = probs.argmax(axis=1)
-    raw = clf.decision_function(X) * clf.temperature_
-    raw = np.exp(raw - raw.max(axis=1, keepdims=True))
-    raw /= raw.sum(axis=1, keepdims=True)
-    per_class = f1_score(targets, pred, labels=range(len(clf.classes_)), average=None, zero_division=0)
-    return {
-        "accuracy": float((pred == targets).mean()),
-        "macro_f1": float(f1_score(targets, pred, labels=range(len(clf.classes_)), average="macro", zero_division=0)),
-        "per_class_f1": dict(zip(clf.classes_, map(float, per_class))),
-        "ece": expected_calibration_error(probs[known], targets[known]),
-        "ece_uncalibrated": expected_calibration_error(raw[known], targets[known]),
-        "n_eval": int(len(labels)),
-    }
-
-
 def unlabelled_features(items: Sequence, encoders: Encoders, modalities: Sequence[str],
                         limit: int = MAX_UNLABELLED) -> dict[str, np.ndarray] | None:
     """Cached vectors of unlabelled items for self-training, or None when there are none.
@@ -108,42 +73,16 @@ def unlabelled_features(items: Sequence, encoders: Encoders, modalities: Sequenc
     return {m: a[usable] for m, a in features.items()} if usable.any() else None
 
 
-def _model_dir(settings: Settings, project: str, version: str) -> Path:
-    return settings.project_dir(project) / "models" / version
-
-
-def load_model(settings: Settings, mv: ModelVersion) -> tuple[Any, dict[str, str]]:
-    """The classifier of a model version (a fusion head or the linear model) and the encoder
-    names it was trained on."""
-    path = Path(mv.artifact_path)
-    meta = json.loads((path / "meta.json").read_text())
-    return load_classifier(path / "classifier", device=resolve_device(settings.device)), meta["encoders"]
-
-
-@contextmanager
-def training_lock(settings: Settings, project_name: str) -> Iterator[bool]:
-    """Non-blocking per-project lock (a file lock, so it holds across processes): yields whether it
-    was acquired. Whoever holds it is the only one training the project, so any run still marked
-    'running' in the database while it is free belongs to a process that died."""
-    from filelock import FileLock, Timeout
-
-    path = settings.project_dir(project_name) / ".train.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path, preserve_lock_file=True)  # unlinking a lock file on release races with its next user
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
+def training_lock(store: Store, project_name: str):
+    """Non-blocking per-project lock across processes (and hosts, on Postgres): a context manager
+    yielding whether it was acquired. Whoever holds it is the only one training the project, so any
+    run still marked 'running' in the database while it is free belongs to a process that died."""
+    return try_lock(store.engine, f"train:{project_name}")
 
 
 def retrain(store: Store, settings: Settings, *, project_name: str, head: str = AUTO, force: bool = False,
             trigger: str = "cli", encoders: Encoders | None = None, params: dict[str, Any] | None = None,
-            progress: bool = True) -> RetrainResult:
+            progress: bool = True, lock_held: bool = False) -> RetrainResult:
     """Choose the project's model on its labels, fit it on every label, promote it if it is not worse.
 
     ``head="auto"`` compares the candidates of `ModelSearch` (fusion heads, logistic regression,
@@ -156,11 +95,15 @@ def retrain(store: Store, settings: Settings, *, project_name: str, head: str = 
     configuration's on the same folds, less one standard error (``force`` promotes regardless). A
     failure at any step leaves the active version serving and records the error on the training
     run. Only one process trains a project at a time; another attempt raises
-    `TrainingInProgressError`.
+    `TrainingInProgressError`. ``lock_held``: the caller already holds `training_lock` (the
+    trainer does, to check under it that training is still due).
     """
     if head != AUTO:
         Candidate.parse(head)  # fail fast on a bad name
-    with training_lock(settings, project_name) as acquired:
+    if lock_held:
+        return _retrain_locked(store, settings, project_name=project_name, head=head, force=force, trigger=trigger,
+                               encoders=encoders, params=params, progress=progress)
+    with training_lock(store, project_name) as acquired:
         if not acquired:
             raise TrainingInProgressError(f"project {project_name!r} is being trained by another process; try again later")
         with store.session() as s:
@@ -198,7 +141,6 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         items = [it for it, ok in zip(items, usable) if ok]
         X = {m: a[usable] for m, a in X.items()}
         y = [labels[it.id] if multilabel else labels[it.id][0] for it in items]
-        keys = [it.external_id for it in items]
         unlabelled = unlabelled_features(pool, encoders, list(X)) if settings.self_training != "off" else None
 
         t1 = time.perf_counter()
@@ -219,12 +161,12 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         with store.session() as s:
             project = repo.get_project(s, name=project_name)
             version = f"v{len(repo.list_model_versions(s, project=project)) + 1}"
-        path = _model_dir(settings, project_name, version)
-        _save_version(path, clf, encoders.names(), metrics, keys)
+        artifact = save_version(settings, version_dir(settings, project_name, version), clf, encoders.names(),
+                                _jsonable(metrics), len(items))
         with store.session() as s:
             project = repo.get_project(s, name=project_name)
             s.add(ModelVersion(project_id=project.id, version=version, head=search.best_.name,
-                               metrics=_jsonable(metrics), artifact_path=str(path), n_labels=len(items),
+                               metrics=_jsonable(metrics), artifact_path=artifact, n_labels=len(items),
                                status="candidate"))
             s.flush()
             if promoted:
@@ -245,7 +187,7 @@ def _reference(settings: Settings, active: ModelVersion, encoders: Encoders) -> 
     """(row name, unfitted copy, modalities) of the active version's model, to be scored on today's
     folds; None when its files are gone or it was trained on other encoders (not comparable)."""
     try:
-        old, old_encoders = load_model(settings, active)
+        old, old_encoders = load_version(settings, active)
     except FileNotFoundError:
         return None
     if old_encoders != {m: n for m, n in encoders.names().items() if m in old_encoders}:
@@ -270,20 +212,6 @@ def _decide(search: ModelSearch, force: bool, active_snapshot) -> tuple[bool, st
                       f"on the same folds of today's labels")
     return False, (f"macro-F1 {new.mean:.4f} < {reference.mean:.4f} (standard error {reference.se:.4f}) for {version}'s model on "
                    f"the same folds of today's labels; kept {version}")
-
-
-def _save_version(path: Path, clf, encoder_names: dict[str, str], metrics, keys) -> None:
-    """Write the version folder completely under a temp name, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    clf.save(tmp / "classifier")
-    (tmp / "meta.json").write_text(json.dumps({
-        "encoders": {m: encoder_names[m] for m in clf.modalities_}, "metrics": _jsonable(metrics),
-        "trained_on": len(keys)}, indent=2))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
 
 
 def _jsonable(obj):

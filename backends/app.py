@@ -1,5 +1,5 @@
 """The Label Studio ML backend over HTTP: each route validates its body, calls one `Backend`
-method, and returns JSON. All logic lives in `annotator.serving`."""
+method, and returns JSON. All logic lives in `annotator.backend` and `annotator.trainer`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import base64
 import hmac
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -48,23 +49,35 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
 
 
-def create_app(settings: Settings | None = None, *, backend=None, **backend_options) -> FastAPI:
-    """The app; the `Backend` (models, store, trainer) is built in the lifespan, once per process."""
+def create_app(settings: Settings | None = None, *, store=None, runtime=None, start_trainer: bool = True,
+               **trainer_options) -> FastAPI:
+    """The app. Its startup builds, once per process, the store (unless given), the `Runtime`
+    (encoders, models, indexes; unless given), the `Backend` and the `Trainer` (started unless
+    ``start_trainer`` is False; ``trainer_options`` are its debounce policy)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if backend is not None:
-            app.state.backend = backend
-            yield
-            return
+        from annotator.backend import Backend
         from annotator.config import load_settings
-        from annotator.serving import Backend
+        from annotator.runtime import Runtime
+        from annotator.store import open_store
+        from annotator.trainer import Trainer
 
-        app.state.backend = Backend(settings or load_settings(), **backend_options)
+        conf = settings or load_settings()
+        own_store = store is None
+        st = store or open_store(conf)
+        rt = runtime or Runtime(conf)
+        app.state.backend = Backend(conf, store=st, runtime=rt)
+        app.state.trainer = Trainer(conf, store=st, runtime=rt, **trainer_options)
+        if start_trainer:
+            app.state.trainer.start()
         try:
             yield
         finally:
+            app.state.trainer.close()
             app.state.backend.close()
+            if own_store:
+                st.close()
 
     app = FastAPI(title="annotator ML backend", lifespan=lifespan)
     auth = _basic_auth(settings) if settings is not None else None
@@ -80,6 +93,7 @@ def create_app(settings: Settings | None = None, *, backend=None, **backend_opti
         if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         response = await call_next(request)
+        response.headers["X-Annotator-Worker"] = str(os.getpid())  # which process answered (serve --workers N)
         log.info("request", extra={"path": request.url.path, "status": response.status_code,
                                    "ms": round(1000 * (time.perf_counter() - started), 1)})
         return response
@@ -98,8 +112,9 @@ def create_app(settings: Settings | None = None, *, backend=None, **backend_opti
 
     @app.get("/")
     @app.get("/health")
-    async def health(request: Request) -> dict[str, Any]:
-        return b(request).health()
+    async def health(request: Request) -> JSONResponse:
+        report = {**await run_in_threadpool(b(request).health), "trainer_alive": request.app.state.trainer.alive}
+        return JSONResponse(report, status_code=200 if report["status"] == "UP" else 503)
 
     @app.post("/setup")
     async def setup(body: SetupRequest, request: Request) -> dict[str, str]:
@@ -138,7 +153,7 @@ def create_app(settings: Settings | None = None, *, backend=None, **backend_opti
 
     @app.get("/metrics")
     async def metrics(request: Request) -> dict[str, Any]:
-        return {"trainings": b(request).trainings}
+        return {"trainings": request.app.state.trainer.trainings}
 
     @app.post("/search")
     async def search(body: SearchRequest, request: Request) -> list[dict[str, Any]]:

@@ -79,7 +79,7 @@ def _one_curve(job) -> list[dict]:
     heads train faster as parallel single-threaded runs than as one run on every core."""
     import torch
 
-    from annotator.active.loop import run_curve
+    from annotator.active.simulation import run_curve
 
     torch.set_num_threads(1)
     features, y, test, strategy, budget, step, seed, model = job
@@ -94,11 +94,12 @@ def labels_to_stay(curve: list[dict], target: float) -> int | None:
 
 
 def curves_section(features, y, seeds, budget, step, model: dict) -> dict:
-    from annotator.active.loop import _stratified_test, fit_model, labels_to_reach
+    from annotator.active.simulation import labels_to_reach, stratified_holdout
+    from annotator.fusion.selection import fit_model
 
     full, jobs = [], []
     for seed in seeds:
-        test = _stratified_test(y, np.random.default_rng(seed), 0.2)
+        test = stratified_holdout(y, np.random.default_rng(seed), 0.2)
         clf = fit_model({m: a[~test] for m, a in features.items()}, y[~test], random_state=seed, **model)
         full.append(float((np.array(clf.predict({m: a[test] for m, a in features.items()})) == y[test]).mean()))
         jobs += [(features, y, test, s, budget, step, seed, model) for s in STRATEGIES]
@@ -127,13 +128,14 @@ def curves_section(features, y, seeds, budget, step, model: dict) -> dict:
 def cold_start_section(features, y, seeds, model: dict) -> dict:
     from annotator.active import get_strategy
     from annotator.active.base import Pool
-    from annotator.active.loop import _stratified_test, fit_model
+    from annotator.active.simulation import stratified_holdout
+    from annotator.fusion.selection import fit_model
     from annotator.fusion.linear import concat_embeddings
 
     k = len(np.unique(y))
     acc = {"typiclust": [], "random": []}
     for seed in seeds:
-        test = _stratified_test(y, np.random.default_rng(seed), 0.2)
+        test = stratified_holdout(y, np.random.default_rng(seed), 0.2)
         pool_rows = np.flatnonzero(~test)
         emb = concat_embeddings({m: a[pool_rows] for m, a in features.items()})
         for name in acc:
@@ -180,7 +182,8 @@ def label_error_section(features, y, seed=0) -> dict:
 
 def loop_latency_section(features, y, n_pool: int, model: dict) -> dict:
     from annotator.active import get_strategy
-    from annotator.active.loop import build_pool, fit_model
+    from annotator.active.selection import build_pool
+    from annotator.fusion.selection import fit_model
     from annotator.training import MAX_UNLABELLED
 
     rng = np.random.default_rng(0)

@@ -37,7 +37,7 @@ def make_tasks(n: int, folder: Path) -> tuple[list[dict], list[str]]:
     """n tasks with unique images (sample emoji with per-task noise) and captions; their categories."""
     from PIL import Image
 
-    from annotator.demo import SAMPLE_DIR
+    from annotator.sample_data import SAMPLE_DIR
     from bench.datasets import CATEGORY_RANGES
 
     rows = [json.loads(x) for x in (SAMPLE_DIR / "items.jsonl").read_text().splitlines()]
@@ -58,26 +58,26 @@ def make_tasks(n: int, folder: Path) -> tuple[list[dict], list[str]]:
 def prelabel_section(tasks, settings_factory, reference_tasks: int) -> dict:
     from fastapi.testclient import TestClient
 
-    from annotator.serving import Backend
+    from annotator.backend import Backend
+    from annotator.runtime import Runtime
+    from annotator.store import open_store
     from backends.app import create_app
 
     settings = settings_factory("ours")
-    backend = Backend(settings, start_trainer=False)
-    with TestClient(create_app(settings, backend=backend)) as client:
+    with TestClient(create_app(settings, start_trainer=False)) as client:
         client.post("/setup", json={"project": "1.1", "schema": CONFIG})
         with timer() as t_ours:
             r = client.post("/predict", json={"tasks": tasks, "project": "1.1", "label_config": CONFIG})
         assert r.status_code == 200 and len(r.json()["results"]) == len(tasks)
         with timer() as t_again:  # the same tasks again (e.g. a second retrieve): all from the cache
             client.post("/predict", json={"tasks": tasks, "project": "1.1", "label_config": CONFIG})
-    backend.close()
     # the reference pattern: a new model object (and so a model load) for every request, one task each
     ref_settings = settings_factory("reference")
     with timer() as t_ref:
         for task in tasks[:reference_tasks]:
-            b = Backend(ref_settings, start_trainer=False)
+            b = Backend(ref_settings, store=open_store(ref_settings), runtime=Runtime(ref_settings))
             b.predict(tasks=[task], project="1.1", label_config=CONFIG)
-            b.close()
+            b.store.close()
     per_task_ref = t_ref() / reference_tasks
     return {"tasks": len(tasks), "ours_s": t_ours(), "ours_tasks_per_s": len(tasks) / t_ours(),
             "ours_cached_repeat_s": t_again(), "reference_per_task_s": per_task_ref,
@@ -111,16 +111,14 @@ def storm_section(ls_free_settings, n_events: int, seconds: float) -> dict:
     import httpx
     import uvicorn
 
-    from annotator.serving import Backend
     from annotator.store import repo
     from backends.app import create_app
     from tests.integration.label_studio import free_port
 
     settings = ls_free_settings("storm")
-    backend = Backend(settings, poll_s=0.2, debounce_s=3.0, debounce_labels=400, min_interval_s=60)
+    app = create_app(settings, poll_s=0.2, debounce_s=3.0, debounce_labels=400, min_interval_s=60)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, backend=backend), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
@@ -154,20 +152,20 @@ def storm_section(ls_free_settings, n_events: int, seconds: float) -> dict:
         codes = [f.result() for f in futures]
     storm_s = time.perf_counter() - start
     deadline = time.time() + 120  # let the debounced trainer act
-    while time.time() < deadline and backend.trainings == 0:
+    while time.time() < deadline and app.state.trainer.trainings == 0:
         time.sleep(0.5)
     time.sleep(8)
-    with backend.store.session() as s:
+    with app.state.backend.store.session() as s:
         stored = len(repo.current_labels(s, project=repo.get_project(s, name="ls-5")))
+    trainings = app.state.trainer.trainings
     server.should_exit = True
-    backend.close()
     lat = np.array(latencies)
     return {"events": n_events, "sent_over_s": storm_s, "all_2xx": all(c == 200 for c in codes),
             "transport_errors": codes.count(0),
             "ack_p50_ms": 1e3 * float(np.percentile(lat, 50)), "ack_p99_ms": 1e3 * float(np.percentile(lat, 99)),
             "ack_max_ms": 1e3 * float(lat.max()), "labels_stored": stored, "none_lost": stored == n_events,
-            "retrains": backend.trainings, "meets_target": bool(np.percentile(lat, 99) < 1.0 and stored == n_events
-                                                              and 1 <= backend.trainings <= 2)}
+            "retrains": trainings, "meets_target": bool(np.percentile(lat, 99) < 1.0 and stored == n_events
+                                                        and 1 <= trainings <= 2)}
 
 
 def kill_section(workdir: Path, n_labels: int) -> dict:

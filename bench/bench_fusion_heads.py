@@ -49,7 +49,7 @@ def run_dataset(name: str, features: dict, y: np.ndarray, seeds: list[int], head
     from sklearn.metrics import f1_score
 
     from annotator.fusion import FusionClassifier
-    from annotator.training import evaluate
+    from annotator.fusion.metrics import evaluate
 
     rows: dict[str, list[dict]] = {}
     removal: dict[str, dict[str, list[float]]] = {}

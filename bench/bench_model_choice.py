@@ -45,10 +45,10 @@ def corrupt_digit_text(items: list[dict], fraction: float, seed: int) -> list[st
 def split(y: np.ndarray, seed: int, n_labels: int, test_fraction: float = 0.3):
     """(labelled rows, test rows): a stratified test split, then ``n_labels`` drawn from the rest
     with at least two per class."""
-    from annotator.active.loop import _stratified_test
+    from annotator.active.simulation import stratified_holdout
 
     rng = np.random.default_rng(seed)
-    test = _stratified_test(y, rng, test_fraction)
+    test = stratified_holdout(y, rng, test_fraction)
     rest = rng.permutation(np.flatnonzero(~test))
     first = np.concatenate([rest[y[rest] == c][:2] for c in np.unique(y)])
     others = np.setdiff1d(rest, first)

@@ -120,7 +120,7 @@ def import_(
 @app.command()
 def embed(project: ProjectOpt, as_json: JsonOpt = False) -> None:
     """Encode all items (cached: unchanged items cost nothing) and update the search indexes."""
-    from annotator.embedding import embed_project
+    from annotator.indexing import embed_project
 
     report = embed_project(_store(), _settings(), project_name=project)
     lines = [f"{report.items} item(s) in {report.seconds:.1f} s; encoded {report.encoded}, cached {report.cached}; "
@@ -132,9 +132,9 @@ def embed(project: ProjectOpt, as_json: JsonOpt = False) -> None:
 @app.command()
 def retrain(
     project: ProjectOpt,
-    head: Annotated[str, typer.Option(
+    head: Annotated[Optional[str], typer.Option(
         help="auto (choose by cross-validation on the project's labels) | logreg | concat | weighted | attention | "
-             "gated | tensor; a model on some modalities only: 'logreg [text]'")] = "auto",
+             "gated | tensor; a model on some modalities only: 'logreg [text]' (default: ANNOTATOR_MODEL, else auto)")] = None,
     force: Annotated[bool, typer.Option(help="Promote even if it is worse than the active version.")] = False,
     self_training: Annotated[Optional[bool], typer.Option(
         "--self-training/--no-self-training",
@@ -148,7 +148,7 @@ def retrain(
     settings = _settings()
     if self_training is not None:
         settings = settings.model_copy(update={"self_training": "on" if self_training else "off"})
-    result = run_retrain(_store(), settings, project_name=project, head=head, force=force)
+    result = run_retrain(_store(), settings, project_name=project, head=head or settings.model, force=force)
     m = result.metrics
     _emit(result.to_dict(), as_json,
           f"{result.model_version}: {result.model} — accuracy {_fmt(m['accuracy'])}, macro-F1 {_fmt(m['macro_f1'])}, "
@@ -240,14 +240,17 @@ def select(
     as_json: JsonOpt = False,
 ) -> None:
     """The next items worth labelling, best first."""
-    from annotator.active.loop import select_next
+    from annotator.active.selection import select_next
+    from annotator.runtime import Runtime
 
-    picks = select_next(_store(), _settings(), project_name=project, strategy=strategy, k=k, random_state=seed)
+    store, runtime = _store(), Runtime(_settings())
+    picks = select_next(store, _settings(), project_name=project, strategy=strategy, k=k, random_state=seed,
+                        runtime=runtime)
     if to_labelstudio:
-        from annotator.labelstudio.client import push_next_batch
+        from annotator.labelstudio.sync import push_next_batch
 
         url, key = _ls_credentials(None, None)
-        pushed = push_next_batch(_store(), _settings(), url=url, api_key=key, project_name=project, picks=picks,
+        pushed = push_next_batch(store, runtime, url=url, api_key=key, project_name=project, picks=picks,
                                  strategy=strategy)
         typer.echo(f"Label Studio now serves this batch first (model version {pushed['model_version']})", err=True)
     _emit(picks, as_json, "\n".join(f"{p['score']:.4f}  {p['id']}" for p in picks))
@@ -261,15 +264,15 @@ def errors(
     as_json: JsonOpt = False,
 ) -> None:
     """Suspected wrong labels, most suspicious first, with the label the model suggests."""
-    from annotator.active.loop import find_label_errors
+    from annotator.active.selection import find_label_errors
 
     found = find_label_errors(_store(), _settings(), project_name=project)
     found = found[:limit] if limit else found
     if to_labelstudio:
-        from annotator.labelstudio.client import push_review_queue
+        from annotator.labelstudio.sync import push_review_queue
 
         url, key = _ls_credentials(None, None)
-        queue = push_review_queue(_store(), _settings(), url=url, api_key=key, project_name=project, suspects=found)
+        queue = push_review_queue(_store(), url=url, api_key=key, project_name=project, suspects=found)
         typer.echo(f"review queue: Data Manager tab {queue['view_id']} with {queue['tasks']} task(s)", err=True)
     _emit(found, as_json, "\n".join(f"{e['score']:.3f}  {e['id']}: {e['label']} -> {e['suggested']}" for e in found))
 
@@ -287,7 +290,8 @@ def simulate(
 ) -> None:
     """Active-learning curve of a strategy against random, from a cold start (strategies that need a
     model take their first batch with typiclust); each round trains the model `retrain` would."""
-    from annotator.active.loop import plot_curves, simulate as run_simulation
+    from annotator.active.simulation import simulate as run_simulation
+    from annotator.report import plot_curves
 
     result = run_simulation(_settings(), manifest, strategy=strategy, budget=budget, step=step, seeds=seeds, head=head)
     lines = [f"full-data accuracy {result['full_accuracy']:.3f} ({result['items']} items, {seeds} seeds)"]
@@ -332,7 +336,7 @@ def demo(
     """First run: a real Label Studio with a sample project, wired to the backend, everything pre-labelled."""
     settings = _settings()
     if offline:
-        from annotator.demo import run_offline_demo
+        from cli.demo import run_offline_demo
 
         summary = run_offline_demo(_store(), settings)
         lines = [f"data dir: {settings.data_dir}",
@@ -342,7 +346,7 @@ def demo(
         lines += [f"  {p['label']:<10} {p['score']:.2f}  {p['text']}" for p in summary["predictions"]]
         _emit(summary, as_json, "\n".join(lines))
         return
-    from annotator.demo import run_labelstudio_demo
+    from cli.demo import run_labelstudio_demo
 
     summary = run_labelstudio_demo(settings, wait=wait, ls_port=port, backend_port=backend_port,
                                    say=lambda m: typer.echo(m, err=True))
@@ -371,7 +375,7 @@ def ls_connect(
 ) -> None:
     """Register the backend on a project, import its tasks, and bulk-upload predictions for all of them.
     The project is then ``ls-<id>`` for the other commands."""
-    from annotator.labelstudio.client import connect
+    from annotator.labelstudio.sync import connect
 
     url, key = _ls_credentials(url, api_key)
     result = connect(_store(), _settings(), url=url, api_key=key, ls_project_id=project, backend_url=backend_url)
@@ -382,10 +386,10 @@ def ls_connect(
 @ls_app.command("sync")
 def ls_sync(project: LsProjectOpt, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Pull tasks and annotations from Label Studio into the store (recovers missed webhooks)."""
-    from annotator.labelstudio.client import sync
+    from annotator.labelstudio.sync import sync
 
     url, key = _ls_credentials(url, api_key)
-    result = sync(_store(), _settings(), url=url, api_key=key, ls_project_id=project)
+    result = sync(_store(), url=url, api_key=key, ls_project_id=project)
     _emit(result, as_json, f"{result['tasks']} tasks, {result['labels']} labels synced into {result['project']!r}; "
                            f"{result['deleted_labels']} label(s) deleted in Label Studio removed")
 

@@ -135,6 +135,6 @@ class CountingEncoder:
 @pytest.fixture
 def encoders(settings, offline_encoders):
     """An `Encoders` runtime over the session's real models, counting calls, with a fresh cache."""
-    from annotator.runtime import Encoders
+    from annotator.encoders.registry import Encoders
 
     return Encoders(settings, overrides={m: CountingEncoder(e) for m, e in offline_encoders.items()})

@@ -9,14 +9,12 @@ enough: alignment needs pairs, not labels.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from annotator.artifacts import atomic_directory
 from annotator.encoders.base import modality_order
 from annotator.errors import NotEnoughLabelsError, NotFittedError, UnknownNameError
 
@@ -99,15 +97,10 @@ class CrossModalAligner:
         return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-        (tmp / "config.json").write_text(json.dumps({"dim": self.dim, "modalities": self.modalities_,
-                                                     "dims": self.dims_, "temperature": self.temperature}))
-        np.savez(tmp / "weights.npz", **self.weights_)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with atomic_directory(path) as tmp:
+            (tmp / "config.json").write_text(json.dumps({"dim": self.dim, "modalities": self.modalities_,
+                                                         "dims": self.dims_, "temperature": self.temperature}))
+            np.savez(tmp / "weights.npz", **self.weights_)
 
     @classmethod
     def load(cls, path: Path) -> CrossModalAligner:

@@ -6,9 +6,6 @@ rebuilds from, so cross-validation and retraining copy any model without knowing
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from annotator.artifacts import atomic_directory
 from annotator.encoders.base import modality_order
 from annotator.errors import DimensionMismatchError, NotFittedError
 
@@ -77,22 +75,13 @@ class EstimatorParams:
 
 
 def write_folder(path: Path, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Write ``config.json`` and ``weights.safetensors`` (no pickle) into folder ``path`` atomically:
-    a temp folder beside it, renamed into place, so a reader never sees half a model."""
+    """Write ``config.json`` and ``weights.safetensors`` (no pickle) into folder ``path`` atomically,
+    so a reader never sees half a model."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-    try:
+    with atomic_directory(path) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "weights.safetensors"))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_folder(path: Path, format_version: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -456,3 +456,16 @@ def _safe_score(*args):
         return _score_split(*args)
     except Exception as exc:  # reported in the candidate table; the other candidates go on
         return f"{type(exc).__name__}: {exc}"
+
+
+def fit_model(X: dict[str, np.ndarray], y, *, head: str = "auto", unlabelled: dict[str, np.ndarray] | None = None,
+              self_training: str = "auto", random_state: int = 0):
+    """The model `retrain` would serve for these labels (`ModelSearch`'s choice, refitted on all of
+    them), so simulated learning curves describe the production model. A forced model with
+    self-training forced on or off leaves nothing to choose: it is fitted without scoring."""
+    if head != "auto" and self_training != "auto":
+        forced = Candidate.parse(head)
+        return Candidate(forced.model, forced.modalities, self_training == "on").fit(X, y, unlabelled,
+                                                                                     random_state=random_state)
+    search = ModelSearch(head, self_training=self_training, random_state=random_state)
+    return search.fit(X, y, unlabelled=unlabelled).best_estimator_

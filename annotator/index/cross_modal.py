@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from annotator.artifacts import SharedArtifacts, current_generation
 from annotator.config import Settings
 from annotator.embedding import load_features
 from annotator.encoders.base import MODALITIES
@@ -31,7 +33,7 @@ from annotator.fusion.align import CrossModalAligner
 from annotator.index.choose import plan_index
 from annotator.index.vector_index import VectorIndex
 from annotator.media import MediaFetcher, load_audio, load_image
-from annotator.runtime import Encoders
+from annotator.encoders.registry import Encoders
 from annotator.store import Store, repo
 from annotator.store.models import Item
 
@@ -68,8 +70,10 @@ class ProjectIndex:
         self.encoders = encoders or Encoders(settings)
         self.root = settings.project_dir(project_name) / "index"
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
+        self._generations: dict[Any, str | None] = {}  # what was loaded, by its link's target
+        self._shared = SharedArtifacts.for_settings(settings)
+        self._checked: dict[Path, float] = {}  # when the shared artifacts were last asked about a path
         self._aligner: CrossModalAligner | None = None
-        self._aligner_loaded = False
 
     # --- spaces --------------------------------------------------------------------------------
 
@@ -84,12 +88,24 @@ class ProjectIndex:
         spaces = {m: self._clip_space(m) for m in ("text", "image")}
         return set(spaces) if spaces["text"] and spaces["text"] == spaces["image"] else set()
 
+    def _stale(self, key, path: Path) -> bool:
+        """Whether ``path`` (an `atomic_directory` link) now names another generation than the one
+        loaded under ``key``: another process (``annotator embed``, a worker) rewrote it, here or, with
+        shared artifacts, on another host (asked at most every ``artifacts_poll_s`` seconds)."""
+        if self._shared is not None and time.monotonic() - self._checked.get(path, -1e9) >= self.settings.artifacts_poll_s:
+            self._checked[path] = time.monotonic()
+            self._shared.refresh(path)
+        generation = current_generation(path)
+        if key in self._generations and self._generations[key] == generation:
+            return False
+        self._generations[key] = generation
+        return True
+
     @property
     def aligner(self) -> CrossModalAligner | None:
-        if not self._aligner_loaded:
-            path = self.root / "aligner"
+        path = self.root / "aligner"
+        if self._stale("aligner", path):
             self._aligner = CrossModalAligner.load(path) if (path / "config.json").exists() else None
-            self._aligner_loaded = True
         return self._aligner
 
     def to_shared(self, modality: str, vectors: np.ndarray) -> np.ndarray | None:
@@ -102,12 +118,12 @@ class ProjectIndex:
 
     def index(self, space: str, modality: str) -> VectorIndex | None:
         key = (space, modality)
-        if key not in self._indexes:
-            path = self._path(space, modality)
-            if not (path / "current").exists():
-                return None
-            self._indexes[key] = VectorIndex.load(path)
-        return self._indexes[key]
+        path = self._path(space, modality)
+        if self._stale(key, path / "current"):
+            self._indexes.pop(key, None)
+            if (path / "current").exists():
+                self._indexes[key] = VectorIndex.load(path)
+        return self._indexes.get(key)
 
     # --- keeping the indexes in step with the store ----------------------------------------
 
@@ -129,8 +145,11 @@ class ProjectIndex:
             if shared is not None:
                 self._sync("shared", modality, ids, shared, rebuild=report.aligner_refit)
             elif self._path("shared", modality).exists():
+                if self._shared is not None:
+                    self._shared.remove(self._path("shared", modality) / "current")
                 shutil.rmtree(self._path("shared", modality))
                 self._indexes.pop(("shared", modality), None)
+                self._generations.pop(("shared", modality), None)
         report.indexes = {f"{space}-{m}": idx.ntotal for (space, m), idx in sorted(self._indexes.items())}
         return report
 
@@ -139,7 +158,7 @@ class ProjectIndex:
             return False
         present = {m: ~np.isnan(a).any(axis=1) for m, a in features.items()}
         n_pairs = int(sum((present[a] & present[b]).sum() for i, a in enumerate(present) for b in list(present)[i + 1:]))
-        meta_path = self.root / "aligner" / "fit.json"
+        meta_path = self.root / "aligner-fit.json"  # beside the aligner: its folder is written once
         fitted_on = json.loads(meta_path.read_text())["n_pairs"] if meta_path.exists() else 0
         if self.aligner is not None and n_pairs < fitted_on * REFIT_GROWTH:
             return False
@@ -150,7 +169,10 @@ class ProjectIndex:
             return False
         aligner.save(self.root / "aligner")
         meta_path.write_text(json.dumps({"n_pairs": n_pairs}))
-        self._aligner, self._aligner_loaded = aligner, True
+        if self._shared is not None:
+            self._shared.publish(self.root / "aligner")
+        self._aligner = aligner
+        self._generations["aligner"] = current_generation(self.root / "aligner")
         return True
 
     def _sync(self, space: str, modality: str, ids: np.ndarray, vectors: np.ndarray, *, rebuild: bool) -> None:
@@ -167,7 +189,10 @@ class ProjectIndex:
             if new.any():
                 index.add(ids[new], vectors[new])
         index.save(self._path(space, modality))
+        if self._shared is not None:
+            self._shared.publish(self._path(space, modality) / "current")
         self._indexes[(space, modality)] = index
+        self._generations[(space, modality)] = current_generation(self._path(space, modality) / "current")
 
     # --- queries ---------------------------------------------------------------------------------
 

@@ -12,14 +12,12 @@ index, and when saving.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from annotator.artifacts import atomic_directory
 from annotator.errors import DimensionMismatchError, NotFoundError
 from annotator.index.choose import IndexPlan, plan_index
 
@@ -374,37 +372,19 @@ class VectorIndex:
     # --- persistence -------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Write a new generation folder, fsync it, then atomically repoint ``path/current`` to it.
-
-        A crash at any moment leaves the previous generation loadable.
-        """
+        """Write the index as a new generation of ``path/current`` (`atomic_directory`): a crash at
+        any moment leaves the previous generation loadable, and a reader never sees half of one."""
         import faiss
 
         self.compact()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        gen = path / f"gen-{uuid.uuid4().hex[:12]}"
-        gen.mkdir()
-        if self._index is not None:
-            faiss.write_index(self._index, str(gen / "index.faiss"))
-        np.save(gen / "ids.npy", self._ids)
-        np.save(gen / "vectors.npy", self._vectors.view())
-        meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "plan": self.plan.__dict__,
-                "nprobe": self.nprobe, "n_trained_on": self.n_trained_on}
-        (gen / "meta.json").write_text(json.dumps(meta))
-        for f in gen.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(gen)
-        link = path / f".current-{uuid.uuid4().hex[:8]}"
-        os.symlink(gen.name, link)
-        os.replace(link, path / "current")
-        _fsync_dir(path)
-        for old in path.glob("gen-*"):
-            if old.name != gen.name:
-                shutil.rmtree(old, ignore_errors=True)
-        for stale in path.glob(".current-*"):
-            stale.unlink(missing_ok=True)
+        with atomic_directory(Path(path) / "current") as gen:
+            if self._index is not None:
+                faiss.write_index(self._index, str(gen / "index.faiss"))
+            np.save(gen / "ids.npy", self._ids)
+            np.save(gen / "vectors.npy", self._vectors.view())
+            meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "plan": self.plan.__dict__,
+                    "nprobe": self.nprobe, "n_trained_on": self.n_trained_on}
+            (gen / "meta.json").write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, path: Path, *, use_gpu: bool | str = "auto") -> VectorIndex:
@@ -429,10 +409,3 @@ class VectorIndex:
         index.nprobe, index.n_trained_on = meta["nprobe"], meta["n_trained_on"]
         return index
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

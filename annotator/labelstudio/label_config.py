@@ -79,12 +79,10 @@ class LabelConfig:
         if self.choices is None:
             return []
         found = []
-        for region in result or []:
-            if region.get("from_name") == self.choices.name and region.get("type") == "choices":
-                for label in (region.get("value") or {}).get("choices", []):
-                    value = self.choices.canonical(str(label))
-                    if value is not None and value not in found:
-                        found.append(value)
+        for label in choice_values(result, control=self.choices.name):
+            value = self.choices.canonical(str(label))
+            if value is not None and value not in found:
+                found.append(value)
         return found
 
     def region(self, labels: list[str], score: float) -> dict[str, Any]:
@@ -92,6 +90,14 @@ class LabelConfig:
         assert self.choices is not None
         return {"from_name": self.choices.name, "to_name": self.choices.to_name, "type": "choices",
                 "value": {"choices": [self.choices.result_value(v) for v in labels]}, "score": float(score)}
+
+
+def choice_values(result: list[dict[str, Any]], *, control: str | None = None) -> list[str]:
+    """The chosen values in an annotation's result, from every ``choices`` region (or only from the
+    control named ``control``); the one place that reads Label Studio's result format."""
+    return [str(value) for region in result or [] if isinstance(region, dict) and region.get("type") == "choices"
+            and (control is None or region.get("from_name") == control)
+            for value in (region.get("value") or {}).get("choices", [])]
 
 
 def parse_label_config(xml: str) -> LabelConfig:

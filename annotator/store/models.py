@@ -28,6 +28,10 @@ class Project(Base):
     multilabel: Mapped[bool] = mapped_column(default=False)
     label_config: Mapped[str | None] = mapped_column(Text, default=None)
     ls_project_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    # How Label Studio's /setup said to reach it (URL and access token), so every worker on every
+    # host can fetch the project's media; never logged.
+    ls_url: Mapped[str | None] = mapped_column(String(1000), default=None)
+    ls_access_token: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     items: Mapped[list[Item]] = relationship(back_populates="project", cascade="all, delete-orphan")

@@ -171,6 +171,15 @@ def soft_delete_labels(session: Session, *, project: Project, annotation_keys: I
     return result.rowcount or 0
 
 
+def live_annotation_keys(session: Session, *, project: Project, item_pks: Sequence[int], prefix: str = "") -> list[str]:
+    """Annotation keys (starting with ``prefix``) of the live labels on these items."""
+    if not item_pks:
+        return []
+    return list(session.scalars(select(Label.annotation_key).where(
+        Label.project_id == project.id, Label.item_id.in_(list(item_pks)), Label.deleted_at.is_(None),
+        Label.annotation_key.like(f"{prefix}%"))))
+
+
 def current_labels(session: Session, *, project: Project, source: str = "human") -> dict[int, list[str]]:
     """Item pk → the label values of its most recently updated live label of ``source``."""
     rows = session.execute(

@@ -1,13 +1,16 @@
 """Every route of the ML backend protocol, through FastAPI's TestClient, with real models and SQLite."""
 
 import base64
-import json
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from annotator.serving import Backend
+from annotator.backend import Backend
+from annotator.runtime import Runtime
+from annotator.store import open_store
+from annotator.trainer import Trainer
 from annotator.store import repo
 from backends.app import create_app
 from tests.conftest import DATA
@@ -42,19 +45,26 @@ def annotation_event(ann_id, task_obj, label, action="ANNOTATION_CREATED", cance
 
 @pytest.fixture
 def backend(settings, encoders):
-    b = Backend(settings, encoders=encoders, start_trainer=False, debounce_s=5, debounce_labels=1000)
-    yield b
-    b.close()
+    store = open_store(settings)
+    yield Backend(settings, store=store, runtime=Runtime(settings, encoders=encoders))
+    store.close()
+
+
+@pytest.fixture
+def trainer(settings, backend):
+    """The trainer, driven by hand (no thread), on the backend's store and runtime."""
+    return Trainer(settings, store=backend.store, runtime=backend.runtime, debounce_s=5, debounce_labels=1000)
 
 
 @pytest.fixture
 def client(settings, backend):
-    with TestClient(create_app(settings, backend=backend)) as c:
+    with TestClient(create_app(settings, store=backend.store, runtime=backend.runtime, start_trainer=False)) as c:
         yield c
 
 
 def test_health_and_setup(client):
-    assert client.get("/health").json()["status"] == "UP"
+    health = client.get("/health").json()
+    assert (health["status"], health["database"], health["loaded_versions"]) == ("UP", "ok", {})
     assert client.get("/").status_code == 200
     body = {"project": "7.1717000000", "schema": CONFIG, "hostname": "http://localhost:8080", "access_token": "t"}
     assert client.post("/setup", json=body).json() == {"model_version": "zero-shot"}
@@ -90,7 +100,7 @@ def test_predict_zero_shot_one_result_per_task_in_order_and_bad_media_isolated(c
     assert (region["from_name"], region["to_name"], region["type"]) == ("kind", "image", "choices")
 
 
-def test_webhooks_record_idempotently_and_training_changes_the_version(client, backend):
+def test_webhooks_record_idempotently_and_training_changes_the_version(client, backend, trainer):
     pairs = tasks_for_all()
     for n, (t, label) in enumerate(pairs):
         ev = annotation_event(100 + n, t, "car-like" if label == "vehicle" else label)
@@ -108,44 +118,44 @@ def test_webhooks_record_idempotently_and_training_changes_the_version(client, b
     assert gone["deleted"] == 1
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}}).json()["status"] == "ignored"
 
-    assert backend.train_due_projects() == []  # labels are fresh: debounce holds
+    assert trainer.train_due_projects() == []  # labels are fresh: debounce holds
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7, "label_config": CONFIG}}).json() == \
         {"status": "ok", "action": "START_TRAINING", "training": "requested"}
-    assert backend.train_due_projects() == ["v1"]
-    assert backend.train_due_projects() == []  # nothing new since
+    assert trainer.train_due_projects() == ["v1"]
+    assert trainer.train_due_projects() == []  # nothing new since
     assert client.post("/setup", json={"project": "7.1", "schema": CONFIG}).json() == {"model_version": "v1"}
     results = client.post("/predict", json={"tasks": [pairs[0][0]], "project": "7.1", "label_config": CONFIG}).json()["results"]
     assert results[0]["model_version"] == "v1" and results[0]["result"][0]["value"]["choices"] == ["animal"]
     assert client.get("/versions").json() == {"versions": ["v1"]}
 
 
-def test_quiet_period_debounce_trains_once_after_a_storm(client, backend):
+def test_quiet_period_debounce_trains_once_after_a_storm(client, backend, trainer):
     for n, (t, label) in enumerate(tasks_for_all()):
         client.post("/webhook", json=annotation_event(500 + n, t, "car-like" if label == "vehicle" else label))
     now = datetime.now(timezone.utc)
-    assert backend.train_due_projects(now=now + timedelta(seconds=1)) == []
-    assert backend.train_due_projects(now=now + timedelta(seconds=10)) == ["v1"]
-    assert backend.train_due_projects(now=now + timedelta(seconds=20)) == []
+    assert trainer.train_due_projects(now=now + timedelta(seconds=1)) == []
+    assert trainer.train_due_projects(now=now + timedelta(seconds=10)) == ["v1"]
+    assert trainer.train_due_projects(now=now + timedelta(seconds=20)) == []
 
 
-def test_a_second_process_picks_up_a_promoted_version(client, backend, settings, encoders):
+def test_a_second_process_picks_up_a_promoted_version(client, trainer, settings, encoders):
     for n, (t, label) in enumerate(tasks_for_all()):
         client.post("/webhook", json=annotation_event(700 + n, t, "car-like" if label == "vehicle" else label))
-    other = Backend(settings, encoders=encoders, start_trainer=False)
+    other = Backend(settings, store=open_store(settings), runtime=Runtime(settings, encoders=encoders))
     first = other.predict(tasks=[tasks_for_all()[0][0]], project="7.1", label_config=CONFIG)["results"][0]
     assert first["model_version"] == "zero-shot"
     client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
-    backend.train_due_projects()
+    trainer.train_due_projects()
     again = other.predict(tasks=[tasks_for_all()[0][0]], project="7.1", label_config=CONFIG)["results"][0]
     assert again["model_version"] == "v1"
-    other.close()
+    other.store.close()
 
 
 def test_basic_auth_everywhere_but_the_webhook(settings, backend):
     from pydantic import SecretStr
 
     secured = settings.model_copy(update={"basic_auth_user": "u", "basic_auth_pass": SecretStr("p")})
-    with TestClient(create_app(secured, backend=backend)) as c:
+    with TestClient(create_app(secured, store=backend.store, runtime=backend.runtime, start_trainer=False)) as c:
         assert c.get("/health").status_code == 401
         assert c.post("/setup", json={"project": "7", "schema": CONFIG}).status_code == 401
         good = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
@@ -161,31 +171,31 @@ def test_oversized_body_is_refused(client):
     assert r.status_code == 413
 
 
-def test_labels_of_a_killed_training_run_are_trained_after_restart(client, backend):
+def test_labels_of_a_killed_training_run_are_trained_after_restart(client, backend, trainer):
     for n, (t, label) in enumerate(tasks_for_all()):
         client.post("/webhook", json=annotation_event(900 + n, t, "car-like" if label == "vehicle" else label))
     with backend.store.session() as s:  # a process died mid-training: its run row still says "running"
         repo.start_training_run(s, project=repo.get_project(s, name="ls-7"), trigger="backend")
     later = datetime.now(timezone.utc) + timedelta(seconds=10)
-    assert backend.train_due_projects(now=later) == ["v1"]
+    assert trainer.train_due_projects(now=later) == ["v1"]
     with backend.store.session() as s:
         statuses = sorted(r.status for r in s.query(repo.TrainingRun).all())
     assert statuses == ["interrupted", "succeeded"]
 
 
-def test_repeated_events_and_resyncs_do_not_retrigger_training(client, backend):
+def test_repeated_events_and_resyncs_do_not_retrigger_training(client, backend, trainer):
     pairs = tasks_for_all()
     for n, (t, label) in enumerate(pairs):
         client.post("/webhook", json=annotation_event(300 + n, t, "car-like" if label == "vehicle" else label))
     later = datetime.now(timezone.utc) + timedelta(seconds=10)
-    assert backend.train_due_projects(now=later) == ["v1"]
+    assert trainer.train_due_projects(now=later) == ["v1"]
     for n, (t, label) in enumerate(pairs):  # the same annotations again (a resync, a retried webhook)
         client.post("/webhook", json=annotation_event(300 + n, t, "car-like" if label == "vehicle" else label))
     # each check's clock is past the quiet period of the events just sent, however long training took
-    assert backend.train_due_projects(now=datetime.now(timezone.utc) + timedelta(seconds=10)) == []
+    assert trainer.train_due_projects(now=datetime.now(timezone.utc) + timedelta(seconds=10)) == []
     t, _ = pairs[0]  # a real correction does count
     client.post("/webhook", json=annotation_event(300, t, "food", action="ANNOTATION_UPDATED"))
-    assert backend.train_due_projects(now=datetime.now(timezone.utc) + timedelta(seconds=10)) == ["v2"]
+    assert trainer.train_due_projects(now=datetime.now(timezone.utc) + timedelta(seconds=10)) == ["v2"]
 
 
 def test_concurrent_webhooks_on_a_new_project_lose_no_label(backend):
@@ -213,7 +223,7 @@ def test_a_webhook_is_not_blocked_while_predict_encodes(backend, monkeypatch):
     import threading
 
     pairs = tasks_for_all()
-    image_encoder = backend.encoders.get("image")
+    image_encoder = backend.runtime.encoders.get("image")
     encode, answered = image_encoder.encode, []
 
     def encode_while_a_webhook_arrives(inputs):
@@ -227,3 +237,39 @@ def test_a_webhook_is_not_blocked_while_predict_encodes(backend, monkeypatch):
     monkeypatch.setattr(image_encoder, "encode", encode_while_a_webhook_arrives)
     backend.predict(tasks=[t for t, _ in pairs[:4]], project=7, label_config=CONFIG)
     assert answered == [{"status": "ok", "action": "ANNOTATION_CREATED", "recorded": 1}]
+
+
+def test_predict_answers_within_its_budget_and_finishes_the_rest_in_the_background(settings, encoders, tmp_path):
+    """A large /predict answers once its budget is spent: what is encoded by then is predicted, the rest
+    is marked pending and encoded in the background, so asking again answers every task."""
+    import time
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    tasks = []
+    for i in range(300):  # distinct images: nothing comes from the embedding cache
+        path = tmp_path / f"noise-{i}.png"
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)
+        tasks.append({"id": i + 1, "data": {"text": f"photo {i} of a {['dog', 'bus', 'pizza'][i % 3]}", "image": str(path)}})
+    hurried = settings.model_copy(update={"predict_budget_s": 0.2})
+    store = open_store(hurried)
+    backend = Backend(hurried, store=store, runtime=Runtime(hurried, encoders=encoders))
+    first = backend.predict(tasks=tasks, project=7, label_config=CONFIG)["results"]
+    assert len(first) == len(tasks)
+    pending = [r for r in first if r["model_version"] == "zero-shot-pending"]
+    assert pending and all(r["result"] == [] for r in pending)  # answered before encoding could finish
+    assert all(r["result"] for r in first if r["model_version"] == "zero-shot")
+
+    deadline = time.time() + 300
+    while time.time() < deadline:  # the background job commits each chunk's content hashes
+        with store.session() as s:
+            items = repo.list_items(s, project=repo.get_project(s, name="ls-7"))
+            if all(it.image_sha for it in items):
+                break
+        time.sleep(0.5)
+    again = backend.predict(tasks=tasks, project=7, label_config=CONFIG)["results"]
+    assert all(r["model_version"] == "zero-shot" and r["result"] for r in again)
+    assert encoders.get("image").inputs == len(tasks)  # each image encoded once, by the background job
+    backend.close()
+    store.close()

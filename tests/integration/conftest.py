@@ -27,12 +27,26 @@ def ls_client(label_studio):
 
 
 class RunningBackend:
-    def __init__(self, backend, url, settings):
-        self.backend, self.url, self.settings = backend, url, settings
+    """The served app's parts: ``backend`` and ``trainer`` (and their store and runtime)."""
+
+    def __init__(self, app, url, settings):
+        self.app, self.url, self.settings = app, url, settings
+
+    @property
+    def backend(self):
+        return self.app.state.backend
+
+    @property
+    def trainer(self):
+        return self.app.state.trainer
 
     @property
     def store(self):
         return self.backend.store
+
+    @property
+    def runtime(self):
+        return self.backend.runtime
 
 
 @pytest.fixture(scope="session")
@@ -40,23 +54,21 @@ def backend_server(label_studio, offline_encoders, tmp_path_factory):
     import uvicorn
     from pydantic import SecretStr
 
-    from annotator.runtime import Encoders
-    from annotator.serving import Backend
+    from annotator.encoders.registry import Encoders
+    from annotator.runtime import Runtime
     from backends.app import create_app
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("backend") / "data", label_studio_url=label_studio.url,
                         label_studio_api_key=SecretStr(label_studio.token))
-    backend = Backend(settings, encoders=Encoders(settings, overrides=dict(offline_encoders)), poll_s=0.2,
-                      debounce_s=2.0, debounce_labels=10_000, min_interval_s=3600)
+    runtime = Runtime(settings, encoders=Encoders(settings, overrides=dict(offline_encoders)))
+    app = create_app(settings, runtime=runtime, poll_s=0.2, debounce_s=2.0, debounce_labels=10_000, min_interval_s=3600)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, backend=backend), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.1)
-    yield RunningBackend(backend, f"http://127.0.0.1:{port}", settings)
+    yield RunningBackend(app, f"http://127.0.0.1:{port}", settings)
     server.should_exit = True
     thread.join(timeout=10)
-    backend.close()

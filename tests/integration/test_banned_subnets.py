@@ -3,7 +3,7 @@
 import pytest
 
 from annotator.errors import AnnotatorError
-from annotator.labelstudio.client import connect
+from annotator.labelstudio.sync import connect
 from tests.integration.label_studio import LabelStudioServer
 
 pytestmark = pytest.mark.integration

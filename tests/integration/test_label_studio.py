@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from annotator.demo import SAMPLE_DIR
-from annotator.labelstudio.client import connect, sync
-from annotator.serving import project_name_for
+from annotator.sample_data import SAMPLE_DIR
+from annotator.labelstudio.sync import connect, sync
+from annotator.labelstudio.tasks import project_name_for
 from annotator.store import repo
 from tests.conftest import DATA
 
@@ -131,7 +131,7 @@ def test_image_and_text_project_full_loop(label_studio, ls_client, backend_serve
                                      "value": {"choices": [category(extra["id"])]}}]}]}])
     time.sleep(1)
     assert len(human_labels(backend_server, project.id)) == 12
-    synced = sync(backend_server.store, backend_server.settings, url=label_studio.url, api_key=label_studio.token,
+    synced = sync(backend_server.store, url=label_studio.url, api_key=label_studio.token,
                   ls_project_id=project.id)
     assert synced["tasks"] == 17 and synced["labels"] == 13
     assert len(human_labels(backend_server, project.id)) == 13
@@ -200,8 +200,8 @@ def test_audio_project_trains_from_annotations(label_studio, ls_client, backend_
 
 
 def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, backend_server):
-    from annotator.active.loop import find_label_errors, select_next
-    from annotator.labelstudio.client import push_next_batch, push_review_queue
+    from annotator.active.selection import find_label_errors, select_next
+    from annotator.labelstudio.sync import push_next_batch, push_review_queue
 
     config = """<View><Text name="text" value="$text"/><Choices name="topic" toName="text">
       <Choice value="animal"/><Choice value="vehicle"/><Choice value="food"/></Choices></View>"""
@@ -226,10 +226,10 @@ def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, ba
              what="refreshed v1 predictions for every task")
     assert ls_client.projects.get(id=project.id).model_version == "v1"
 
-    picks = select_next(store, settings, project_name=name, strategy="margin", k=3, encoders=backend_server.backend.encoders,
-                        progress=False)
-    pushed = push_next_batch(store, settings, url=label_studio.url, api_key=label_studio.token, project_name=name,
-                             picks=picks, strategy="margin", encoders=backend_server.backend.encoders)
+    runtime = backend_server.runtime
+    picks = select_next(store, settings, project_name=name, strategy="margin", k=3, runtime=runtime, progress=False)
+    pushed = push_next_batch(store, runtime, url=label_studio.url, api_key=label_studio.token, project_name=name,
+                             picks=picks, strategy="margin")
     assert ls_client.projects.get(id=project.id).model_version == pushed["model_version"]
     served = []
     for _ in range(3):  # Label Studio's own "next task" follows our batch, in order
@@ -239,25 +239,23 @@ def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, ba
         ls_client.annotations.create(id=nxt["id"], result=[], was_cancelled=True)
     assert served == [p["id"] for p in picks]
 
-    suspects = find_label_errors(store, settings, project_name=name, encoders=backend_server.backend.encoders,
-                                 folds=3, progress=False)
-    queue = push_review_queue(store, settings, url=label_studio.url, api_key=label_studio.token, project_name=name,
+    suspects = find_label_errors(store, settings, project_name=name, encoders=runtime.encoders, folds=3, progress=False)
+    queue = push_review_queue(store, url=label_studio.url, api_key=label_studio.token, project_name=name,
                               suspects=suspects[:4])
     in_view = {t.id for t in ls_client.tasks.list(project=project.id, view=queue["view_id"])}
     assert in_view == {int(s["id"]) for s in suspects[:4]}
     assert {tasks[t] for t in flipped} <= {int(s["id"]) for s in suspects[:4]}
 
     # with ANNOTATOR_NEXT_BATCH_STRATEGY set, the refresh after a retrain chooses and orders the next batch itself
-    backend = backend_server.backend
-    backend.settings = settings.model_copy(update={"next_batch_strategy": "entropy", "next_batch_size": 2})
+    trainer = backend_server.trainer
+    trainer.settings = settings.model_copy(update={"next_batch_strategy": "entropy", "next_batch_size": 2})
     try:
-        sent = backend.refresh_label_studio(name)
+        sent = trainer.refresh_label_studio(name)
     finally:
-        backend.settings = settings
+        trainer.settings = settings
     version = ls_client.projects.get(id=project.id).model_version
     assert sent == len(rows) and version.startswith("v1-next-entropy-")
-    expected = select_next(store, settings, project_name=name, strategy="entropy", k=2,
-                           encoders=backend_server.backend.encoders, progress=False)
+    expected = select_next(store, settings, project_name=name, strategy="entropy", k=2, runtime=runtime, progress=False)
     ordered = sorted((p for p in predictions_of(ls_client, project.id) if p["model_version"] == version),
                      key=lambda p: p["score"])
     assert [str(p["task"]) for p in ordered[:2]] == [e["id"] for e in expected]

@@ -39,14 +39,6 @@ def test_missing_config_file_is_named(monkeypatch, settings):
         load_settings()
 
 
-def test_unknown_next_batch_strategy_is_refused_with_the_choices(monkeypatch, settings):
-    monkeypatch.setenv("ANNOTATOR_NEXT_BATCH_STRATEGY", "coreset")
-    with pytest.raises(ConfigError, match="ANNOTATOR_NEXT_BATCH_STRATEGY.*'coreset'.*margin-cluster"):
-        load_settings()
-    monkeypatch.setenv("ANNOTATOR_NEXT_BATCH_STRATEGY", "entropy")
-    assert load_settings().next_batch_strategy == "entropy"
-
-
 def test_other_programs_variables_do_not_configure_us(monkeypatch, settings, tmp_path):
     """DATABASE_URL / DATA_DIR / DEVICE / BATCH_SIZE belong to whatever else runs on the host."""
     for name, value in {"DATABASE_URL": "postgresql://elsewhere/otherapp", "DATA_DIR": str(tmp_path / "theirs"),

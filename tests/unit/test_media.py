@@ -22,9 +22,15 @@ ACCESS = _jwt({"token_type": "access", "exp": time.time() + 24 * 3600})  # must 
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Answers like Label Studio: media under /data/upload needs `Token legacy` or `Bearer <access>`."""
+    """Answers like Label Studio: media under /data/upload needs `Token legacy` or `Bearer <access>`;
+    its presign endpoint redirects a task's cloud URI to the object. Also a flaky server (502 twice
+    per path, then the image), one that always answers 502, and a slow one that counts how many
+    requests it serves at once."""
 
     calls: list = []
+    failures: dict = {}
+    in_flight = peak = 0
+    lock = threading.Lock()
 
     def log_message(self, *args):
         pass
@@ -48,6 +54,35 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, (DATA / "cat.png").read_bytes(), "image/png")
         elif self.path == "/cat.png":
             self._send(200, (DATA / "cat.png").read_bytes(), "image/png")
+        elif self.path.startswith("/tasks/5/presign/?fileuri="):
+            uri = base64.urlsafe_b64decode(self.path.split("fileuri=", 1)[1]).decode()
+            if self.headers.get("Authorization") != "Token legacy":
+                self._send(401, b"unauthorized", "text/plain")
+            elif uri == "s3://bucket/cat.png":
+                self.send_response(302)
+                self.send_header("Location", "/cat.png")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                self._send(404, b"no such object", "text/plain")
+        elif self.path.startswith("/flaky/"):
+            with type(self).lock:
+                n = type(self).failures[self.path] = type(self).failures.get(self.path, 0) + 1
+            if n <= 2:
+                self._send(502, b"bad gateway", "text/plain")
+            else:
+                self._send(200, (DATA / "cat.png").read_bytes(), "image/png")
+        elif self.path == "/always502":
+            self._send(502, b"bad gateway", "text/plain")
+        elif self.path.startswith("/slow/"):
+            cls = type(self)
+            with cls.lock:
+                cls.in_flight += 1
+                cls.peak = max(cls.peak, cls.in_flight)
+            time.sleep(0.2)
+            with cls.lock:
+                cls.in_flight -= 1
+            self._send(200, self.path.encode(), "text/plain")
         else:
             self._send(404, b"not found", "text/plain")
 
@@ -100,6 +135,48 @@ def test_labelstudio_upload_with_legacy_token_or_refreshed_pat(settings, server,
         f.fetch("/data/upload/1/cat.png")
     refreshes = [c for c in _Handler.calls if c == ("POST", "/api/token/refresh/")]
     assert len(refreshes) == (1 if key == PAT else 0)  # access token reused until it expires
+
+
+def test_transient_errors_are_retried_with_backoff_and_permanent_ones_are_not(settings, server):
+    _Handler.calls.clear()
+    with _fetcher(settings, media_retries=3, media_retry_wait_s=0.01) as f:
+        assert f.fetch(f"{server}/flaky/a.png")[:8] == b"\x89PNG\r\n\x1a\n"  # two 502s, then the image
+        with pytest.raises(MediaError, match=r"HTTP 404 from .*/gone.png$"):
+            f.fetch(f"{server}/gone.png")
+    assert _Handler.calls.count(("GET", "/flaky/a.png")) == 3
+    assert _Handler.calls.count(("GET", "/gone.png")) == 1  # a 404 will not get better
+    with _fetcher(settings, media_retries=1, media_retry_wait_s=0.01) as f:
+        with pytest.raises(MediaError, match=r"HTTP 502 from .*/always502 \(after 2 attempts\)"):
+            f.fetch(f"{server}/always502")
+    with _fetcher(settings, media_retries=0) as f, pytest.raises(MediaError, match=r"after 1 attempt\)"):
+        f.fetch(f"{server}/flaky/b.png")
+
+
+def test_cloud_uris_resolve_through_label_studios_presign_endpoint(settings, server):
+    from pydantic import SecretStr
+
+    with _fetcher(settings, label_studio_url=server, label_studio_api_key=SecretStr("legacy")) as f:
+        assert f.fetch("s3://bucket/cat.png", task_id=5) == (DATA / "cat.png").read_bytes()
+        with pytest.raises(MediaError, match="HTTP 404"):
+            f.fetch("s3://bucket/missing.png", task_id=5)
+        with pytest.raises(MediaError, match="needs the task"):
+            f.fetch("gs://bucket/cat.png")
+    with _fetcher(settings) as f, pytest.raises(MediaError, match="ANNOTATOR_LABEL_STUDIO_URL"):
+        f.fetch("azure-blob://container/cat.png", task_id=5)
+
+
+def test_map_fetches_in_parallel_keeps_order_and_isolates_failures(settings, server):
+    _Handler.peak = 0
+    refs = [f"{server}/slow/{i}" for i in range(8)] + [f"{server}/gone.png"]
+    with _fetcher(settings, media_parallel=4) as f:
+        got = f.map(f.fetch, refs)
+    assert [g.decode() for g in got[:8]] == [f"/slow/{i}" for i in range(8)]
+    assert isinstance(got[8], MediaError) and "HTTP 404" in str(got[8])
+    assert 2 <= _Handler.peak <= 4  # parallel, and bounded by media_parallel
+    _Handler.peak = 0
+    with _fetcher(settings, media_parallel=1) as f:
+        f.map(f.fetch, refs[:3])
+    assert _Handler.peak == 1
 
 
 def test_labelstudio_wrong_key_and_missing_settings(settings, server):

@@ -14,7 +14,9 @@ from annotator.prediction import predict
 from annotator.store import repo
 from annotator.store.models import Prediction, TrainingRun
 from annotator.fusion.selection import ModelSearch
-from annotator.training import load_model, retrain, unlabelled_features
+from annotator.training import retrain, unlabelled_features
+from annotator.runtime import Runtime
+from annotator.versions import load_version
 
 WORDS = {
     "animal": ["dog", "cat", "horse", "rabbit", "owl", "fox", "cow", "sheep"],
@@ -65,7 +67,7 @@ def test_retrain_then_predict(store, settings, encoders, tmp_path):
     assert [row["name"] for row in result.metrics["candidates"] if row["chosen"]] == [result.model]
     assert all(0 <= row["macro_f1_mean"] <= 1 and row["macro_f1_sd"] >= 0 for row in result.metrics["candidates"])
 
-    out = predict(store, settings, project_name="p", encoders=encoders, progress=False)
+    out = predict(store, settings, project_name="p", runtime=Runtime(settings, encoders=encoders), progress=False)
     assert out.model_version == "v1" and out.failed == [] and len(out.predictions) == 48
     accuracy = np.mean([p["label"] == p["id"].split("-")[0] for p in out.predictions])
     assert accuracy >= 0.9
@@ -112,13 +114,13 @@ def test_crash_mid_training_leaves_active_version_serving(store, settings, encod
         assert [r.status for r in runs] == ["succeeded", "failed"] and "simulated" in runs[1].error
         assert len(repo.list_model_versions(s, project=repo.get_project(s, name="p"))) == 1
     assert not (settings.project_dir("p") / "models" / "v2").exists()
-    assert predict(store, settings, project_name="p", encoders=encoders, progress=False).model_version == "v1"
+    assert predict(store, settings, project_name="p", runtime=Runtime(settings, encoders=encoders), progress=False).model_version == "v1"
 
 
 def test_item_with_only_an_image_still_gets_a_prediction(store, settings, encoders, tmp_path):
     """Every labelled item has text, and text alone would do; but the project also holds an item with
     only an image, so a text-only model is not a candidate and that item is pre-labelled too."""
-    from annotator.embedding import embed_project
+    from annotator.indexing import embed_project
 
     make_project(store, tmp_path)
     path = tmp_path / "lonely.png"
@@ -129,7 +131,7 @@ def test_item_with_only_an_image_still_gets_a_prediction(store, settings, encode
     embed_project(store, settings, project_name="p", encoders=encoders, progress=False, index=False)
     result = retrain(store, settings, project_name="p", encoders=encoders, progress=False)
     assert "[" not in result.model and not any("[text]" in r["name"] for r in result.metrics["candidates"])
-    [pred] = predict(store, settings, project_name="p", item_ids=["lonely"], encoders=encoders, progress=False).predictions
+    [pred] = predict(store, settings, project_name="p", item_ids=["lonely"], runtime=Runtime(settings, encoders=encoders), progress=False).predictions
     assert pred["modality_weights"] == {"text": 0.0, "image": 1.0}
     assert pred["label"] in WORDS
 
@@ -149,7 +151,7 @@ def test_errors_name_the_fix(store, settings, encoders, tmp_path):
     with pytest.raises(NotEnoughLabelsError, match="3 labelled item"):
         retrain(store, settings, project_name="p", encoders=encoders, progress=False)
     with pytest.raises(NotFoundError, match="run `annotator retrain --project p`"):
-        predict(store, settings, project_name="p", encoders=encoders, progress=False)
+        predict(store, settings, project_name="p", runtime=Runtime(settings, encoders=encoders), progress=False)
 
 
 def test_only_one_process_trains_a_project_at_a_time(store, settings, encoders, tmp_path):
@@ -157,7 +159,7 @@ def test_only_one_process_trains_a_project_at_a_time(store, settings, encoders, 
     from annotator.training import training_lock
 
     make_project(store, tmp_path)
-    with training_lock(settings, "p") as acquired:  # as if `annotator serve` were training it now
+    with training_lock(store, "p") as acquired:  # as if `annotator serve` were training it now
         assert acquired
         with pytest.raises(TrainingInProgressError, match="being trained by another process"):
             retrain(store, settings, project_name="p", encoders=encoders, progress=False)
@@ -167,7 +169,7 @@ def test_only_one_process_trains_a_project_at_a_time(store, settings, encoders, 
 
 
 def test_retrain_self_trains_where_the_folds_say_so(store, settings, encoders, tmp_path):
-    from annotator.embedding import embed_project
+    from annotator.indexing import embed_project
 
     make_project(store, tmp_path, labelled=6)  # 18 labels, 30 unlabelled items
     embed_project(store, settings, project_name="p", encoders=encoders, progress=False, index=False)
@@ -215,36 +217,57 @@ def test_the_served_model_saw_every_label(store, settings, encoders, tmp_path, m
     with store.session() as s:
         mv = repo.active_model_version(s, project=repo.get_project(s, name="p"))
         assert mv.head == result.model
-        clf, _ = load_model(settings, mv)
+        clf, _ = load_version(settings, mv)
     assert type(clf).__name__ == ("LinearClassifier" if result.model.startswith("logreg") else "FusionClassifier")
     assert json.loads((settings.project_dir("p") / "models" / "v1" / "meta.json").read_text())["trained_on"] == 48
 
 
-def test_the_training_lock_holds_across_processes(settings, tmp_path):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_database_settings(request, settings):
+    """Settings on SQLite, or on a fresh database of the session's Postgres server."""
+    if request.param == "sqlite":
+        return settings
+    return settings.model_copy(update={"database_url": request.getfixturevalue("pg_database")})
+
+
+def test_the_training_lock_holds_across_processes(any_database_settings, tmp_path):
+    """A file lock beside the SQLite file; an advisory lock on Postgres (which also holds across hosts)."""
     import subprocess
     import sys
     import time
 
+    from annotator.store import open_store
     from annotator.training import training_lock
 
+    settings = any_database_settings
+    store = open_store(settings)
     ready = tmp_path / "held"
     child = subprocess.Popen([sys.executable, "-c", (
         "import sys, time, pathlib\n"
         "from annotator.config import Settings\n"
+        "from annotator.store import open_store\n"
         "from annotator.training import training_lock\n"
-        "with training_lock(Settings(data_dir=sys.argv[1]), 'p') as got:\n"
+        "with training_lock(open_store(Settings(data_dir=sys.argv[1], database_url=sys.argv[3])), 'p') as got:\n"
         "    assert got\n"
         "    pathlib.Path(sys.argv[2]).touch()\n"
-        "    time.sleep(30)\n"), str(settings.data_dir), str(ready)])
+        "    time.sleep(30)\n"), str(settings.data_dir), str(ready), settings.resolved_database_url])
     try:
         deadline = time.time() + 60
         while not ready.exists() and time.time() < deadline:
             time.sleep(0.1)
         assert ready.exists()
-        with training_lock(settings, "p") as acquired:
+        with training_lock(store, "p") as acquired:
             assert not acquired  # another process trains this project
+        with training_lock(store, "q") as acquired:
+            assert acquired  # ... but not this one
     finally:
         child.kill()
         child.wait()
-    with training_lock(settings, "p") as acquired:
-        assert acquired  # a killed holder leaves the lock free
+    deadline = time.time() + 10  # Postgres notices the killed client's closed connection within moments
+    while True:
+        with training_lock(store, "p") as acquired:
+            if acquired or time.time() > deadline:
+                break
+        time.sleep(0.1)
+    assert acquired  # a killed holder leaves the lock free
+    store.close()

@@ -6,12 +6,12 @@ import shutil
 import pytest
 
 from annotator.config import Settings
-from annotator.demo import SAMPLE_DIR
-from annotator.embedding import embed_project
+from annotator.sample_data import SAMPLE_DIR
+from annotator.indexing import embed_project
 from annotator.errors import MediaError, NotFoundError
 from annotator.importer import import_manifest
 from annotator.index.cross_modal import ProjectIndex
-from annotator.runtime import Encoders
+from annotator.encoders.registry import Encoders
 from annotator.store import open_store, repo
 from tests.conftest import DATA
 

@@ -6,36 +6,35 @@ the labelled half, and pre-labels the other half. A second run reuses the cache 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from annotator.config import Settings
-from annotator.embedding import embed_project
 from annotator.importer import import_manifest
+from annotator.indexing import embed_project
 from annotator.prediction import predict
-from annotator.runtime import Encoders
-from annotator.store import Store, repo
+from annotator.runtime import Runtime
+from annotator.sample_data import SAMPLE_DIR, SAMPLE_MANIFEST
+from annotator.store import Store, open_store, repo
 from annotator.training import retrain
 
-SAMPLE_DIR = Path(__file__).parent / "sample_data"
 DEMO_PROJECT = "demo"
 
 
 def run_offline_demo(store: Store, settings: Settings, *, project_name: str = DEMO_PROJECT,
                      progress: bool = True) -> dict[str, Any]:
     """Import → embed → retrain → predict on the sample data; returns a summary."""
-    encoders = Encoders(settings)
+    runtime = Runtime(settings)
     with store.session() as s:
-        imported = import_manifest(s, project_name=project_name, manifest=SAMPLE_DIR / "items.jsonl")
-    embedded = embed_project(store, settings, project_name=project_name, encoders=encoders, progress=progress)
-    trained = retrain(store, settings, project_name=project_name, encoders=encoders,
+        imported = import_manifest(s, project_name=project_name, manifest=SAMPLE_MANIFEST)
+    embedded = embed_project(store, settings, project_name=project_name, encoders=runtime.encoders, progress=progress)
+    trained = retrain(store, settings, project_name=project_name, encoders=runtime.encoders,
                       progress=progress, trigger="demo")
     with store.session() as s:
         project = repo.get_project(s, name=project_name)
         labelled = repo.current_labels(s, project=project)
         unlabelled = [it.external_id for it in repo.list_items(s, project=project) if it.id not in labelled]
         captions = {it.external_id: it.data.get("text", "") for it in repo.list_items(s, project=project)}
-    predicted = predict(store, settings, project_name=project_name, item_ids=unlabelled, encoders=encoders,
+    predicted = predict(store, settings, project_name=project_name, item_ids=unlabelled, runtime=runtime,
                         progress=progress)
     return {
         "project": project_name,
@@ -64,9 +63,10 @@ def run_labelstudio_demo(settings: Settings, *, wait: bool = True, ls_port: int 
 
     import uvicorn
 
-    from annotator.labelstudio.client import client_for, connect, sync
+    from annotator.labelstudio.client import client_for, find_backend
     from annotator.labelstudio.server import LabelStudioServer, free_port
-    from annotator.serving import Backend, project_name_for
+    from annotator.labelstudio.sync import connect, sync
+    from annotator.labelstudio.tasks import project_name_for
     from backends.app import create_app
 
     state_dir = settings.data_dir / "demo"
@@ -84,10 +84,10 @@ def run_labelstudio_demo(settings: Settings, *, wait: bool = True, ls_port: int 
     say(f"starting Label Studio on {ls.url} …")
     ls.start()
     served = settings.with_label_studio(ls.url, ls.token)
-    backend = Backend(served, poll_s=1.0)
+    store, runtime = open_store(served), Runtime(served)
     port = free_port(backend_port)
-    server = uvicorn.Server(uvicorn.Config(create_app(served, backend=backend), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(served, store=store, runtime=runtime), host="127.0.0.1",
+                                           port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -101,19 +101,18 @@ def run_labelstudio_demo(settings: Settings, *, wait: bool = True, ls_port: int 
             pid = _create_sample_project(client, ls)
             state["project_id"] = pid
             state_path.write_text(json.dumps(state))
-        existing = [b for b in client.ml.list(project=pid) if (b.url or "").rstrip("/") == backend_url]
-        if not existing:
+        if find_backend(client, pid, backend_url) is None:
             client.ml.create(project=pid, url=backend_url, title="annotator", is_interactive=False)
-        sync(backend.store, served, url=ls.url, api_key=ls.token, ls_project_id=pid, ls=client)
+        sync(store, url=ls.url, api_key=ls.token, ls_project_id=pid, ls=client)
         trained = None
-        with backend.store.session() as s:
+        with store.session() as s:
             has_model = repo.active_model_version(s, project=repo.get_project(s, name=project_name_for(pid)))
         if has_model is None:
             say("training on the labelled half …")
-            trained = retrain(backend.store, served, project_name=project_name_for(pid), encoders=backend.encoders,
+            trained = retrain(store, served, project_name=project_name_for(pid), encoders=runtime.encoders,
                               trigger="demo")
-        wired = connect(backend.store, served, url=ls.url, api_key=ls.token, ls_project_id=pid,
-                        backend_url=backend_url, encoders=backend.encoders)
+        wired = connect(store, served, url=ls.url, api_key=ls.token, ls_project_id=pid,
+                        backend_url=backend_url, runtime=runtime)
         summary = {"label_studio_url": ls.url, "user": ls.user, "password": ls.password,
                    "project_url": f"{ls.url}/projects/{pid}/data", "backend_url": backend_url,
                    "project": project_name_for(pid), "tasks": wired["tasks"], "model_version": wired["model_version"],
@@ -144,7 +143,7 @@ def run_labelstudio_demo(settings: Settings, *, wait: bool = True, ls_port: int 
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        backend.close()
+        store.close()
         ls.stop()
 
 

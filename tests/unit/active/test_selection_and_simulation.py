@@ -6,7 +6,9 @@ import numpy as np
 
 import pytest
 
-from annotator.active.loop import find_label_errors, select_next, simulate
+from annotator.active.selection import find_label_errors, select_next
+from annotator.active.simulation import simulate
+from annotator.runtime import Runtime
 from annotator.errors import NotFoundError
 from annotator.store import repo
 from annotator.training import retrain
@@ -15,17 +17,17 @@ from tests.unit.test_training import WORDS, make_project
 
 def test_typiclust_cold_start_with_zero_labels(store, settings, encoders, tmp_path):
     make_project(store, tmp_path, labelled=0)
-    picks = select_next(store, settings, project_name="p", strategy="typiclust", k=6, encoders=encoders, progress=False)
+    picks = select_next(store, settings, project_name="p", strategy="typiclust", k=6, runtime=Runtime(settings, encoders=encoders), progress=False)
     assert len({p["id"] for p in picks}) == 6
     assert len({p["id"].split("-")[0] for p in picks}) >= 2  # spread over classes, not one corner
     with pytest.raises(NotFoundError, match="--strategy typiclust"):
-        select_next(store, settings, project_name="p", strategy="margin", k=5, encoders=encoders, progress=False)
+        select_next(store, settings, project_name="p", strategy="margin", k=5, runtime=Runtime(settings, encoders=encoders), progress=False)
 
 
 def test_margin_with_a_model_picks_only_unlabelled_items(store, settings, encoders, tmp_path):
     make_project(store, tmp_path, labelled=10)
     retrain(store, settings, project_name="p", encoders=encoders, progress=False)
-    picks = select_next(store, settings, project_name="p", strategy="margin", k=8, encoders=encoders, progress=False)
+    picks = select_next(store, settings, project_name="p", strategy="margin", k=8, runtime=Runtime(settings, encoders=encoders), progress=False)
     with store.session() as s:
         p = repo.get_project(s, name="p")
         labelled = {repo.external_ids(s, project=p)[pk] for pk in repo.current_labels(s, project=p)}
@@ -69,7 +71,7 @@ def test_simulate_is_reproducible(settings, encoders, tmp_path):
 
 def test_simulation_warm_starts_model_strategies_with_typiclust():
     """Before a model exists, margin's first batch is TypiClust's (same seed, same picks), not random's."""
-    from annotator.active.loop import run_curve
+    from annotator.active.simulation import run_curve
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 16))
@@ -84,9 +86,11 @@ def test_simulation_warm_starts_model_strategies_with_typiclust():
 
 
 def test_simulation_and_retrain_train_the_same_model_for_the_same_data(store, settings, encoders, tmp_path):
-    from annotator.active.loop import fit_model
-    from annotator.embedding import embed_project, load_features
-    from annotator.training import load_model, unlabelled_features
+    from annotator.fusion.selection import fit_model
+    from annotator.embedding import load_features
+    from annotator.indexing import embed_project
+    from annotator.training import unlabelled_features
+    from annotator.versions import load_version
 
     make_project(store, tmp_path, labelled=10, images_every=1)
     embed_project(store, settings, project_name="p", encoders=encoders, progress=False, index=False)
@@ -95,7 +99,7 @@ def test_simulation_and_retrain_train_the_same_model_for_the_same_data(store, se
         project = repo.get_project(s, name="p")
         labels = repo.current_labels(s, project=project)
         items = repo.list_items(s, project=project)
-        served, _ = load_model(settings, repo.active_model_version(s, project=project))
+        served, _ = load_version(settings, repo.active_model_version(s, project=project))
     labelled = [it for it in items if it.id in labels]
     X = load_features(labelled, encoders=encoders)
     pool = unlabelled_features([it for it in items if it.id not in labels], encoders, list(X))

@@ -1,0 +1,107 @@
+"""Active learning on a project: the next batch worth labelling, and labels that look wrong.
+
+Everything works from cached embeddings (items not encoded yet are encoded first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from annotator.active.base import Pool, PoolExhaustedError
+from annotator.active.label_errors import knn_disagreement, out_of_fold_probs, suspicion_scores
+from annotator.active.registry import get_strategy
+from annotator.config import Settings
+from annotator.embedding import embed_items, load_features, usable_rows
+from annotator.encoders.registry import Encoders
+from annotator.errors import NotEnoughLabelsError, NotFoundError
+from annotator.fusion.classifier import FusionClassifier
+from annotator.fusion.linear import concat_embeddings
+from annotator.media import MediaFetcher
+from annotator.runtime import Runtime
+from annotator.store import Store, repo
+from annotator.store.models import Item
+
+
+def build_pool(features: dict[str, np.ndarray], labelled: np.ndarray, clf=None) -> Pool:
+    """Strategy inputs for the unlabelled rows. Embeddings are always the encoders' own vectors
+    (content similarity: near-duplicates, coverage); with a model there are also its calibrated
+    probabilities and hidden features (BADGE's gradient embedding)."""
+    pool_rows, lab_rows = np.flatnonzero(~labelled), np.flatnonzero(labelled)
+    emb = concat_embeddings(features)
+    pool = Pool(n=len(pool_rows), embeddings=emb[pool_rows], labelled_embeddings=emb[lab_rows])
+    if clf is not None:
+        X = {m: a[pool_rows] for m, a in features.items() if m in clf.modalities_}
+        pool.probs, _ = clf.predict_proba_and_contributions(X)
+        pool.hidden = clf.transform(X)
+    return pool
+
+
+@dataclass
+class ProjectData:
+    items: list[Item]
+    features: dict[str, np.ndarray]
+    labels: dict[int, list[str]]
+
+
+def load_project_data(store: Store, settings: Settings, project_name: str, encoders: Encoders,
+                      progress: bool) -> ProjectData:
+    """Every usable item of a project (encoded first where needed), its vectors and its labels."""
+    with store.session() as s:
+        project = repo.get_project(s, name=project_name)
+        items = repo.list_items(s, project=project)
+        labels = repo.current_labels(s, project=project)
+        with MediaFetcher(settings) as fetcher:
+            embed_items(items, encoders=encoders, fetcher=fetcher, progress=progress)
+    features = load_features(items, encoders=encoders)
+    if not features:
+        raise NotFoundError(f"project {project_name!r} has no items with usable media")
+    keep = usable_rows(features)
+    return ProjectData([it for it, ok in zip(items, keep) if ok], {m: a[keep] for m, a in features.items()}, labels)
+
+
+def select_next(store: Store, settings: Settings, *, project_name: str, strategy: str = "margin", k: int = 20,
+                runtime: Runtime | None = None, random_state: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+    """The ``k`` unlabelled items most worth labelling next, best first: ``[{"id", "score"}]``.
+
+    Uncertainty strategies and BADGE use the active model; TypiClust, k-center, TCM and random work
+    with no model and no labels (cold start).
+    """
+    runtime = runtime or Runtime(settings)
+    chooser = get_strategy(strategy)
+    data = load_project_data(store, settings, project_name, runtime.encoders, progress)
+    with store.session() as s:
+        model = runtime.active_model(s, repo.get_project(s, name=project_name))
+    clf = model.classifier if model else None
+    if clf is None and chooser.needs_model:
+        raise NotFoundError(f"strategy {strategy!r} needs a trained model; run `annotator retrain --project "
+                            f"{project_name}` first, or start with --strategy typiclust (works with no labels)")
+    labelled = np.array([it.id in data.labels for it in data.items])
+    if labelled.all():
+        raise PoolExhaustedError(f"project {project_name!r}: every item is labelled; import more items (for a "
+                                 f"Label Studio project, `annotator ls sync --project <id>` brings in unlabelled tasks)")
+    pool = build_pool(data.features, labelled, clf)
+    chosen = chooser.select(pool, min(k, pool.n), rng=np.random.default_rng(random_state))
+    pool_items = [it for it, lab in zip(data.items, labelled) if not lab]
+    return [{"id": pool_items[i].external_id, "score": float(chooser.last_scores_[i])} for i in chosen]
+
+
+def find_label_errors(store: Store, settings: Settings, *, project_name: str, encoders: Encoders | None = None,
+                      folds: int = 5, neighbours: int = 10, progress: bool = True) -> list[dict[str, Any]]:
+    """Labelled items whose label looks wrong, most suspicious first:
+    ``[{"id", "label", "suggested", "score"}]`` (score in [0, 1])."""
+    encoders = encoders or Encoders(settings)
+    data = load_project_data(store, settings, project_name, encoders, progress)
+    rows = [i for i, it in enumerate(data.items) if it.id in data.labels]
+    if len(rows) < 10:
+        raise NotEnoughLabelsError(f"label-error detection needs at least 10 labels; project {project_name!r} has {len(rows)}")
+    labels = [data.labels[data.items[i].id][0] for i in rows]
+    X = {m: a[rows] for m, a in data.features.items()}
+    probs, classes = out_of_fold_probs(lambda: FusionClassifier(head="concat", min_steps=200), X, labels, folds=folds)
+    disagreement, _ = knn_disagreement(concat_embeddings(X), labels, k=neighbours)
+    scores, suggested = suspicion_scores(labels, probs, classes, disagreement=disagreement)
+    order = np.argsort(-scores, kind="stable")
+    return [{"id": data.items[rows[i]].external_id, "label": labels[i], "suggested": suggested[i],
+             "score": round(float(scores[i]), 6)} for i in order]

@@ -1,0 +1,248 @@
+"""The Label Studio ML backend protocol, independent of the web framework: setup, predict, webhook,
+search. Nothing else: training is `annotator.trainer`'s, models and indexes are `Runtime`'s.
+
+Webhooks only record events in the store; the trainer decides from the database when to train, so
+any worker may receive any event.
+
+/predict always answers within ``settings.predict_budget_s`` (Label Studio gives it 100 s and sends
+every selected task in one request): encoding runs in a job beside the request, 128 tasks at a time
+(``encode_concurrency`` jobs per process); when the budget runs out the tasks encoded so far are
+answered, the others are marked pending, and the job finishes them and pushes their predictions to
+Label Studio in bulk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+
+from annotator.config import Settings
+from annotator.embedding import embed_items
+from annotator.errors import AnnotatorError
+from annotator.labelstudio.label_config import LabelConfig, parse_label_config
+from annotator.labelstudio.tasks import (
+    ensure_project,
+    label_studio_settings,
+    parse_project_id,
+    project_name_for,
+    record_annotations,
+    remember_access,
+    upsert_tasks,
+)
+from annotator.media import MediaFetcher
+from annotator.prediction import predict_cached, serving_version
+from annotator.runtime import Runtime
+from annotator.store import Store, repo
+
+log = logging.getLogger("annotator.backend")
+ENCODE_CHUNK = 128  # tasks encoded (and committed) at a time by a /predict job
+LABEL_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
+DELETE_EVENTS = {"ANNOTATION_DELETED", "ANNOTATIONS_DELETED"}
+
+
+@dataclass
+class _EncodeJob:
+    """Encoding for one /predict request: ``encoded`` the tasks it has been through (encoded or
+    failed), ``late`` the tasks the answer could not cover."""
+
+    ls_project_id: int
+    task_ids: list[int]
+    encoded: set[int] = field(default_factory=set)
+    done: threading.Event = field(default_factory=threading.Event)
+    answered: threading.Event = field(default_factory=threading.Event)
+    late: list[int] = field(default_factory=list)
+
+
+class Backend:
+    """One per process, built at the app's startup over the process's store and runtime."""
+
+    def __init__(self, settings: Settings, *, store: Store, runtime: Runtime):
+        self.settings, self.store, self.runtime = settings, store, runtime
+        self._encode_slots = threading.BoundedSemaphore(settings.encode_concurrency)
+        self._jobs: set[threading.Thread] = set()
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Wait (up to ``timeout_s``) for /predict jobs still encoding in the background."""
+        for job in list(self._jobs):
+            job.join(timeout=timeout_s)
+
+    def health(self) -> dict[str, Any]:
+        """UP when the database answers; the model versions this process has loaded."""
+        try:
+            with self.store.session() as s:
+                s.execute(text("SELECT 1"))
+            database = "ok"
+        except Exception as exc:  # noqa: BLE001 - health reports any failure, it does not raise
+            database = f"unreachable: {type(exc).__name__}"
+        return {"status": "UP" if database == "ok" else "DOWN", "model_class": "annotator", "database": database,
+                "loaded_versions": self.runtime.loaded_versions()}
+
+    def setup(self, *, project: Any, schema: str, hostname: str | None = None, access_token: str | None = None,
+              extra_params: dict | None = None) -> dict[str, str]:
+        """Register (or update) the project, its label config and how to reach Label Studio; return
+        the serving model version. Cheap: no model is loaded here."""
+        pid = parse_project_id(project)
+        config = parse_label_config(schema)
+
+        def register(s) -> str:
+            p = ensure_project(s, pid, schema, config)
+            remember_access(p, hostname, access_token)
+            active = repo.active_model_version(s, project=p)
+            return active.version if active else serving_version(None, p.classes if config.choices else None)
+
+        return {"model_version": self.store.run(register)}
+
+    def predict(self, *, tasks: list[dict], project: Any = None, label_config: str | None = None,
+                params: dict | None = None) -> dict[str, Any]:
+        """One result per task, same order; a task whose media fails gets an empty result."""
+        if not tasks:
+            return {"results": []}
+        pid = parse_project_id(project if project is not None else tasks[0].get("project"))
+
+        def register(s) -> LabelConfig:
+            p = repo.get_or_create_project(s, name=project_name_for(pid))
+            schema = label_config or p.label_config
+            if not schema:
+                raise AnnotatorError(f"project {pid}: no label config yet (Label Studio sends it with /setup)")
+            config = parse_label_config(schema)
+            upsert_tasks(s, ensure_project(s, pid, schema, config), config, tasks)
+            return config
+
+        # the writes commit before encoding starts: a long /predict must not hold SQLite's write lock
+        # while webhooks (which Label Studio never retries) wait for it
+        config = self.store.run(register)
+        job = _EncodeJob(pid, [int(t["id"]) for t in tasks])
+        worker = threading.Thread(target=self._run_encode_job, args=(job,), name="annotator-encode", daemon=True)
+        self._jobs.add(worker)
+        worker.start()
+        finished = job.done.wait(timeout=self.settings.predict_budget_s)
+        try:
+            results, job.late = self._answer(pid, config, job)
+        finally:
+            job.answered.set()
+        if not finished:
+            log.warning("project %s: /predict budget of %.0f s spent; %d of %d task(s) answered as pending, finishing "
+                        "them in the background", pid, self.settings.predict_budget_s, len(job.late), len(tasks))
+        return {"results": results}
+
+    def _answer(self, pid: int, config: LabelConfig, job: _EncodeJob) -> tuple[list[dict[str, Any]], list[int]]:
+        """Results (in task order) from what is encoded now, and the tasks still waiting for encoding."""
+        task_ids, finished = job.task_ids, job.done.is_set()
+        with self.store.session() as s:
+            p = repo.get_project(s, name=project_name_for(pid))
+            items = repo.items_by_task_ids(s, project=p, task_ids=task_ids)
+            ordered = [items[tid] for tid in task_ids]
+            model = self.runtime.active_model(s, p)
+            classes = list(config.choices.values) if config.choices else None
+            predictions = predict_cached(ordered, encoders=self.runtime.encoders, model=model, classes=classes)
+        version = serving_version(model, classes)
+        results, late = [], []
+        for it, pred in zip(ordered, predictions):
+            if pred is not None and pred.labels:
+                results.append({"result": [config.region(pred.labels, pred.score)], "score": pred.score,
+                                "model_version": version})
+            elif not finished and it.ls_task_id not in job.encoded:
+                late.append(it.ls_task_id)
+                results.append({"result": [], "score": 0.0, "model_version": f"{version}-pending"})
+            else:  # encoded, failed, or nothing the model can use: an empty answer is the final one
+                results.append({"result": [], "score": 0.0, "model_version": version})
+        return results, late
+
+    def _run_encode_job(self, job: _EncodeJob) -> None:
+        try:
+            for start in range(0, len(job.task_ids), ENCODE_CHUNK):
+                chunk = job.task_ids[start:start + ENCODE_CHUNK]
+                with self._encode_slots, self.store.session() as s:  # each chunk's content hashes commit
+                    p = repo.get_project(s, name=project_name_for(job.ls_project_id))
+                    items = list(repo.items_by_task_ids(s, project=p, task_ids=chunk).values())
+                    with MediaFetcher(label_studio_settings(self.settings, p)) as fetcher:
+                        # every modality, not only the model's: the index, the next model choice and
+                        # active learning read these vectors too
+                        report = embed_items(items, encoders=self.runtime.encoders, fetcher=fetcher, progress=False)
+                job.encoded.update(chunk)
+                for f in report.failed:
+                    log.warning("task %s: %s", f["id"], f["error"])
+        except Exception:  # noqa: BLE001 - the request still answers from what is ready
+            log.exception("project %s: encoding for /predict failed", job.ls_project_id)
+        finally:
+            job.done.set()
+        try:
+            job.answered.wait()
+            if job.late:
+                self._publish_late(job)
+        finally:
+            self._jobs.discard(threading.current_thread())
+
+    def _publish_late(self, job: _EncodeJob) -> None:
+        """Push the predictions of tasks answered as pending, once they are encoded."""
+        from annotator.labelstudio.client import client_for
+        from annotator.labelstudio.sync import publish_predictions
+
+        name = project_name_for(job.ls_project_id)
+        with self.store.session() as s:
+            settings = label_studio_settings(self.settings, repo.get_project(s, name=name))
+        if not (settings.label_studio_url and settings.label_studio_api_key):
+            log.info("project %s: %d pending task(s) encoded; Label Studio is not connected, so they get their "
+                     "predictions when it asks again", job.ls_project_id, len(job.late))
+            return
+        try:
+            ls = client_for(settings.label_studio_url, settings.label_studio_api_key.get_secret_value())
+            sent, version = publish_predictions(self.store, self.runtime, ls, project_name=name, task_ids=job.late)
+            log.info("project %s: pushed %d prediction(s) of %s for tasks answered as pending", job.ls_project_id,
+                     sent, version)
+        except Exception:  # noqa: BLE001 - Label Studio asks again for tasks without a prediction
+            log.exception("project %s: could not push the pending tasks' predictions", job.ls_project_id)
+
+    def webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Record the event in the store and return at once; training happens in the trainer."""
+        action = payload.get("action")
+        if not isinstance(action, str):
+            raise AnnotatorError("webhook payload has no 'action'")
+        project_obj = payload.get("project")
+        if not isinstance(project_obj, dict) or "id" not in project_obj:
+            return {"status": "ignored", "action": action, "reason": "no project in payload"}
+        pid = int(project_obj["id"])
+        schema = project_obj.get("label_config")
+        config = parse_label_config(schema) if schema else None
+        return self.store.run(lambda s: self._apply_event(s, action, pid, schema, config, payload))
+
+    @staticmethod
+    def _apply_event(s, action: str, pid: int, schema: str | None, config: LabelConfig | None,
+                     payload: dict[str, Any]) -> dict[str, Any]:
+        """One webhook's writes, in one transaction; idempotent, so a lost insert race can rerun it."""
+        p = ensure_project(s, pid, schema, config)
+        if action in LABEL_EVENTS:
+            annotations = payload.get("annotation")
+            tasks = payload.get("task")
+            annotations = annotations if isinstance(annotations, list) else [annotations]
+            tasks = tasks if isinstance(tasks, list) else [tasks]
+            n = record_annotations(s, p, config, [a for a in annotations if a], [t for t in tasks if t])
+            return {"status": "ok", "action": action, "recorded": n}
+        if action in DELETE_EVENTS:
+            raw = payload.get("annotations") or ([payload["annotation"]] if payload.get("annotation") else [])
+            keys = [f"ls:{a['id']}" for a in raw if isinstance(a, dict) and "id" in a]
+            return {"status": "ok", "action": action, "deleted": repo.soft_delete_labels(s, project=p, annotation_keys=keys)}
+        if action == "START_TRAINING":
+            repo.request_training(s, project=p, trigger="label-studio")
+            return {"status": "ok", "action": action, "training": "requested"}
+        if action == "TASKS_DELETED":
+            task_ids = [int(t["id"]) for t in payload.get("tasks") or [] if isinstance(t, dict) and "id" in t]
+            gone = repo.items_by_task_ids(s, project=p, task_ids=task_ids)
+            repo.delete_items(s, project=p, external_ids=[it.external_id for it in gone.values()])
+            return {"status": "ok", "action": action, "deleted": len(gone)}
+        return {"status": "ignored", "action": action}
+
+    def versions(self) -> dict[str, Any]:
+        with self.store.session() as s:
+            out = []
+            for p in repo.ls_projects(s):
+                out += [v.version for v in repo.list_model_versions(s, project=p)]
+        return {"versions": out}
+
+    def search(self, *, project: Any, k: int = 10, **query) -> list[dict[str, Any]]:
+        name = project_name_for(parse_project_id(project))
+        return [h.to_dict() for h in self.runtime.project_index(name).search(self.store, k=k, **query)]

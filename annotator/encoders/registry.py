@@ -1,0 +1,56 @@
+"""The encoders one process keeps loaded (one per modality) and their embedding caches.
+
+Built once by a CLI command or the server's startup (see `annotator.runtime`), never at import and
+never per request.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from annotator.config import Settings
+from annotator.encoders.base import Encoder
+from annotator.encoders.cache import EmbeddingCache
+
+
+class Encoders:
+    """Lazily loaded encoders (one per modality) and their embedding caches.
+
+    Parameters
+    ----------
+    settings : Settings
+        Model names per modality, device, batch size, cache folder.
+    overrides : dict, optional
+        Ready encoder objects by modality (tests and benchmarks inject small ones here).
+    """
+
+    def __init__(self, settings: Settings, overrides: dict[str, Encoder] | None = None):
+        self.settings = settings
+        self._encoders: dict[str, Encoder] = dict(overrides or {})
+        self._caches: dict[str, EmbeddingCache] = {}
+        self._lock = threading.Lock()
+
+    def model_name(self, modality: str) -> str:
+        return getattr(self.settings, f"{modality}_model")
+
+    def get(self, modality: str) -> Encoder:
+        with self._lock:
+            if modality not in self._encoders:
+                from annotator.encoders.load import load_encoder
+
+                self._encoders[modality] = load_encoder(
+                    modality, self.model_name(modality), device=self.settings.device,
+                    batch_size=self.settings.batch_size)
+            return self._encoders[modality]
+
+    def cache(self, modality: str) -> EmbeddingCache:
+        encoder = self.get(modality)
+        with self._lock:
+            if modality not in self._caches:
+                self._caches[modality] = EmbeddingCache(self.settings.cache_dir, encoder.name, encoder.dim)
+            return self._caches[modality]
+
+    def names(self) -> dict[str, str]:
+        """Encoder name per modality loaded so far (recorded with every model version)."""
+        return {m: e.name for m, e in self._encoders.items()}
+

@@ -1,0 +1,168 @@
+"""Keep a Label Studio project and the store in step, both ways.
+
+In: `sync` pulls tasks and annotations (works without webhooks, and recovers events missed while
+the backend was down). Out: `publish_predictions` pushes the serving model's pre-labels in bulk from
+cached vectors and sets the project's ``model_version`` to ours; `push_next_batch` and
+`push_review_queue` turn active-learning results into what Label Studio serves next.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from annotator.config import Settings
+from annotator.embedding import embed_items
+from annotator.errors import NotFoundError
+from annotator.labelstudio import client
+from annotator.labelstudio.label_config import LabelConfig, parse_label_config
+from annotator.labelstudio.tasks import mirror_project, project_name_for
+from annotator.media import MediaFetcher
+from annotator.prediction import predict_cached, serving_version
+from annotator.runtime import Runtime
+from annotator.store import Store, repo
+from annotator.store.models import Item
+
+PUBLISH_CHUNK = 2000  # items scored at a time: bounds memory on large projects
+
+
+def sync(store: Store, *, url: str, api_key: str, ls_project_id: int, ls=None,
+         tasks: list[dict] | None = None) -> dict[str, Any]:
+    """Pull the project's tasks and annotations into the store; annotations deleted in Label Studio
+    are soft-deleted here."""
+    ls = ls or client.client_for(url, api_key)
+    schema = client.get_label_config(ls, ls_project_id)
+    tasks = tasks if tasks is not None else client.list_tasks(ls, ls_project_id)
+    tasks = [{**t, "annotations": [client.as_dict(a) for a in t.get("annotations") or []]} for t in tasks]
+    # the backend's trainer syncs while webhooks for the same tasks may arrive: an upsert race reruns it
+    recorded, deleted = store.run(lambda s: mirror_project(s, ls_project_id, schema, tasks))
+    return {"project": project_name_for(ls_project_id), "tasks": len(tasks), "labels": recorded,
+            "deleted_labels": deleted}
+
+
+def publish_predictions(store: Store, runtime: Runtime, ls, *, project_name: str,
+                        tasks: Sequence[dict] | None = None, task_ids: Sequence[int] | None = None,
+                        progress: bool = False) -> tuple[int, str]:
+    """Push the serving model's prediction for every task (or only ``task_ids``) from cached vectors
+    (a task never encoded gets its prediction when Label Studio asks /predict), skipping ``tasks``
+    that already hold one of that version; then make it the project's model version. Returns
+    (predictions sent, version)."""
+    with store.session() as s:
+        p = repo.get_project(s, name=project_name)
+        ls_pid, config = _connected(p)
+        model = runtime.active_model(s, p)
+        version = serving_version(model, p.classes)
+        items = [it for it in repo.list_items(s, project=p) if it.ls_task_id is not None]
+        classes = list(p.classes or [])
+    done = {int(t["id"]) for t in tasks or [] if client.has_prediction(t, version)}
+    wanted = set(task_ids) if task_ids is not None else None
+    items = [it for it in items if it.ls_task_id not in done and (wanted is None or it.ls_task_id in wanted)]
+    sent = 0
+    bar = tqdm(total=len(items), desc="publish", unit="task", file=sys.stderr, disable=not progress)
+    for start in range(0, len(items), PUBLISH_CHUNK):
+        chunk = items[start:start + PUBLISH_CHUNK]
+        out = [{"task": it.ls_task_id, "result": [config.region(pred.labels, pred.score)], "score": pred.score,
+                "model_version": version}
+               for it, pred in zip(chunk, predict_cached(chunk, encoders=runtime.encoders, model=model, classes=classes))
+               if pred is not None and pred.labels]
+        sent += client.push_predictions(ls, ls_pid, out)
+        bar.update(len(chunk))
+    bar.close()
+    if sent or done:
+        client.set_model_version(ls, ls_pid, version)
+    return sent, version
+
+
+def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_project_id: int,
+            backend_url: str | None = None, title: str = "annotator", runtime: Runtime | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Wire a Label Studio project to annotator.
+
+    Registers the backend (when ``backend_url`` is given and not registered yet), imports the
+    project's tasks and annotations, encodes their media (through Label Studio, with this key),
+    and uploads the serving model's predictions for every task in bulk.
+    """
+    ls = client.client_for(url, api_key)
+    ml_id = None
+    if backend_url:
+        ml_id = client.find_backend(ls, ls_project_id, backend_url) or client.register_backend(
+            ls, ls_project_id, backend_url, title)
+    tasks = client.list_tasks(ls, ls_project_id)
+    synced = sync(store, url=url, api_key=api_key, ls_project_id=ls_project_id, ls=ls, tasks=tasks)
+    runtime = runtime or Runtime(settings)
+    name = project_name_for(ls_project_id)
+    with store.session() as s:
+        items = repo.list_items(s, project=repo.get_project(s, name=name))
+        with MediaFetcher(settings.with_label_studio(url, api_key)) as fetcher:
+            report = embed_items(items, encoders=runtime.encoders, fetcher=fetcher, progress=progress)
+    pushed, version = publish_predictions(store, runtime, ls, project_name=name, tasks=tasks, progress=progress)
+    return {**synced, "ml_backend_id": ml_id, "predictions": pushed, "model_version": version,
+            "failed": report.failed}
+
+
+# --- active learning into Label Studio -----------------------------------------------------------
+
+def _connected(project) -> tuple[int, LabelConfig]:
+    if project.ls_project_id is None or not project.label_config:
+        raise NotFoundError(f"project {project.name!r} is not connected to Label Studio; run `annotator ls connect`")
+    return project.ls_project_id, parse_label_config(project.label_config)
+
+
+def _task_items(store: Store, project_name: str) -> tuple[int, LabelConfig, list[Item], dict[str, int]]:
+    with store.session() as s:
+        p = repo.get_project(s, name=project_name)
+        ls_pid, config = _connected(p)
+        items = [it for it in repo.list_items(s, project=p) if it.ls_task_id is not None]
+    return ls_pid, config, items, {it.external_id: it.ls_task_id for it in items}
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def push_next_batch(store: Store, runtime: Runtime, *, url: str, api_key: str, project_name: str,
+                    picks: list[dict[str, Any]], strategy: str) -> dict[str, Any]:
+    """Make Label Studio serve ``picks`` first, in order.
+
+    Every task gets a prediction (the active model's label, so pre-labels still show) under a new
+    model version; picked tasks get the lowest scores in pick order, the rest score above them.
+    The project's model_version is switched to it, so Label Studio's "Uncertainty sampling" (and
+    sorting by prediction score) follow our strategy.
+    """
+    ls_pid, config, items, _ = _task_items(store, project_name)
+    with store.session() as s:
+        p = repo.get_project(s, name=project_name)
+        model = runtime.active_model(s, p)
+        classes = list(p.classes or [])
+    version = f"{serving_version(model, classes)}-next-{strategy}-{_stamp()}"
+    rank = {p["id"]: i for i, p in enumerate(picks)}
+    out = []
+    for it, pred in zip(items, predict_cached(items, encoders=runtime.encoders, model=model, classes=classes)):
+        if pred is None or not pred.labels:
+            continue
+        score = 1e-4 * (rank[it.external_id] + 1) if it.external_id in rank else 0.5 + 0.5 * pred.score
+        out.append({"task": it.ls_task_id, "result": [config.region(pred.labels, pred.score)], "score": score,
+                    "model_version": version})
+    ls = client.client_for(url, api_key)
+    client.push_predictions(ls, ls_pid, out)
+    client.set_model_version(ls, ls_pid, version, sampling="Uncertainty sampling")
+    return {"model_version": version, "predictions": len(out), "batch": len(picks)}
+
+
+def push_review_queue(store: Store, *, url: str, api_key: str, project_name: str,
+                      suspects: list[dict[str, Any]], limit: int = 100) -> dict[str, Any]:
+    """Suspected label errors become a review queue: a prediction with the suggested label (score =
+    1 − suspicion, so the most suspicious sort first) and a Data Manager tab listing those tasks."""
+    ls_pid, config, _, task_of = _task_items(store, project_name)
+    top = [s for s in suspects if task_of.get(s["id"]) is not None][:limit]
+    version = f"review-{_stamp()}"
+    ls = client.client_for(url, api_key)
+    client.push_predictions(ls, ls_pid, [{"task": task_of[s["id"]], "result": [config.region([s["suggested"]], s["score"])],
+                                          "score": 1.0 - s["score"], "model_version": version} for s in top])
+    view_id = client.create_task_view(ls, ls_pid, f"annotator: {len(top)} suspected label errors",
+                                      [task_of[s["id"]] for s in top])
+    return {"model_version": version, "tasks": len(top), "view_id": view_id}

@@ -1,0 +1,128 @@
+"""Label Studio tasks and annotations into the store: plain functions over a session.
+
+Used by the backend (/setup, /predict, webhooks) and by ``annotator ls sync``; Label Studio's task
+id is the item's external id, and an annotation's key is ``ls:<annotation id>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from annotator.config import Settings
+from annotator.errors import AnnotatorError
+from annotator.labelstudio.label_config import LabelConfig, parse_label_config
+from annotator.media import sha256
+from annotator.store import repo
+from annotator.store.models import Item, Project
+
+
+def project_name_for(ls_project_id: int) -> str:
+    return f"ls-{ls_project_id}"
+
+
+def parse_project_id(value: Any) -> int:
+    """Label Studio sends ``"<id>.<created timestamp>"`` (or an int); the id is before the dot."""
+    try:
+        return int(str(value).split(".", 1)[0])
+    except (TypeError, ValueError):
+        raise AnnotatorError(f"cannot read a Label Studio project id from {value!r}") from None
+
+
+def ensure_project(session, ls_project_id: int, schema: str | None, config: LabelConfig | None) -> Project:
+    """The store's project for a Label Studio project, created on first sight, its label config and
+    classes kept up to date."""
+    p = repo.get_or_create_project(session, name=project_name_for(ls_project_id))
+    p.ls_project_id = ls_project_id
+    if schema and p.label_config != schema:
+        p.label_config = schema
+    if config is not None and config.choices is not None:
+        if p.classes != list(config.choices.values):
+            p.classes = list(config.choices.values)
+        p.multilabel = config.choices.multiple
+    return p
+
+
+def remember_access(project: Project, url: str | None, token: str | None) -> None:
+    """Keep how Label Studio's /setup said to reach it, for every worker (only a complete pair)."""
+    if url and token:
+        project.ls_url, project.ls_access_token = url, token
+
+
+def label_studio_settings(settings: Settings, project: Project) -> Settings:
+    """Settings that reach the project's Label Studio: the configured URL and key where both are
+    set, else what /setup stored for the project (a configured URL still wins over its hostname)."""
+    if settings.label_studio_url and settings.label_studio_api_key:
+        return settings
+    if project.ls_access_token and (settings.label_studio_url or project.ls_url):
+        return settings.with_label_studio(settings.label_studio_url or project.ls_url, project.ls_access_token)
+    return settings
+
+
+def project_config(project: Project) -> LabelConfig | None:
+    return parse_label_config(project.label_config) if project.label_config else None
+
+
+def upsert_tasks(session, project: Project, config: LabelConfig, tasks: list[dict]) -> dict[int, Item]:
+    """Tasks → items (external id = task id), by task id. Unchanged tasks keep their content hashes."""
+    ids = []
+    for t in tasks:
+        if "id" not in t or not isinstance(t.get("data"), dict):
+            raise AnnotatorError(f"task {t.get('id', '?')} has no id or no data object")
+        ids.append(int(t["id"]))
+    existing = repo.items_by_task_ids(session, project=project, task_ids=ids)
+    records = []
+    for t in tasks:
+        data = config.item_data(t["data"])
+        old = existing.get(int(t["id"]))
+        if old is not None and old.data == data:
+            continue
+        text = data.get("text")
+        records.append(repo.ItemRecord(external_id=str(t["id"]), data=data, ls_task_id=int(t["id"]),
+                                       text_sha=sha256(text.encode()) if text else None))
+    if records:
+        repo.upsert_items(session, project=project, records=records)
+        session.flush()
+        existing = repo.items_by_task_ids(session, project=project, task_ids=ids)
+    return existing
+
+
+def record_annotations(session, project: Project, config: LabelConfig | None, annotations: list[dict],
+                       tasks: list[dict]) -> int:
+    """Store annotations as labels (``tasks`` carrying them are upserted first); a skipped task, an
+    empty result or a cancelled annotation removes that annotation's label. Returns labels stored."""
+    config = config or project_config(project)
+    if config is None:
+        raise AnnotatorError(f"project {project.ls_project_id}: annotation arrived before any label config")
+    by_task = {int(t["id"]): t for t in tasks if isinstance(t, dict) and "id" in t}
+    if by_task:
+        upsert_tasks(session, project, config, list(by_task.values()))
+    items = repo.items_by_task_ids(session, project=project,
+                                   task_ids=[int(a.get("task")) for a in annotations if a.get("task") is not None])
+    records, skipped = [], []
+    for a in annotations:
+        key = f"ls:{a.get('id')}"
+        item = items.get(int(a["task"])) if a.get("task") is not None else None
+        labels = [] if a.get("was_cancelled") else config.labels_from_result(a.get("result") or [])
+        if item is None or not labels:
+            skipped.append(key)  # a skip, an empty result, or a task we never saw
+            continue
+        records.append(repo.LabelRecord(item.id, labels, key, created_by=str(a.get("completed_by") or "")))
+    repo.upsert_labels(session, project=project, records=records)
+    if skipped:
+        repo.soft_delete_labels(session, project=project, annotation_keys=skipped)
+    return len(records)
+
+
+def mirror_project(session, ls_project_id: int, schema: str, tasks: list[dict[str, Any]]) -> tuple[int, int]:
+    """Make the store match a full pull of a Label Studio project: every task, every annotation, and
+    labels whose annotation is gone from Label Studio soft-deleted. Returns (labels stored, deleted)."""
+    config = parse_label_config(schema)
+    p = ensure_project(session, ls_project_id, schema, config)
+    if tasks:
+        upsert_tasks(session, p, config, [{"id": t["id"], "data": t["data"]} for t in tasks])
+    annotations = [{**a, "task": t["id"]} for t in tasks for a in (t.get("annotations") or [])]
+    recorded = record_annotations(session, p, config, annotations, [])
+    live = {f"ls:{a['id']}" for a in annotations}
+    pks = [it.id for it in repo.items_by_task_ids(session, project=p, task_ids=[t["id"] for t in tasks]).values()]
+    stale = [k for k in repo.live_annotation_keys(session, project=p, item_pks=pks, prefix="ls:") if k not in live]
+    return recorded, repo.soft_delete_labels(session, project=p, annotation_keys=stale)

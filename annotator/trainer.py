@@ -1,0 +1,185 @@
+"""Debounced training for the backend, and refreshing Label Studio after a promotion.
+
+Training is DB-driven: webhooks only record labels; the trainer retrains a project when labels have
+been quiet for ``debounce_s`` seconds, or when ``debounce_labels`` changes piled up and the last
+training started at least ``min_interval_s`` ago, or when Label Studio asked (START_TRAINING).
+Every worker runs a trainer, but a project's training lock (`training.training_lock`: an advisory
+lock on Postgres, a file lock on SQLite) lets only one train it at a time, and the decision is made
+again under the lock, so one burst of labels trains once across the deployment. Because the
+decision reads the database, events missed by one process (or before a crash) are not lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+
+from annotator.active.registry import get_strategy
+from annotator.config import Settings
+from annotator.errors import ConfigError, NotEnoughLabelsError, UnknownNameError
+from annotator.fusion.selection import AUTO, Candidate
+from annotator.labelstudio.tasks import label_studio_settings
+from annotator.runtime import Runtime
+from annotator.store import Store, repo
+from annotator.store.models import utcnow
+from annotator.training import retrain, training_lock
+
+log = logging.getLogger("annotator.trainer")
+
+
+class Trainer:
+    """One per process; `start` runs it in a daemon thread. Parameters are the debounce policy."""
+
+    def __init__(self, settings: Settings, *, store: Store, runtime: Runtime, debounce_s: float = 5.0,
+                 debounce_labels: int = 100, min_interval_s: float = 60.0, poll_s: float = 1.0):
+        if settings.model != AUTO:  # a bad name fails at startup, not after the first training
+            try:
+                Candidate.parse(settings.model)
+            except UnknownNameError as exc:
+                raise ConfigError(f"ANNOTATOR_MODEL: {exc}") from None
+        if settings.next_batch_strategy:
+            try:
+                get_strategy(settings.next_batch_strategy)
+            except UnknownNameError as exc:
+                raise ConfigError(f"ANNOTATOR_NEXT_BATCH_STRATEGY: {exc}") from None
+        self.settings, self.store, self.runtime = settings, store, runtime
+        self.debounce_s, self.debounce_labels = debounce_s, debounce_labels
+        self.min_interval_s, self.poll_s = min_interval_s, poll_s
+        self.trainings = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Trainer:
+        self._thread = threading.Thread(target=self._loop, name="annotator-trainer", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.train_due_projects()
+            except Exception:  # noqa: BLE001 - the trainer must outlive one bad project
+                log.exception("trainer loop failed; retrying on the next poll")
+
+    def train_due_projects(self, *, now: datetime | None = None) -> list[str]:
+        """Retrain every project whose debounce condition holds; returns the versions trained."""
+        now = now or datetime.now(timezone.utc)
+        with self.store.session() as s:
+            names = [p.name for p in repo.ls_projects(s)]
+        trained = []
+        for name in names:
+            version = self._train_if_due(name, now)
+            if version:
+                trained.append(version)
+        return trained
+
+    def _due(self, name: str, now: datetime) -> bool:
+        with self.store.session() as s:
+            p = repo.get_project(s, name=name)
+            if repo.has_training_request(s, project=p):
+                return True
+            count, newest = repo.pending_labels(s, project=p)
+            if count == 0:
+                return False
+            last = repo.last_training_start(s, project=p)
+        quiet = (now - _aware(newest)).total_seconds() >= self.debounce_s
+        piled_up = count >= self.debounce_labels and (
+            last is None or (now - _aware(last)).total_seconds() >= self.min_interval_s)
+        return quiet or piled_up
+
+    def _train_if_due(self, name: str, now: datetime) -> str | None:
+        if not self._due(name, now):  # a plain read first: most polls end here, without taking a lock
+            return None
+        with training_lock(self.store, name) as free:
+            if not free:
+                return None  # another worker (or a CLI retrain) is training this project
+            with self.store.session() as s:  # nobody is training it: a 'running' row is a killed process's
+                if repo.mark_interrupted_runs(s, project=repo.get_project(s, name=name)):
+                    log.warning("project %s: a training run was interrupted; its labels are pending again", name)
+            if not self._due(name, now):  # decided under the lock: another worker may just have trained
+                return None
+            return self._train(name)
+
+    def _train(self, name: str) -> str | None:
+        with self.store.session() as s:
+            p = repo.get_project(s, name=name)
+            repo.take_training_requests(s, project=p)
+            settings = label_studio_settings(self.settings, p)
+        try:
+            result = retrain(self.store, settings, project_name=name, head=settings.model,
+                             encoders=self.runtime.encoders, trigger="backend", progress=False, lock_held=True)
+        except NotEnoughLabelsError as exc:
+            log.info("project %s: not training yet: %s", name, exc)
+            with self.store.session() as s:  # record the attempt so the same labels do not retrigger
+                run = repo.start_training_run(s, project=repo.get_project(s, name=name), trigger="backend")
+                run.status, run.error, run.finished_at = "skipped", str(exc), utcnow()
+            return None
+        except Exception:
+            log.exception("project %s: training failed; the active version keeps serving", name)
+            return None
+        self.trainings += 1
+        log.info("project %s: trained %s, %s (promoted: %s; %s; chosen because: %s)", name, result.model_version,
+                 result.model, result.promoted, result.reason, result.metrics.get("why"))
+        if result.promoted:
+            self.refresh_label_studio(name)
+        return result.model_version
+
+    def refresh_label_studio(self, name: str) -> int:
+        """After a promotion: pull the project's tasks and annotations, then push the new version's
+        predictions for the whole pool in bulk from cached vectors, so Label Studio's sampling and
+        pre-labels follow it without a /predict per task. With ANNOTATOR_NEXT_BATCH_STRATEGY set,
+        the scores also put that strategy's next batch first. Needs Label Studio's URL and a key
+        (configured, or stored by /setup); returns predictions sent."""
+        from annotator.labelstudio.client import client_for, list_tasks
+        from annotator.labelstudio.sync import publish_predictions, sync
+
+        with self.store.session() as s:
+            p = repo.get_project(s, name=name)
+            settings, pid = label_studio_settings(self.settings, p), p.ls_project_id
+        if not (settings.label_studio_url and settings.label_studio_api_key):
+            return 0
+        url, key = settings.label_studio_url, settings.label_studio_api_key.get_secret_value()
+        try:
+            ls = client_for(url, key)
+            tasks = list_tasks(ls, pid)
+            sync(self.store, url=url, api_key=key, ls_project_id=pid, ls=ls, tasks=tasks)
+            if settings.next_batch_strategy:
+                sent = self._push_next_batch(name, url, key)
+                if sent:
+                    return sent
+            return publish_predictions(self.store, self.runtime, ls, project_name=name, tasks=tasks)[0]
+        except Exception:  # noqa: BLE001 - Label Studio being down must not undo a good training
+            log.exception("project %s: could not refresh predictions in Label Studio", name)
+            return 0
+
+    def _push_next_batch(self, name: str, url: str, key: str) -> int:
+        """Choose the next batch with the configured strategy and make Label Studio serve it first;
+        returns predictions sent (0 when every item is labelled)."""
+        from annotator.active.base import PoolExhaustedError
+        from annotator.active.selection import select_next
+        from annotator.labelstudio.sync import push_next_batch
+
+        strategy = self.settings.next_batch_strategy
+        try:
+            picks = select_next(self.store, self.settings, project_name=name, strategy=strategy,
+                                k=self.settings.next_batch_size, runtime=self.runtime, progress=False)
+        except PoolExhaustedError:
+            return 0
+        pushed = push_next_batch(self.store, self.runtime, url=url, api_key=key, project_name=name, picks=picks,
+                                 strategy=strategy)
+        log.info("project %s: next %d tasks chosen by %s (%s)", name, len(picks), strategy, pushed["model_version"])
+        return pushed["predictions"]
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
