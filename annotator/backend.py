@@ -131,7 +131,8 @@ class Backend:
 
     def _answer(self, pid: int, config: LabelConfig, job: _EncodeJob) -> tuple[list[dict[str, Any]], list[int]]:
         """Results (in task order) from what is encoded now, and the tasks still waiting for encoding."""
-        task_ids, finished = job.task_ids, job.done.is_set()
+        # taken before scoring: a chunk the job finishes meanwhile is scored as pending, not as final
+        task_ids, finished, encoded = job.task_ids, job.done.is_set(), set(job.encoded)
         with self.store.session() as s:
             p = repo.get_project(s, name=project_name_for(pid))
             items = repo.items_by_task_ids(s, project=p, task_ids=task_ids)
@@ -145,7 +146,7 @@ class Backend:
             if pred is not None and pred.labels:
                 results.append({"result": [config.region(pred.labels, pred.score)], "score": pred.score,
                                 "model_version": version})
-            elif not finished and it.ls_task_id not in job.encoded:
+            elif not finished and it.ls_task_id not in encoded:
                 late.append(it.ls_task_id)
                 results.append({"result": [], "score": 0.0, "model_version": f"{version}-pending"})
             else:  # encoded, failed, or nothing the model can use: an empty answer is the final one

@@ -19,6 +19,7 @@ from annotator.active.registry import get_strategy
 from annotator.config import Settings
 from annotator.errors import ConfigError, NotEnoughLabelsError, UnknownNameError
 from annotator.fusion.selection import AUTO, Candidate
+from annotator.indexing import embed_project
 from annotator.labelstudio.tasks import label_studio_settings
 from annotator.runtime import Runtime
 from annotator.store import Store, repo
@@ -135,9 +136,9 @@ class Trainer:
         return result.model_version
 
     def refresh_label_studio(self, name: str) -> int:
-        """After a promotion: pull the project's tasks and annotations, then push the new version's
-        predictions for the whole pool in bulk from cached vectors, so Label Studio's sampling and
-        pre-labels follow it without a /predict per task. With ANNOTATOR_NEXT_BATCH_STRATEGY set,
+        """After a promotion: pull the project's tasks and annotations, encode the tasks never encoded
+        yet, then push the new version's predictions for the whole pool in bulk from cached vectors,
+        so Label Studio's sampling and pre-labels follow it without a /predict per task. With ANNOTATOR_NEXT_BATCH_STRATEGY set,
         the scores also put that strategy's next batch first. Needs Label Studio's URL and a key
         (configured, or stored by /setup); returns predictions sent."""
         from annotator.labelstudio.client import client_for, list_tasks
@@ -153,6 +154,8 @@ class Trainer:
             ls = client_for(url, key)
             tasks = list_tasks(ls, pid)
             sync(self.store, url=url, api_key=key, ls_project_id=pid, ls=ls, tasks=tasks)
+            embed_project(self.store, settings, project_name=name, encoders=self.runtime.encoders, progress=False,
+                          index=False)
             if settings.next_batch_strategy:
                 sent = self._push_next_batch(name, url, key)
                 if sent:

@@ -168,7 +168,7 @@ def storm_section(ls_free_settings, n_events: int, seconds: float) -> dict:
                                                         and 1 <= trainings <= 2)}
 
 
-def kill_section(workdir: Path, n_labels: int) -> dict:
+def kill_section(workdir: Path, n_labels: int, settings: dict) -> dict:
     import httpx
 
     from annotator.config import Settings
@@ -178,6 +178,7 @@ def kill_section(workdir: Path, n_labels: int) -> dict:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANNOTATOR_")}
     env["ANNOTATOR_DATA_DIR"] = str(workdir / "data")
+    env.update({f"ANNOTATOR_{k.upper()}": v for k, v in settings.items()})
     port = free_port()
 
     def start():
@@ -250,7 +251,10 @@ def main() -> None:
     from tests.integration.label_studio import LabelStudioServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-backend-"))
-    factory = lambda name: Settings(data_dir=tmp / name)  # noqa: E731
+    # the smoke run checks the script, not the model choice: its retrains fit logistic regression
+    # directly instead of running a model search each (minutes on 2 cores)
+    quick = {"model": "logreg", "self_training": "off"} if args.smoke else {}
+    factory = lambda name: Settings(data_dir=tmp / name, **quick)  # noqa: E731
     n = 100 if args.smoke else 1000
     tasks, _ = make_tasks(n, tmp)
     out = {"prelabel": prelabel_section(tasks, factory, reference_tasks=3 if args.smoke else 10)}
@@ -260,7 +264,7 @@ def main() -> None:
     finally:
         ls_server.stop()
     out["webhook_storm"] = storm_section(factory, 200 if args.smoke else 1000, 2.0 if args.smoke else 10.0)
-    out["kill_during_retrain"] = kill_section(tmp / "kill", 120 if args.smoke else 400)
+    out["kill_during_retrain"] = kill_section(tmp / "kill", 120 if args.smoke else 400, quick)
     name = "bench_backend" + ("_smoke" if args.smoke else "")
     write_results(name, out, args.out)
     p, b, s, k = out["prelabel"], out["bulk_upload"], out["webhook_storm"], out["kill_during_retrain"]

@@ -118,7 +118,7 @@ def main() -> None:
         print(f"/predict {n_predict} image tasks on the flaky server: {predict['transient_failures_met']} transient "
               f"failures met, {predict['tasks_lost']} task(s) lost, {predict['seconds']:.1f} s")
     httpd.shutdown()
-    write_results("bench_media", {"smoke": args.smoke, "fetch": fetch, "predict": predict}, args.out)
+    write_results("bench_media" + ("_smoke" if args.smoke else ""), {"fetch": fetch, "predict": predict}, args.out)
 
 
 if __name__ == "__main__":

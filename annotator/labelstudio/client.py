@@ -33,7 +33,10 @@ def get_label_config(ls, ls_project_id: int) -> str:
 
 
 def list_tasks(ls, ls_project_id: int, *, page_size: int = 500) -> list[dict[str, Any]]:
-    return [as_dict(t) for t in ls.tasks.list(project=ls_project_id, fields="all", page_size=page_size)]
+    """Every task with its annotations and predictions. Media references stay as stored (``s3://…``,
+    as webhooks and /predict send them), not rewritten into Label Studio's resolve URLs."""
+    return [as_dict(t) for t in ls.tasks.list(project=ls_project_id, fields="all", page_size=page_size,
+                                              resolve_uri=False)]
 
 
 def has_prediction(task: dict[str, Any], version: str) -> bool:

@@ -16,12 +16,11 @@ from typing import Any
 from tqdm import tqdm
 
 from annotator.config import Settings
-from annotator.embedding import embed_items
 from annotator.errors import NotFoundError
+from annotator.indexing import embed_project
 from annotator.labelstudio import client
 from annotator.labelstudio.label_config import LabelConfig, parse_label_config
 from annotator.labelstudio.tasks import mirror_project, project_name_for
-from annotator.media import MediaFetcher
 from annotator.prediction import predict_cached, serving_version
 from annotator.runtime import Runtime
 from annotator.store import Store, repo
@@ -95,10 +94,8 @@ def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_proj
     synced = sync(store, url=url, api_key=api_key, ls_project_id=ls_project_id, ls=ls, tasks=tasks)
     runtime = runtime or Runtime(settings)
     name = project_name_for(ls_project_id)
-    with store.session() as s:
-        items = repo.list_items(s, project=repo.get_project(s, name=name))
-        with MediaFetcher(settings.with_label_studio(url, api_key)) as fetcher:
-            report = embed_items(items, encoders=runtime.encoders, fetcher=fetcher, progress=progress)
+    report = embed_project(store, settings.with_label_studio(url, api_key), project_name=name,
+                           encoders=runtime.encoders, progress=progress, index=False)
     pushed, version = publish_predictions(store, runtime, ls, project_name=name, tasks=tasks, progress=progress)
     return {**synced, "ml_backend_id": ml_id, "predictions": pushed, "model_version": version,
             "failed": report.failed}
