@@ -41,8 +41,9 @@ def _env(name: str, *also: str) -> AliasChoices:
 
 
 # Variables of other programs that configure us on purpose: Label Studio's own names for itself, and
-# the log level every Label Studio ML backend container reads.
-FOREIGN_VARIABLES = ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LOCAL_FILES_DOCUMENT_ROOT", "LOG_LEVEL")
+# the log level and basic-auth pair every Label Studio ML backend container reads.
+FOREIGN_VARIABLES = ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LOCAL_FILES_DOCUMENT_ROOT", "LOG_LEVEL",
+                     "BASIC_AUTH_USER", "BASIC_AUTH_PASS")
 
 
 class _OwnEnvironment(EnvSettingsSource):
@@ -124,8 +125,8 @@ class Settings(BaseSettings):
         validation_alias=_env("local_files_document_root", "LOCAL_FILES_DOCUMENT_ROOT"),
     )
     label_studio_venv: Path | None = Field(default=None, validation_alias=_env("label_studio_venv"))
-    basic_auth_user: str | None = Field(default=None, validation_alias=_env("basic_auth_user"))
-    basic_auth_pass: SecretStr | None = Field(default=None, validation_alias=_env("basic_auth_pass"))
+    basic_auth_user: str | None = Field(default=None, validation_alias=_env("basic_auth_user", "BASIC_AUTH_USER"))
+    basic_auth_pass: SecretStr | None = Field(default=None, validation_alias=_env("basic_auth_pass", "BASIC_AUTH_PASS"))
 
     model: str = Field(default="auto", validation_alias=_env("model"))
     next_batch_strategy: str | None = Field(default=None, validation_alias=_env("next_batch_strategy"))
@@ -169,6 +170,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value() else None
+
+    @field_validator("basic_auth_user", mode="after")
+    @classmethod
+    def _empty_user_is_none(cls, value: str | None) -> str | None:
+        return value or None  # compose files pass unset variables as empty strings
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -20,8 +20,8 @@ from starlette.concurrency import run_in_threadpool
 
 from annotator.config import Settings
 from annotator.errors import AnnotatorError
-from backends.errors import status_for
-from backends.schemas import PredictRequest, SearchRequest, SetupRequest
+from annotator.backends.errors import status_for
+from annotator.backends.schemas import PredictRequest, SearchRequest, SetupRequest
 
 log = logging.getLogger("annotator.backend")
 OPEN_PATHS = {"/webhook"}  # Label Studio's auto-created webhook sends no credentials
@@ -171,7 +171,7 @@ def _basic_auth(settings: Settings) -> str | None:
 
 
 def app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory backends.app:app_from_env` (each worker builds its own)."""
+    """Factory for `uvicorn --factory annotator.backends.app:app_from_env` (each worker builds its own)."""
     from annotator.config import load_settings
 
     settings = load_settings()

@@ -61,7 +61,7 @@ def prelabel_section(tasks, settings_factory, reference_tasks: int) -> dict:
     from annotator.backend import Backend
     from annotator.runtime import Runtime
     from annotator.store import open_store
-    from backends.app import create_app
+    from annotator.backends.app import create_app
 
     settings = settings_factory("ours")
     with TestClient(create_app(settings, start_trainer=False)) as client:
@@ -112,7 +112,7 @@ def storm_section(ls_free_settings, n_events: int, seconds: float) -> dict:
     import uvicorn
 
     from annotator.store import repo
-    from backends.app import create_app
+    from annotator.backends.app import create_app
     from tests.integration.label_studio import free_port
 
     settings = ls_free_settings("storm")
@@ -182,7 +182,7 @@ def kill_section(workdir: Path, n_labels: int, settings: dict) -> dict:
     port = free_port()
 
     def start():
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "annotator.cli.main", "serve", "--port", str(port)], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(720):  # up to 3 min: a cold start under load imports torch and the models
             try:

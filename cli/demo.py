@@ -67,7 +67,7 @@ def run_labelstudio_demo(settings: Settings, *, wait: bool = True, ls_port: int 
     from annotator.labelstudio.server import LabelStudioServer, free_port
     from annotator.labelstudio.sync import connect, sync
     from annotator.labelstudio.tasks import project_name_for
-    from backends.app import create_app
+    from annotator.backends.app import create_app
 
     state_dir = settings.data_dir / "demo"
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from annotator.errors import AnnotatorError
-from cli.errors import report
+from annotator.cli.errors import report
 
+DISTRIBUTION = "multimodal-annotator"  # the name on PyPI; the command and the import name are `annotator`
 app = typer.Typer(
     name="annotator",
     help="Multimodal annotation assistant for Label Studio: pre-labels, cross-modal search, active learning.",
@@ -31,7 +32,7 @@ def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
 
-        typer.echo(f"annotator {version('annotator')}")
+        typer.echo(f"annotator {version(DISTRIBUTION)}")
         raise typer.Exit()
 
 
@@ -321,7 +322,7 @@ def serve(
         os.environ["ANNOTATOR_LOG_LEVEL"] = log_level  # read by every worker process's settings
     _settings()  # fail now, with a clear message, on bad configuration
     typer.echo(f"annotator backend on http://{host}:{port} (Ctrl-C to stop)", err=True)
-    uvicorn.run("backends.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("annotator.backends.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning")
 
 
@@ -336,7 +337,7 @@ def demo(
     """First run: a real Label Studio with a sample project, wired to the backend, everything pre-labelled."""
     settings = _settings()
     if offline:
-        from cli.demo import run_offline_demo
+        from annotator.cli.demo import run_offline_demo
 
         summary = run_offline_demo(_store(), settings)
         lines = [f"data dir: {settings.data_dir}",
@@ -346,7 +347,7 @@ def demo(
         lines += [f"  {p['label']:<10} {p['score']:.2f}  {p['text']}" for p in summary["predictions"]]
         _emit(summary, as_json, "\n".join(lines))
         return
-    from cli.demo import run_labelstudio_demo
+    from annotator.cli.demo import run_labelstudio_demo
 
     summary = run_labelstudio_demo(settings, wait=wait, ls_port=port, backend_port=backend_port,
                                    say=lambda m: typer.echo(m, err=True))

@@ -16,6 +16,7 @@ aligner when the number of paired items has grown by half since the last fit.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from annotator.store import Store, repo
 from annotator.store.models import Item
 
 REFIT_GROWTH = 1.5
+log = logging.getLogger("annotator.index")
 
 
 @dataclass
@@ -94,7 +96,10 @@ class ProjectIndex:
         shared artifacts, on another host (asked at most every ``artifacts_poll_s`` seconds)."""
         if self._shared is not None and time.monotonic() - self._checked.get(path, -1e9) >= self.settings.artifacts_poll_s:
             self._checked[path] = time.monotonic()
-            self._shared.refresh(path)
+            try:
+                self._shared.refresh(path)
+            except OSError as exc:  # the shared store is unreachable: search what this host has
+                log.warning("could not check %s for a newer generation of %s: %s", self._shared.url, path, exc)
         generation = current_generation(path)
         if key in self._generations and self._generations[key] == generation:
             return False

@@ -20,16 +20,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from annotator.config import Settings
 from annotator.errors import DatabaseOutOfDateError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 T = TypeVar("T")
 
 
 def _migrations_dir() -> Path:
-    # Editable installs and source checkouts find migrations/ beside annotator/;
-    # a wheel installs it as a top-level package.
-    if (MIGRATIONS_DIR / "env.py").is_file():
-        return MIGRATIONS_DIR
-    import migrations  # noqa: PLC0415
+    """The alembic scripts: ``annotator.migrations`` (the repository's migrations/ folder, which the
+    wheel installs inside the package and an editable install maps there)."""
+    from annotator import migrations
 
     return Path(migrations.__file__).resolve().parent
 

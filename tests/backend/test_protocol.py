@@ -12,7 +12,7 @@ from annotator.runtime import Runtime
 from annotator.store import open_store
 from annotator.trainer import Trainer
 from annotator.store import repo
-from backends.app import create_app
+from annotator.backends.app import create_app
 from tests.conftest import DATA
 
 CONFIG = """<View><Image name="image" value="$image"/><Text name="caption" value="$text"/>

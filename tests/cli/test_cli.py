@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_cli(*args, env_extra=None, check=False):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANNOTATOR_")}
     env.update(env_extra or {})
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "annotator.cli.main", *args], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"annotator {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
@@ -87,7 +87,7 @@ def test_version_through_the_installed_console_script(env):
         pytest.skip(f"no console script beside {sys.executable}")
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **env})
-    assert proc.returncode == 0 and proc.stdout.strip() == f"annotator {version('annotator')}"
+    assert proc.returncode == 0 and proc.stdout.strip() == f"annotator {version('multimodal-annotator')}"
     missing = subprocess.run([str(script), "select"], capture_output=True, text=True, timeout=120,
                              env={**os.environ, **env})
     assert missing.returncode == 2 and "Missing option '--project'" in missing.stderr

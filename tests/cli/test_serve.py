@@ -18,7 +18,7 @@ def test_serve_answers_health_and_setup(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANNOTATOR_")}
     env.update({"ANNOTATOR_DATA_DIR": str(tmp_path / "data"), "ANNOTATOR_BASIC_AUTH_USER": "u",
                 "ANNOTATOR_BASIC_AUTH_PASS": "p"})
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "annotator.cli.main", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"

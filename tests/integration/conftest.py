@@ -56,7 +56,7 @@ def backend_server(label_studio, offline_encoders, tmp_path_factory):
 
     from annotator.encoders.registry import Encoders
     from annotator.runtime import Runtime
-    from backends.app import create_app
+    from annotator.backends.app import create_app
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("backend") / "data", label_studio_url=label_studio.url,
                         label_studio_api_key=SecretStr(label_studio.token))

@@ -70,11 +70,11 @@ def test_three_workers_share_labels_training_models_and_label_studio_access(tmp_
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANNOTATOR_")}
     env.update({"ANNOTATOR_DATA_DIR": str(tmp_path / "shared"), "ANNOTATOR_DATABASE_URL": pg_database,
                 "ANNOTATOR_MODEL": "logreg", "ANNOTATOR_SELF_TRAINING": "off"})
-    subprocess.run([sys.executable, "-m", "cli.main", "db", "upgrade"], cwd=ROOT, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "annotator.cli.main", "db", "upgrade"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", "3"],
+    proc = subprocess.Popen([sys.executable, "-m", "annotator.cli.main", "serve", "--port", str(port), "--workers", "3"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     engine = sa.create_engine(pg_database)
