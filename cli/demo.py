@@ -81,10 +81,10 @@ def run_labelstudio_demo(settings: Settings, *, wait: bool = True, ls_port: int 
                            token=state.get("token"))
     state.update(user=ls.user, password=ls.password, token=ls.token)
     state_path.write_text(json.dumps(state))
+    served = settings.with_label_studio(ls.url, ls.token)
+    store, runtime = open_store(served), Runtime(served)  # before Label Studio starts: a refused database stops here
     say(f"starting Label Studio on {ls.url} …")
     ls.start()
-    served = settings.with_label_studio(ls.url, ls.token)
-    store, runtime = open_store(served), Runtime(served)
     port = free_port(backend_port)
     server = uvicorn.Server(uvicorn.Config(create_app(served, store=store, runtime=runtime), host="127.0.0.1",
                                            port=port, log_level="warning"))
