@@ -206,10 +206,17 @@ class Backend:
         project_obj = payload.get("project")
         if not isinstance(project_obj, dict) or "id" not in project_obj:
             return {"status": "ignored", "action": action, "reason": "no project in payload"}
-        pid = int(project_obj["id"])
+        pid = parse_project_id(project_obj["id"])
         schema = project_obj.get("label_config")
+        if schema is not None and not isinstance(schema, str):
+            raise AnnotatorError("webhook project's label_config must be a string")
         config = parse_label_config(schema) if schema else None
-        return self.store.run(lambda s: self._apply_event(s, action, pid, schema, config, payload))
+        try:
+            return self.store.run(lambda s: self._apply_event(s, action, pid, schema, config, payload))
+        except AnnotatorError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a payload of the wrong shape
+            raise AnnotatorError(f"malformed {action} payload: {type(exc).__name__}: {exc}") from None
 
     @staticmethod
     def _apply_event(s, action: str, pid: int, schema: str | None, config: LabelConfig | None,

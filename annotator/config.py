@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from annotator.errors import ConfigError
+from annotator.errors import AnnotatorError, ConfigError
 
 DEFAULT_MODEL = "default"  # the offline model shipped in a PyPI package, per modality
 
@@ -28,6 +28,15 @@ DEFAULT_MODEL = "default"  # the offline model shipped in a PyPI package, per mo
 def debug_enabled() -> bool:
     """``ANNOTATOR_DEBUG=1`` shows tracebacks instead of one-line errors."""
     return os.environ.get("ANNOTATOR_DEBUG", "") not in ("", "0", "false")
+
+
+def check_project_name(name: str) -> str:
+    """A project name also names its artifact folder: refuse what would point outside the data dir."""
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or name.startswith(".") \
+            or any(c in name for c in "/\\\0") or len(name) > 200:
+        raise AnnotatorError(f"project name {name!r} cannot name a folder: use letters, digits, '-', '_' or '.', "
+                          "not '/', '\\' or a leading '.', at most 200 characters")
+    return name
 
 
 def _default_data_dir() -> Path:
@@ -201,8 +210,8 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'annotator.db'}"
 
     def project_dir(self, project: str) -> Path:
-        """Artifact folder of one project (models, index)."""
-        return self.data_dir / "projects" / project
+        """Artifact folder of one project (models, index); the name is checked first."""
+        return self.data_dir / "projects" / check_project_name(project)
 
     def with_label_studio(self, url: str, api_key: str) -> Settings:
         """A copy that reaches Label Studio at ``url`` with ``api_key`` (legacy token or PAT)."""

@@ -254,15 +254,30 @@ class MediaFetcher:
             raise MediaError(ref, f"download failed: {type(exc).__name__}: {exc}") from exc
 
 
+MAX_IMAGE_PIXELS = 40_000_000  # ≈ 6,300 × 6,300; encoders see 224 × 224, and a 109 KB PNG can claim 900 M
+
+
 def load_image(data: bytes, ref: str):
-    """Decode image bytes to an RGB PIL image; truncated or non-image data raises `MediaError`."""
+    """Decode image bytes to an RGB PIL image; truncated or non-image data, and images claiming more
+    than `MAX_IMAGE_PIXELS` (decompression bombs: checked from the header, before decoding), raise
+    `MediaError`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
+        # Image.open reads only the header; PIL itself refuses (DecompressionBombError) above twice its
+        # own limit, and our lower one applies before any pixel is decoded
         with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise MediaError(ref, f"image is {width} × {height} pixels, over the limit of "
+                                      f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
             probe.verify()  # catches truncation and corrupt chunks cheaply
         image = Image.open(io.BytesIO(data))
         image.load()
+    except Image.DecompressionBombError as exc:
+        raise MediaError(ref, f"image is too large to decode safely: {exc}") from exc
+    except MediaError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         kind = sniff(data)
         if kind.startswith("image/"):

@@ -112,28 +112,37 @@ class Trainer:
             return self._train(name)
 
     def _train(self, name: str) -> str | None:
+        """Train once. Label Studio's training requests are marked handled when the run has ended
+        (succeeded, skipped or failed), never before: a process killed mid-training leaves them
+        pending, and the next trainer honours them."""
         with self.store.session() as s:
-            p = repo.get_project(s, name=name)
-            repo.take_training_requests(s, project=p)
-            settings = label_studio_settings(self.settings, p)
+            settings = label_studio_settings(self.settings, repo.get_project(s, name=name))
         try:
             result = retrain(self.store, settings, project_name=name, head=settings.model,
                              encoders=self.runtime.encoders, trigger="backend", progress=False, lock_held=True)
         except NotEnoughLabelsError as exc:
             log.info("project %s: not training yet: %s", name, exc)
             with self.store.session() as s:  # record the attempt so the same labels do not retrigger
-                run = repo.start_training_run(s, project=repo.get_project(s, name=name), trigger="backend")
+                project = repo.get_project(s, name=name)
+                run = repo.start_training_run(s, project=project, trigger="backend")
                 run.status, run.error, run.finished_at = "skipped", str(exc), utcnow()
+                repo.take_training_requests(s, project=project)
             return None
         except Exception:
             log.exception("project %s: training failed; the active version keeps serving", name)
+            self._requests_handled(name)  # retrying the same failure every second would not fix it
             return None
+        self._requests_handled(name)
         self.trainings += 1
         log.info("project %s: trained %s, %s (promoted: %s; %s; chosen because: %s)", name, result.model_version,
                  result.model, result.promoted, result.reason, result.metrics.get("why"))
         if result.promoted:
             self.refresh_label_studio(name)
         return result.model_version
+
+    def _requests_handled(self, name: str) -> None:
+        with self.store.session() as s:
+            repo.take_training_requests(s, project=repo.get_project(s, name=name))
 
     def refresh_label_studio(self, name: str) -> int:
         """After a promotion: pull the project's tasks and annotations, encode the tasks never encoded

@@ -85,8 +85,9 @@ def create_app(settings: Settings | None = None, *, store=None, runtime=None, st
     @app.middleware("http")
     async def guard(request: Request, call_next):
         started = time.perf_counter()
+        # compared as bytes: a header with non-ASCII bytes is a wrong password, not a TypeError
         if auth and request.url.path not in OPEN_PATHS and not hmac.compare_digest(
-                request.headers.get("authorization", ""), auth):
+                request.headers.get("authorization", "").encode("latin-1"), auth.encode()):
             return JSONResponse({"detail": "Unauthorized"}, status_code=401,
                                 headers={"WWW-Authenticate": 'Basic realm="annotator"'})
         declared = request.headers.get("content-length")
@@ -127,23 +128,25 @@ def create_app(settings: Settings | None = None, *, store=None, runtime=None, st
         return await run_in_threadpool(b(request).predict, tasks=body.tasks, project=body.project,
                                        label_config=body.label_config, params=body.params)
 
-    @app.post("/webhook")
-    async def webhook(request: Request) -> JSONResponse:
+    async def json_object(request: Request) -> dict[str, Any]:
         try:
             payload = await request.json()
         except ValueError:
-            return JSONResponse({"detail": "webhook body is not JSON"}, status_code=400)
+            raise AnnotatorError(f"{request.url.path} body is not JSON") from None
         if not isinstance(payload, dict):
-            return JSONResponse({"detail": "webhook body must be a JSON object"}, status_code=400)
-        result = await run_in_threadpool(b(request).webhook, payload)
+            raise AnnotatorError(f"{request.url.path} body must be a JSON object")
+        return payload
+
+    @app.post("/webhook")
+    async def webhook(request: Request) -> JSONResponse:
+        result = await run_in_threadpool(b(request).webhook, await json_object(request))
         return JSONResponse(result, status_code=200)
 
     @app.post("/train")
     async def train(request: Request) -> JSONResponse:
         """Old Label Studio versions call /train; treat it as START_TRAINING."""
-        payload = await request.json()
-        project = payload.get("project")
-        pid = project.get("id") if isinstance(project, dict) else str(project).split(".")[0]
+        project = (await json_object(request)).get("project")
+        pid = project.get("id") if isinstance(project, dict) else project
         result = await run_in_threadpool(b(request).webhook, {"action": "START_TRAINING", "project": {"id": pid}})
         return JSONResponse(result, status_code=201)
 

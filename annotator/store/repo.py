@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from annotator.config import check_project_name
 from annotator.errors import NotFoundError
 from annotator.store.models import Item, Label, ModelVersion, Prediction, Project, TrainingRun, utcnow
 
@@ -33,7 +34,7 @@ def get_project(session: Session, *, name: str) -> Project:
 def get_or_create_project(session: Session, *, name: str) -> Project:
     project = session.scalar(select(Project).where(Project.name == name))
     if project is None:
-        project = Project(name=name)
+        project = Project(name=check_project_name(name))
         session.add(project)
         session.flush()
     return project

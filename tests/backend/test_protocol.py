@@ -273,3 +273,65 @@ def test_predict_answers_within_its_budget_and_finishes_the_rest_in_the_backgrou
     assert encoders.get("image").inputs == len(tasks)  # each image encoded once, by the background job
     backend.close()
     store.close()
+
+
+def test_hostile_headers_ids_and_bodies_get_4xx_not_500(settings, backend):
+    """Probes from #15 that answered 500: a non-ASCII Authorization header, a webhook project id
+    that is not a number, /train with a body that is not JSON, payloads of the wrong shape."""
+    from pydantic import SecretStr
+
+    secured = settings.model_copy(update={"basic_auth_user": "u", "basic_auth_pass": SecretStr("p")})
+    with TestClient(create_app(secured, store=backend.store, runtime=backend.runtime, start_trainer=False)) as c:
+        assert c.get("/health", headers={"Authorization": b"Basic \xe9\xe8"}).status_code == 401
+    with TestClient(create_app(settings, store=backend.store, runtime=backend.runtime, start_trainer=False)) as c:
+        r = c.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": "abc"}})
+        assert r.status_code == 400 and "project id from 'abc'" in r.json()["detail"]
+        r = c.post("/train", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not JSON" in r.json()["detail"]
+        assert c.post("/train", json=[1, 2]).status_code == 400
+        for bad in ({"action": "TASKS_DELETED", "project": {"id": 7}, "tasks": [{"id": "x"}]},
+                    {"action": "ANNOTATION_CREATED", "project": {"id": 7, "label_config": CONFIG},
+                     "annotation": {"id": 1, "task": "seven"}, "task": {"id": 7, "data": {"text": "t"}}},
+                    {"action": "ANNOTATION_CREATED", "project": {"id": 7, "label_config": 5}}):
+            r = c.post("/webhook", json=bad)
+            assert r.status_code == 400, (bad, r.text)
+
+
+def test_a_decompression_bomb_fails_its_task_only(backend, tmp_path):
+    from PIL import Image
+
+    bombs = []
+    for w, h in ((8000, 6000), (14000, 14000)):  # over our 40 MP limit; over PIL's own (2 × 89 MP)
+        path = tmp_path / f"bomb-{w}.png"
+        Image.new("1", (w, h)).save(path)  # a few KB on disk
+        bombs.append(str(path))
+    tasks = [task(1, "a photo of a dog"), task(2, "a red bus", image=bombs[0]), task(3, "pizza", image=bombs[1])]
+    results = backend.predict(tasks=tasks, project=7, label_config=CONFIG)["results"]
+    assert len(results) == 3 and all(r["result"] for r in results)  # the text still answers for 2 and 3
+    with backend.store.session() as s:
+        items = {it.external_id: it for it in repo.list_items(s, project=repo.get_project(s, name="ls-7"))}
+    assert items["1"].image_sha and not items["2"].image_sha and not items["3"].image_sha
+
+
+def test_a_training_request_survives_a_killed_training(client, backend, trainer, monkeypatch):
+    """START_TRAINING is marked handled when its run ends, not when it starts: a process killed
+    mid-training leaves it pending, and the next trainer honours it."""
+    import annotator.trainer
+
+    for n, (t, label) in enumerate(tasks_for_all()):
+        client.post("/webhook", json=annotation_event(1200 + n, t, "car-like" if label == "vehicle" else label))
+    assert trainer.train_due_projects(now=datetime.now(timezone.utc) + timedelta(seconds=10)) == ["v1"]
+    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process ends in the middle of training (kill -9, OOM, a deploy)
+
+    monkeypatch.setattr(annotator.trainer, "retrain", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_due_projects()
+    with backend.store.session() as s:
+        assert repo.has_training_request(s, project=repo.get_project(s, name="ls-7"))
+    monkeypatch.undo()
+    assert trainer.train_due_projects() == ["v2"]  # no new label: only the surviving request asks for it
+    with backend.store.session() as s:
+        assert not repo.has_training_request(s, project=repo.get_project(s, name="ls-7"))

@@ -68,3 +68,15 @@ def test_log_level_from_our_variable_or_the_ml_backend_convention(monkeypatch, s
     monkeypatch.setenv("ANNOTATOR_LOG_LEVEL", "loud")
     with pytest.raises(ConfigError, match="ANNOTATOR_LOG_LEVEL"):
         load_settings()
+
+
+def test_project_names_cannot_point_outside_the_data_dir(settings, store):
+    from annotator.errors import AnnotatorError
+    from annotator.store import repo
+
+    for name in ("../evil", "/abs/path", ".hidden", "a\\b", ".."):
+        with pytest.raises(AnnotatorError, match="cannot name a folder"):
+            settings.project_dir(name)
+        with pytest.raises(AnnotatorError, match="cannot name a folder"), store.session() as s:
+            repo.get_or_create_project(s, name=name)
+    assert settings.project_dir("ls-3") == settings.data_dir / "projects" / "ls-3"
