@@ -166,7 +166,7 @@ class Trainer:
             embed_project(self.store, settings, project_name=name, encoders=self.runtime.encoders, progress=False,
                           index=False)
             if settings.next_batch_strategy:
-                sent = self._push_next_batch(name, url, key)
+                sent = self._push_next_batch(name, settings)
                 if sent:
                     return sent
             return publish_predictions(self.store, self.runtime, ls, project_name=name, tasks=tasks)[0]
@@ -174,21 +174,23 @@ class Trainer:
             log.exception("project %s: could not refresh predictions in Label Studio", name)
             return 0
 
-    def _push_next_batch(self, name: str, url: str, key: str) -> int:
+    def _push_next_batch(self, name: str, settings: Settings) -> int:
         """Choose the next batch with the configured strategy and make Label Studio serve it first;
-        returns predictions sent (0 when every item is labelled)."""
+        returns predictions sent (0 when every item is labelled). ``settings`` reach the project's
+        Label Studio (media of items not encoded yet are fetched with them)."""
         from annotator.active.base import PoolExhaustedError
         from annotator.active.selection import select_next
         from annotator.labelstudio.sync import push_next_batch
 
-        strategy = self.settings.next_batch_strategy
+        strategy = settings.next_batch_strategy
         try:
-            picks = select_next(self.store, self.settings, project_name=name, strategy=strategy,
-                                k=self.settings.next_batch_size, runtime=self.runtime, progress=False)
+            picks = select_next(self.store, settings, project_name=name, strategy=strategy,
+                                k=settings.next_batch_size, runtime=self.runtime, progress=False)
         except PoolExhaustedError:
             return 0
-        pushed = push_next_batch(self.store, self.runtime, url=url, api_key=key, project_name=name, picks=picks,
-                                 strategy=strategy)
+        pushed = push_next_batch(self.store, self.runtime, url=settings.label_studio_url,
+                                 api_key=settings.label_studio_api_key.get_secret_value(), project_name=name,
+                                 picks=picks, strategy=strategy)
         log.info("project %s: next %d tasks chosen by %s (%s)", name, len(picks), strategy, pushed["model_version"])
         return pushed["predictions"]
 

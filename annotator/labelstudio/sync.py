@@ -22,7 +22,7 @@ from annotator.labelstudio import client
 from annotator.labelstudio.label_config import LabelConfig, parse_label_config
 from annotator.labelstudio.tasks import mirror_project, project_name_for
 from annotator.prediction import predict_cached, serving_version
-from annotator.runtime import Runtime
+from annotator.runtime import ActiveModel, Runtime
 from annotator.store import Store, repo
 from annotator.store.models import Item
 
@@ -50,13 +50,9 @@ def publish_predictions(store: Store, runtime: Runtime, ls, *, project_name: str
     (a task never encoded gets its prediction when Label Studio asks /predict), skipping ``tasks``
     that already hold one of that version; then make it the project's model version. Returns
     (predictions sent, version)."""
-    with store.session() as s:
-        p = repo.get_project(s, name=project_name)
-        ls_pid, config = _connected(p)
-        model = runtime.active_model(s, p)
-        version = serving_version(model, p.classes)
-        items = [it for it in repo.list_items(s, project=p) if it.ls_task_id is not None]
-        classes = list(p.classes or [])
+    ls_pid, config, items, _ = _task_items(store, project_name)
+    model, classes = _serving_model(store, runtime, project_name)
+    version = serving_version(model, classes)
     done = {int(t["id"]) for t in tasks or [] if client.has_prediction(t, version)}
     wanted = set(task_ids) if task_ids is not None else None
     items = [it for it in items if it.ls_task_id not in done and (wanted is None or it.ls_task_id in wanted)]
@@ -117,6 +113,13 @@ def _task_items(store: Store, project_name: str) -> tuple[int, LabelConfig, list
     return ls_pid, config, items, {it.external_id: it.ls_task_id for it in items}
 
 
+def _serving_model(store: Store, runtime: Runtime, project_name: str) -> tuple[ActiveModel | None, list[str]]:
+    """The project's active model (None before its first training) and its classes (for zero-shot)."""
+    with store.session() as s:
+        p = repo.get_project(s, name=project_name)
+        return runtime.active_model(s, p), list(p.classes or [])
+
+
 def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
@@ -131,10 +134,7 @@ def push_next_batch(store: Store, runtime: Runtime, *, url: str, api_key: str, p
     sorting by prediction score) follow our strategy.
     """
     ls_pid, config, items, _ = _task_items(store, project_name)
-    with store.session() as s:
-        p = repo.get_project(s, name=project_name)
-        model = runtime.active_model(s, p)
-        classes = list(p.classes or [])
+    model, classes = _serving_model(store, runtime, project_name)
     version = f"{serving_version(model, classes)}-next-{strategy}-{_stamp()}"
     rank = {p["id"]: i for i, p in enumerate(picks)}
     out = []

@@ -118,11 +118,10 @@ def mirror_project(session, ls_project_id: int, schema: str, tasks: list[dict[st
     labels whose annotation is gone from Label Studio soft-deleted. Returns (labels stored, deleted)."""
     config = parse_label_config(schema)
     p = ensure_project(session, ls_project_id, schema, config)
-    if tasks:
-        upsert_tasks(session, p, config, [{"id": t["id"], "data": t["data"]} for t in tasks])
+    items = upsert_tasks(session, p, config, [{"id": t["id"], "data": t["data"]} for t in tasks]) if tasks else {}
     annotations = [{**a, "task": t["id"]} for t in tasks for a in (t.get("annotations") or [])]
     recorded = record_annotations(session, p, config, annotations, [])
     live = {f"ls:{a['id']}" for a in annotations}
-    pks = [it.id for it in repo.items_by_task_ids(session, project=p, task_ids=[t["id"] for t in tasks]).values()]
+    pks = [it.id for it in items.values()]
     stale = [k for k in repo.live_annotation_keys(session, project=p, item_pks=pks, prefix="ls:") if k not in live]
     return recorded, repo.soft_delete_labels(session, project=p, annotation_keys=stale)
