@@ -224,7 +224,8 @@ def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, ba
     # the backend re-scored every task after training and pushed the predictions itself
     wait_for(lambda: len([p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]) == len(rows),
              what="refreshed v1 predictions for every task")
-    assert ls_client.projects.get(id=project.id).model_version == "v1"
+    # the project's version switches after the last chunk of predictions is stored, not with it
+    wait_for(lambda: ls_client.projects.get(id=project.id).model_version == "v1", what="project model_version v1")
 
     runtime = backend_server.runtime
     picks = select_next(store, settings, project_name=name, strategy="margin", k=3, runtime=runtime, progress=False)
