@@ -13,8 +13,10 @@ Label Studio in bulk.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
+from datetime import timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +24,12 @@ from sqlalchemy import text
 
 from annotator.config import Settings
 from annotator.embedding import embed_items
-from annotator.errors import AnnotatorError
+from annotator.errors import AnnotatorError, NotAllowedError, RequestTooLargeError, UnauthenticatedError
 from annotator.labelstudio.label_config import LabelConfig, parse_label_config
 from annotator.labelstudio.tasks import (
     ensure_project,
     label_studio_settings,
+    parse_id,
     parse_project_id,
     project_name_for,
     record_annotations,
@@ -37,11 +40,15 @@ from annotator.media import MediaFetcher
 from annotator.prediction import predict_cached, serving_version
 from annotator.runtime import Runtime
 from annotator.store import Store, repo
+from annotator.store.models import Project, utcnow
 
 log = logging.getLogger("annotator.backend")
 ENCODE_CHUNK = 128  # tasks encoded (and committed) at a time by a /predict job
 LABEL_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
 DELETE_EVENTS = {"ANNOTATION_DELETED", "ANNOTATIONS_DELETED"}
+# what an unauthenticated event may make the trainer pull from Label Studio
+SYNC_EVENTS = LABEL_EVENTS | DELETE_EVENTS | {"TASKS_CREATED", "TASKS_DELETED", "PROJECT_UPDATED"}
+TRAIN_REQUEST_COOLDOWN_S = 60.0  # Start Training again, with no new label, within this: the same run
 
 
 @dataclass
@@ -55,6 +62,22 @@ class _EncodeJob:
     done: threading.Event = field(default_factory=threading.Event)
     answered: threading.Event = field(default_factory=threading.Event)
     late: list[int] = field(default_factory=list)
+
+
+def request_training(s, p: Project) -> str:
+    """Record Label Studio's training request, coalesced: none while one is pending, and none when no
+    label changed since a training that started under `TRAIN_REQUEST_COOLDOWN_S` ago (eight clicks
+    on Start Training are one retrain, not eight). Returns what happened."""
+    if repo.has_training_request(s, project=p):
+        return "already requested"
+    pending, _ = repo.pending_labels(s, project=p)
+    last = repo.last_training_start(s, project=p)
+    if not pending and last is not None:
+        age = (utcnow() - (last if last.tzinfo else last.replace(tzinfo=timezone.utc))).total_seconds()
+        if age < TRAIN_REQUEST_COOLDOWN_S:
+            return "coalesced: no label changed since the last training"
+    repo.request_training(s, project=p, trigger="label-studio")
+    return "requested"
 
 
 class Backend:
@@ -101,6 +124,9 @@ class Backend:
         """One result per task, same order; a task whose media fails gets an empty result."""
         if not tasks:
             return {"results": []}
+        if len(tasks) > self.settings.max_predict_tasks:
+            raise RequestTooLargeError(f"/predict got {len(tasks)} tasks, over ANNOTATOR_MAX_PREDICT_TASKS="
+                                       f"{self.settings.max_predict_tasks}: select fewer tasks")
         pid = parse_project_id(project if project is not None else tasks[0].get("project"))
 
         def register(s) -> LabelConfig:
@@ -115,7 +141,7 @@ class Backend:
         # the writes commit before encoding starts: a long /predict must not hold SQLite's write lock
         # while webhooks (which Label Studio never retries) wait for it
         config = self.store.run(register)
-        job = _EncodeJob(pid, [int(t["id"]) for t in tasks])
+        job = _EncodeJob(pid, [parse_id(t["id"]) for t in tasks])
         worker = threading.Thread(target=self._run_encode_job, args=(job,), name="annotator-encode", daemon=True)
         self._jobs.add(worker)
         worker.start()
@@ -198,8 +224,17 @@ class Backend:
         except Exception:  # noqa: BLE001 - Label Studio asks again for tasks without a prediction
             log.exception("project %s: could not push the pending tasks' predictions", job.ls_project_id)
 
-    def webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Record the event in the store and return at once; training happens in the trainer."""
+    def webhook(self, payload: dict[str, Any], *, secret: str | None = None,
+                authenticated: bool = False) -> dict[str, Any]:
+        """Record the event and return at once; training happens in the trainer.
+
+        Trusted events, those carrying the project's webhook ``secret`` (or ``authenticated`` by
+        basic auth: Label Studio adds it to START_TRAINING), are applied from the payload, as Label
+        Studio's own word. Any other event is a hint: for a project already registered (by /setup
+        or `ls connect`) with a way to reach Label Studio, it asks the trainer to pull the project
+        from Label Studio's API, which is what gets stored; it never creates a project, stores a
+        label or changes a label config itself. A wrong secret is refused.
+        """
         action = payload.get("action")
         if not isinstance(action, str):
             raise AnnotatorError("webhook payload has no 'action'")
@@ -207,6 +242,8 @@ class Backend:
         if not isinstance(project_obj, dict) or "id" not in project_obj:
             return {"status": "ignored", "action": action, "reason": "no project in payload"}
         pid = parse_project_id(project_obj["id"])
+        if not (authenticated or self._secret_matches(pid, secret)):
+            return self.store.run(lambda s: self._hint(s, action, pid))
         schema = project_obj.get("label_config")
         if schema is not None and not isinstance(schema, str):
             raise AnnotatorError("webhook project's label_config must be a string")
@@ -218,10 +255,46 @@ class Backend:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a payload of the wrong shape
             raise AnnotatorError(f"malformed {action} payload: {type(exc).__name__}: {exc}") from None
 
+    def _secret_matches(self, pid: int, secret: str | None) -> bool:
+        """Whether ``secret`` is the project's webhook secret (compared in constant time); a secret
+        that is given but wrong is refused rather than treated as absent."""
+        if secret is None:
+            return False
+        expected = self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else None
+        if expected is None:
+            with self.store.session() as s:
+                p = repo.find_project(s, name=project_name_for(pid))
+                expected = p.webhook_secret if p is not None else None
+        if expected is None or not hmac.compare_digest(secret.encode(), expected.encode()):
+            raise UnauthenticatedError(f"webhook for project {pid}: wrong X-Annotator-Secret")
+        return True
+
+    def _hint(self, s, action: str, pid: int) -> dict[str, Any]:
+        """An unauthenticated event: a training request, or a reason to pull the project from Label
+        Studio; nothing from its payload is stored."""
+        p = repo.find_project(s, name=project_name_for(pid))
+        if p is None:
+            raise NotAllowedError(f"unauthenticated webhook for unknown project {pid}: Label Studio's /setup or "
+                                  "`annotator ls connect` registers a project first")
+        if action == "START_TRAINING":
+            if self.settings.basic_auth_user:  # Label Studio sends its training request with basic auth
+                raise NotAllowedError(f"START_TRAINING for project {pid} without basic auth")
+            return {"status": "ok", "action": action, "training": request_training(s, p)}
+        if action not in SYNC_EVENTS:
+            return {"status": "ignored", "action": action}
+        ls = label_studio_settings(self.settings, p)
+        if not (ls.label_studio_url and ls.label_studio_api_key):
+            raise NotAllowedError(
+                f"unauthenticated {action} for project {pid}, and no Label Studio access to check it against: "
+                "connect the project with `annotator ls connect` (it gives Label Studio a webhook secret) or set "
+                "ANNOTATOR_WEBHOOK_SECRET")
+        p.sync_requested_at = utcnow()  # the newest request: a sync that began before it runs again
+        return {"status": "queued", "action": action, "sync": "requested"}
+
     @staticmethod
     def _apply_event(s, action: str, pid: int, schema: str | None, config: LabelConfig | None,
                      payload: dict[str, Any]) -> dict[str, Any]:
-        """One webhook's writes, in one transaction; idempotent, so a lost insert race can rerun it."""
+        """One trusted webhook's writes, in one transaction; idempotent, so a lost insert race can rerun it."""
         p = ensure_project(s, pid, schema, config)
         if action in LABEL_EVENTS:
             annotations = payload.get("annotation")
@@ -232,13 +305,12 @@ class Backend:
             return {"status": "ok", "action": action, "recorded": n}
         if action in DELETE_EVENTS:
             raw = payload.get("annotations") or ([payload["annotation"]] if payload.get("annotation") else [])
-            keys = [f"ls:{a['id']}" for a in raw if isinstance(a, dict) and "id" in a]
+            keys = [f"ls:{parse_id(a['id'], 'annotation')}" for a in raw if isinstance(a, dict) and "id" in a]
             return {"status": "ok", "action": action, "deleted": repo.soft_delete_labels(s, project=p, annotation_keys=keys)}
         if action == "START_TRAINING":
-            repo.request_training(s, project=p, trigger="label-studio")
-            return {"status": "ok", "action": action, "training": "requested"}
+            return {"status": "ok", "action": action, "training": request_training(s, p)}
         if action == "TASKS_DELETED":
-            task_ids = [int(t["id"]) for t in payload.get("tasks") or [] if isinstance(t, dict) and "id" in t]
+            task_ids = [parse_id(t["id"]) for t in payload.get("tasks") or [] if isinstance(t, dict) and "id" in t]
             gone = repo.items_by_task_ids(s, project=p, task_ids=task_ids)
             repo.delete_items(s, project=p, external_ids=[it.external_id for it in gone.values()])
             return {"status": "ok", "action": action, "deleted": len(gone)}

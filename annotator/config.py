@@ -98,6 +98,26 @@ class Settings(BaseSettings):
         How long /predict may encode before it answers (Label Studio gives it 100 s): tasks not
         encoded by then are answered as pending (model version ``<version>-pending``, no result),
         finished in the background and pushed to Label Studio in bulk.
+    webhook_secret : str, optional
+        Shared secret Label Studio sends in the ``X-Annotator-Secret`` header of its webhook
+        (`annotator ls connect` puts it there). An event carrying it is trusted as Label Studio's;
+        any other event is only a hint to pull the project from Label Studio's API. Unset,
+        ``ls connect`` makes one per project.
+    media_allow_hosts : str
+        Comma-separated host names, addresses or networks (``10.0.0.0/8``) media may be fetched
+        from although private or loopback; ``*`` allows every address. Label Studio's own origin
+        is always allowed.
+    media_roots : str
+        Folders (separated by ``os.pathsep``) that local paths in Label Studio tasks, /predict and
+        /search may be read from; empty: none. The operator's own imports are not restricted.
+    max_audio_s, max_text_chars : float, int
+        Audio beyond ``max_audio_s`` seconds (600) is not decoded; text beyond ``max_text_chars``
+        characters (100,000) is not encoded: the encoders see far less, and memory stays bounded.
+    keep_versions : int, default=10
+        Model versions kept on disk per project besides the active one; older folders are pruned
+        after each training (their database rows stay, marked retired).
+    max_predict_tasks : int, default=20000
+        Tasks one /predict request may carry.
     encode_concurrency : int, default=1
         Encoding jobs (of up to 128 tasks) one process runs at once; the encoder already uses
         every core, so more only adds memory.
@@ -152,6 +172,13 @@ class Settings(BaseSettings):
     media_parallel: int = Field(default=8, ge=1, le=256, validation_alias=_env("media_parallel"))
     media_retries: int = Field(default=3, ge=0, le=20, validation_alias=_env("media_retries"))
     media_retry_wait_s: float = Field(default=0.5, ge=0, validation_alias=_env("media_retry_wait_s"))
+    webhook_secret: SecretStr | None = Field(default=None, validation_alias=_env("webhook_secret"))
+    media_allow_hosts: str = Field(default="", validation_alias=_env("media_allow_hosts"))
+    media_roots: str = Field(default="", validation_alias=_env("media_roots"))
+    max_audio_s: float = Field(default=600.0, gt=0, validation_alias=_env("max_audio_s"))
+    max_text_chars: int = Field(default=100_000, ge=1, validation_alias=_env("max_text_chars"))
+    keep_versions: int = Field(default=10, ge=1, validation_alias=_env("keep_versions"))
+    max_predict_tasks: int = Field(default=20_000, ge=1, validation_alias=_env("max_predict_tasks"))
 
     @classmethod
     def settings_customise_sources(
@@ -175,7 +202,7 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("basic_auth_pass", mode="after")
+    @field_validator("basic_auth_pass", "webhook_secret", mode="after")
     @classmethod
     def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value() else None
@@ -221,6 +248,14 @@ class Settings(BaseSettings):
     def resolved_label_studio_venv(self) -> Path:
         """Where `annotator demo` installs Label Studio (its own virtualenv)."""
         return self.label_studio_venv or self.data_dir / "label-studio" / "venv"
+
+    @property
+    def media_allow_host_list(self) -> list[str]:
+        return [h.strip() for h in self.media_allow_hosts.split(",") if h.strip()]
+
+    @property
+    def media_root_list(self) -> list[Path]:
+        return [Path(p).expanduser() for p in self.media_roots.split(os.pathsep) if p.strip()]
 
     @property
     def cache_dir(self) -> Path:

@@ -42,10 +42,12 @@ class EmbedReport:
 def _decode(modality: str, item: Item, fetcher: MediaFetcher) -> tuple[Any, str]:
     """(decoded input, content hash) for one item's ``modality``; raises MediaError."""
     ref = item.data[modality]
-    if modality == "text":
-        return ref, item.text_sha or sha256(ref.encode("utf-8"))
-    data = fetcher.fetch(ref, task_id=item.ls_task_id)
-    decoded = load_image(data, ref) if modality == "image" else load_audio(data, ref)
+    if modality == "text":  # the encoders read a few hundred tokens: a 50 MB line must not reach the tokenizer
+        return ref[:fetcher.settings.max_text_chars], item.text_sha or sha256(ref.encode("utf-8"))
+    # the operator's own imports may name any local file; Label Studio tasks only inside the media roots
+    data = fetcher.fetch(ref, task_id=item.ls_task_id, trusted=item.ls_task_id is None)
+    decoded = load_image(data, ref) if modality == "image" else load_audio(
+        data, ref, max_seconds=fetcher.settings.max_audio_s)
     return decoded, sha256(data)
 
 

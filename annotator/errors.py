@@ -45,6 +45,18 @@ class MediaError(AnnotatorError, ValueError):
         super().__init__(f"{ref}: {reason}")
 
 
+class UnauthenticatedError(AnnotatorError, PermissionError):
+    """A request's credentials are missing or wrong (a webhook's secret)."""
+
+
+class NotAllowedError(AnnotatorError, PermissionError):
+    """The caller may not do this, however well-formed the request (an unauthenticated event)."""
+
+
+class RequestTooLargeError(AnnotatorError, ValueError):
+    """A request carries more than a limit allows (tasks per /predict)."""
+
+
 class NotFittedError(AnnotatorError, ValueError, AttributeError):
     """An estimator was used before `fit`."""
 

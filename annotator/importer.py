@@ -1,14 +1,18 @@
 """Import items from a manifest: JSONL, CSV, a folder of media, or a Label Studio tasks export.
 
 Every bad line is reported with its line number and reason and the good lines still land; a
-re-import updates items in place (matched by id) instead of duplicating them.
+re-import updates items in place (matched by id) instead of duplicating them. Files are UTF-8
+unless they start with a UTF-16 byte-order mark (the one encoding that can be told for sure) or the
+caller names another: a line that does not decode is reported, the others still land.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,21 +63,53 @@ class ManifestError(AnnotatorError, ValueError):
 
 # --- parsing --------------------------------------------------------------------------------
 
-def read_manifest(path: Path) -> Iterator[ManifestRow | RowError]:
-    """Yield one row (or one error) per manifest entry; the format is chosen from the path."""
+def read_manifest(path: Path, *, encoding: str | None = None) -> Iterator[ManifestRow | RowError]:
+    """Yield one row (or one error) per manifest entry; the format is chosen from the path.
+    ``encoding``: the file's text encoding when it is not UTF-8 (``cp1252``, ``latin-1``...)."""
     path = Path(path)
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ManifestError(f"unknown encoding {encoding!r}") from None
     if path.is_dir():
-        yield from _read_folder(path)
+        yield from _read_folder(path, encoding)
     elif not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
     elif path.suffix.lower() == ".csv":
-        yield from _read_csv(path)
+        yield from _read_csv(path, encoding)
     elif path.suffix.lower() == ".json":
-        yield from _read_labelstudio_export(path)
+        yield from _read_labelstudio_export(path, encoding)
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
-        yield from _read_jsonl(path)
+        yield from _read_jsonl(path, encoding)
     else:
         raise ManifestError(f"manifest {path}: unknown format {path.suffix!r}; use .jsonl, .csv, .json or a folder")
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of an undecodable byte
+
+
+def _open_text(path: Path, encoding: str | None, newline: str = ""):
+    """The file as text lines. Bytes the encoding cannot decode become lone surrogates
+    (``surrogateescape``), so one bad line is found and reported by `_undecodable` while the rest
+    parse normally, even inside a CSV's quoted multi-line field. ``newline="\\n"`` splits lines on
+    LF alone (a stray CR in binary junk must not make two lines of one)."""
+    if encoding is None:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+        encoding = "utf-16" if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    return path.open(encoding=encoding, errors="surrogateescape", newline=newline)
+
+
+def _undecodable(text: str, encoding: str | None) -> str | None:
+    """Why ``text`` did not decode (the first bad byte), or None when it did."""
+    bad = _ESCAPED_BYTE.search(text)
+    if bad is None:
+        return None
+    line, column = text.count("\n", 0, bad.start()) + 1, bad.start() - text.rfind("\n", 0, bad.start())
+    where = f"line {line}, column {column}" if line > 1 else f"column {column}"
+    return (f"not {encoding or 'UTF-8'} text (byte 0x{ord(bad.group()) - 0xDC00:02x} at {where}); if the file is "
+            "in another encoding, import it with --encoding (e.g. cp1252)")
 
 
 def _labels(value: Any) -> list[str] | None:
@@ -101,10 +137,14 @@ def _row_from_mapping(line: int, obj: Any) -> ManifestRow | RowError:
     )
 
 
-def _read_jsonl(path: Path) -> Iterator[ManifestRow | RowError]:
-    with path.open(encoding="utf-8") as fh:
+def _read_jsonl(path: Path, encoding: str | None) -> Iterator[ManifestRow | RowError]:
+    with _open_text(path, encoding, newline="\n") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
+                continue
+            problem = _undecodable(line, encoding)
+            if problem:
+                yield RowError(line_no, problem)
                 continue
             try:
                 obj = json.loads(line)
@@ -114,13 +154,17 @@ def _read_jsonl(path: Path) -> Iterator[ManifestRow | RowError]:
             yield _row_from_mapping(line_no, obj)
 
 
-def _read_csv(path: Path) -> Iterator[ManifestRow | RowError]:
-    with path.open(encoding="utf-8", newline="") as fh:
+def _read_csv(path: Path, encoding: str | None) -> Iterator[ManifestRow | RowError]:
+    with _open_text(path, encoding) as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not set(reader.fieldnames) & {"text", "image", "audio"}:
-            raise ManifestError(f"manifest {path}: the CSV header needs at least one of text, image, audio")
+            problem = _undecodable("".join(reader.fieldnames or []), encoding)
+            raise ManifestError(f"manifest {path}: " + (f"header: {problem}" if problem else
+                                "the CSV header needs at least one of text, image, audio"))
         for row in reader:
-            yield _row_from_mapping(reader.line_num, {k: v for k, v in row.items() if k is not None})
+            values = {k: v for k, v in row.items() if k is not None}
+            problem = _undecodable("".join(str(v) for v in values.values()), encoding)
+            yield RowError(reader.line_num, problem) if problem else _row_from_mapping(reader.line_num, values)
 
 
 def _guess_modality(key: str, value: Any) -> str | None:
@@ -136,9 +180,14 @@ def _guess_modality(key: str, value: Any) -> str | None:
     return None if is_remote(value) else "text"
 
 
-def _read_labelstudio_export(path: Path) -> Iterator[ManifestRow | RowError]:
+def _read_labelstudio_export(path: Path, encoding: str | None) -> Iterator[ManifestRow | RowError]:
+    with _open_text(path, encoding) as fh:
+        text = fh.read()
+    problem = _undecodable(text, encoding)
+    if problem:  # one JSON document: it cannot be parsed around a bad byte
+        raise ManifestError(f"manifest {path}: {problem}")
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
+        tasks = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"manifest {path}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(tasks, list):
@@ -168,7 +217,7 @@ def _latest_annotation(annotations: list[dict[str, Any]]) -> dict[str, Any] | No
     return max(live, key=lambda a: (a.get("updated_at") or "", a.get("id") or 0), default=None)
 
 
-def _read_folder(root: Path) -> Iterator[ManifestRow | RowError]:
+def _read_folder(root: Path, encoding: str | None) -> Iterator[ManifestRow | RowError]:
     """Group files by path without suffix (cat/01.jpg + cat/01.txt = one item).
 
     Labels come from ``labels.csv`` (columns id,label) when present, else from the first
@@ -186,15 +235,17 @@ def _read_folder(root: Path) -> Iterator[ManifestRow | RowError]:
     labels_file = root / "labels.csv"
     labels: dict[str, str] = {}
     if labels_file.is_file():
-        with labels_file.open(encoding="utf-8", newline="") as fh:
-            labels = {r["id"]: r["label"] for r in csv.DictReader(fh) if r.get("id")}
+        with _open_text(labels_file, encoding) as fh:
+            labels = {r["id"]: r["label"] for r in csv.DictReader(fh)
+                      if r.get("id") and not _undecodable(f"{r['id']}{r.get('label')}", encoding)}
     use_folders = not labels and groups and all("/" in key for key in groups)
     for line, (key, files) in enumerate(sorted(groups.items()), start=1):
         label = labels.get(key) or (key.split("/", 1)[0] if use_folders else None)
         try:
-            text = files["text"].read_text(encoding="utf-8").strip() if "text" in files else None
-        except UnicodeDecodeError:
-            yield RowError(line, f"{files['text']}: text file is not UTF-8")
+            text = files["text"].read_text(encoding=encoding or "utf-8").strip() if "text" in files else None
+        except UnicodeDecodeError as exc:
+            yield RowError(line, f"{files['text']}: not {encoding or 'UTF-8'} text (byte 0x{exc.object[exc.start]:02x} "
+                                 f"at offset {exc.start}); import the folder with --encoding if it uses another")
             continue
         yield ManifestRow(
             line=line, item_id=key, text=text,
@@ -221,7 +272,7 @@ def _file_sha(ref: str, base_dir: Path) -> tuple[str, str | None]:
 
 
 def import_manifest(session: Session, *, project_name: str, manifest: Path,
-                    classes: list[str] | None = None) -> ImportReport:
+                    classes: list[str] | None = None, encoding: str | None = None) -> ImportReport:
     """Validate and store every row of ``manifest`` into project ``project_name``.
 
     Parameters
@@ -229,6 +280,8 @@ def import_manifest(session: Session, *, project_name: str, manifest: Path,
     classes : list of str, optional
         Fix the project's label set; rows with other labels are skipped. Without it, a project
         with no fixed set accepts any label.
+    encoding : str, optional
+        The manifest's text encoding when it is neither UTF-8 nor UTF-16 with a byte-order mark.
 
     Returns
     -------
@@ -246,7 +299,7 @@ def import_manifest(session: Session, *, project_name: str, manifest: Path,
     records: list[repo.ItemRecord] = []
     pending_labels: list[tuple[str, list[str], str]] = []
     seen: dict[str, int] = {}
-    for row in read_manifest(manifest):
+    for row in read_manifest(manifest, encoding=encoding):
         if isinstance(row, RowError):
             report.skipped.append({"line": row.line, "error": row.error})
             continue

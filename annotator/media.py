@@ -8,7 +8,8 @@ task, as label-studio-sdk's ``get_local_path`` does. A legacy key is sent as ``T
 personal access token (a JWT) is first exchanged at ``/api/token/refresh/`` for a short-lived
 access token sent as ``Bearer`` — Label Studio answers 401 to a PAT sent as-is.
 
-Downloads are retried with exponential backoff on timeouts, connection errors, 429 and 5xx
+What may be fetched at all (schemes, addresses, local folders, where the key goes) is
+`annotator.media_policy`'s decision. Downloads are retried with exponential backoff on timeouts, connection errors, 429 and 5xx
 (tenacity); `MediaFetcher.map` fetches many items at once on a bounded thread pool, so encoding
 does not wait on one slow server round trip after another.
 """
@@ -33,6 +34,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from annotator.config import Settings
 from annotator.errors import MediaError
+from annotator.media_policy import GuardedBackend, MediaNotAllowedError, MediaPolicy
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
@@ -140,8 +142,10 @@ class MediaFetcher:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.policy = MediaPolicy.from_settings(settings)
         self._client = httpx.Client(timeout=settings.media_timeout_s, follow_redirects=True,
-                                    limits=httpx.Limits(max_connections=max(10, settings.media_parallel)))
+                                    transport=_guarded_transport(self.policy, max(10, settings.media_parallel)),
+                                    event_hooks={"request": [self._check_hop]})
         key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
         self._ls_auth = (
             LabelStudioAuth(settings.label_studio_url, key, self._client)
@@ -177,24 +181,37 @@ class MediaFetcher:
             self._pool = ThreadPoolExecutor(self.settings.media_parallel, thread_name_prefix="annotator-media")
         return list(self._pool.map(guarded, inputs))
 
-    def fetch(self, ref: str, *, base_dir: Path | None = None, task_id: int | None = None) -> bytes:
+    def fetch(self, ref: str, *, base_dir: Path | None = None, task_id: int | None = None,
+              trusted: bool = False) -> bytes:
         """Return the bytes behind ``ref``; raise `MediaError` naming ``ref`` and the reason.
-        ``task_id`` (the Label Studio task holding ``ref``) is needed for cloud-storage URIs."""
+        ``task_id`` (the Label Studio task holding ``ref``) is needed for cloud-storage URIs.
+        ``trusted``: the reference is the operator's own (a CLI import or query), so a local path
+        may be read outside ``ANNOTATOR_MEDIA_ROOTS``."""
         if not isinstance(ref, str) or not ref.strip():
             raise MediaError(repr(ref), "empty media reference")
         if ref.startswith(CLOUD_SCHEMES):
-            return self._get(self._presign_url(ref, task_id), ref, label_studio=True)
+            return self._get(self._presign_url(ref, task_id), ref)
         if ref.startswith("/data/local-files") and self.settings.local_files_document_root:
             rel = parse_qs(urlparse(ref).query).get("d", [""])[0]
-            return self._read_local(self.settings.local_files_document_root / unquote(rel), ref)
+            return self._read_local(self.policy.local_files_path(unquote(rel), ref), ref)
         if ref.startswith(LS_PREFIXES):
             if not self.settings.label_studio_url:
                 raise MediaError(ref, "a Label Studio URL needs ANNOTATOR_LABEL_STUDIO_URL (or LABEL_STUDIO_URL) set")
-            return self._get(self.settings.label_studio_url.rstrip("/") + ref, ref, label_studio=True)
-        if ref.startswith(("http://", "https://")):
-            ls = self.settings.label_studio_url
-            return self._get(ref, ref, label_studio=bool(ls and ref.startswith(ls.rstrip("/"))))
-        return self._read_local(resolve_local(ref, base_dir), ref)
+            return self._get(self.settings.label_studio_url.rstrip("/") + ref, ref)
+        if "://" in ref[:20] and not ref.startswith("file://"):
+            self.policy.check_url(ref, ref)
+            return self._get(ref, ref)
+        return self._read_local(self.policy.check_local(resolve_local(ref, base_dir), ref, trusted=trusted), ref)
+
+    def _check_hop(self, request: httpx.Request) -> None:
+        """Every request, redirects included: http(s) only, and the Label Studio key only on its
+        exact origin (httpx already drops it when a redirect changes origin; this also covers a
+        redirect back to another port of the same host)."""
+        url = str(request.url)
+        ref = request.extensions.get("annotator_ref", url)
+        self.policy.check_url(url, ref)
+        if not self.policy.is_label_studio(url):
+            request.headers.pop("Authorization", None)
 
     def _presign_url(self, ref: str, task_id: int | None) -> str:
         """Label Studio's presign endpoint for a cloud URI in a task: it answers with the object (a
@@ -206,7 +223,7 @@ class MediaFetcher:
             raise MediaError(ref, "cloud storage URIs are fetched through Label Studio's presign endpoint, which needs "
                                   "the task; import the task from Label Studio")
         fileuri = base64.urlsafe_b64encode(ref.encode()).decode()
-        return f"{self.settings.label_studio_url.rstrip('/')}/tasks/{task_id}/presign/?fileuri={fileuri}"
+        return f"{self.settings.label_studio_url.rstrip('/')}/tasks/{int(task_id)}/presign/?fileuri={fileuri}"
 
     def _read_local(self, path: Path, ref: str) -> bytes:
         if not path.is_file():
@@ -216,29 +233,29 @@ class MediaFetcher:
             raise MediaError(ref, f"file is {size} bytes, over the limit of {self.settings.max_media_bytes}")
         return path.read_bytes()
 
-    def _get(self, url: str, ref: str, *, label_studio: bool) -> bytes:
+    def _get(self, url: str, ref: str) -> bytes:
         attempts, first_wait = self.settings.media_retries + 1, self.settings.media_retry_wait_s
         retrying = Retrying(stop=stop_after_attempt(attempts), reraise=True,
                             wait=wait_exponential(multiplier=first_wait, max=10.0) + wait_random(0, first_wait),
                             retry=retry_if_exception_type(_Transient))
         try:
-            return retrying(self._get_once, url, ref, label_studio=label_studio)
+            return retrying(self._get_once, url, ref)
         except _Transient as exc:
             raise MediaError(ref, f"{exc.reason} (after {attempts} attempt{'s' if attempts > 1 else ''})") from exc
 
-    def _get_once(self, url: str, ref: str, *, label_studio: bool) -> bytes:
+    def _get_once(self, url: str, ref: str) -> bytes:
         headers = {}
-        if label_studio:
+        if self.policy.is_label_studio(url):
             if self._ls_auth is None:
                 raise MediaError(ref, "Label Studio media needs ANNOTATOR_LABEL_STUDIO_API_KEY (or LABEL_STUDIO_API_KEY)")
             headers["Authorization"] = self._ls_auth.header()
         limit = self.settings.max_media_bytes
         try:
-            with self._client.stream("GET", url, headers=headers) as resp:
+            with self._client.stream("GET", url, headers=headers, extensions={"annotator_ref": ref}) as resp:
                 if resp.status_code != 200:
                     hint = " (check the API key)" if resp.status_code in (401, 403) else ""
                     error = _Transient if resp.status_code in RETRY_STATUS else MediaError
-                    raise error(ref, f"HTTP {resp.status_code} from {url}{hint}")
+                    raise error(ref, f"could not fetch: HTTP {resp.status_code}{hint}")
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limit:
                     raise MediaError(ref, f"response is {declared} bytes, over the limit of {limit}")
@@ -248,19 +265,36 @@ class MediaFetcher:
                     if len(buf) > limit:
                         raise MediaError(ref, f"response exceeds the limit of {limit} bytes")
                 return bytes(buf)
+        except MediaNotAllowedError as exc:  # raised while connecting, where only the host is known
+            raise MediaNotAllowedError(ref, exc.reason) from None
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise _Transient(ref, f"download failed: {type(exc).__name__}: {exc}") from exc
+            raise _Transient(ref, f"could not fetch: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
-            raise MediaError(ref, f"download failed: {type(exc).__name__}: {exc}") from exc
+            raise MediaError(ref, f"could not fetch: {type(exc).__name__}") from exc
+
+
+def _guarded_transport(policy: MediaPolicy, max_connections: int) -> httpx.HTTPTransport:
+    """httpx's transport with its connection pool connecting through `GuardedBackend`. httpx has no
+    public hook for the network backend, so the pool is built here with httpx's own defaults. Media
+    downloads therefore do not go through HTTP(S)_PROXY: a proxy would hide the address checked."""
+    import httpcore
+
+    transport = httpx.HTTPTransport(limits=httpx.Limits(max_connections=max_connections))
+    transport._pool = httpcore.ConnectionPool(  # noqa: SLF001 - see the docstring
+        ssl_context=httpx.create_ssl_context(), max_connections=max_connections,
+        max_keepalive_connections=20, keepalive_expiry=5.0, network_backend=GuardedBackend(policy))
+    return transport
 
 
 MAX_IMAGE_PIXELS = 40_000_000  # ≈ 6,300 × 6,300; encoders see 224 × 224, and a 109 KB PNG can claim 900 M
+MAX_IMAGE_SIDE = 1024  # decoded images are reduced to this: a chunk of 64 phone photos held 2.3 GB, now 200 MB
 
 
 def load_image(data: bytes, ref: str):
-    """Decode image bytes to an RGB PIL image; truncated or non-image data, and images claiming more
-    than `MAX_IMAGE_PIXELS` (decompression bombs: checked from the header, before decoding), raise
-    `MediaError`."""
+    """Decode image bytes to an RGB PIL image of at most `MAX_IMAGE_SIDE` pixels a side (the
+    encoders resize to a few hundred anyway; JPEGs are decoded at the reduced scale directly);
+    truncated or non-image data, and images claiming more than `MAX_IMAGE_PIXELS` (decompression
+    bombs: checked from the header, before decoding), raise `MediaError`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -273,6 +307,7 @@ def load_image(data: bytes, ref: str):
                                       f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
             probe.verify()  # catches truncation and corrupt chunks cheaply
         image = Image.open(io.BytesIO(data))
+        image.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
         image.load()
     except Image.DecompressionBombError as exc:
         raise MediaError(ref, f"image is too large to decode safely: {exc}") from exc
@@ -290,19 +325,25 @@ def load_image(data: bytes, ref: str):
             background.alpha_composite(image)
             image = background
         image = image.convert("RGB")
+    if max(image.size) > MAX_IMAGE_SIDE:  # after the conversion: a palette image would be resized without filtering
+        image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), Image.Resampling.BICUBIC)
     return image
 
 
-def load_audio(data: bytes, ref: str, *, sample_rate: int = 16000) -> np.ndarray:
-    """Decode audio bytes to mono float32 at ``sample_rate``; undecodable data raises `MediaError`."""
+def load_audio(data: bytes, ref: str, *, sample_rate: int = 16000, max_seconds: float = 600.0) -> np.ndarray:
+    """Decode audio bytes to mono float32 at ``sample_rate``; undecodable data raises `MediaError`.
+    Only the first ``max_seconds`` are decoded (a 25 MB FLAC can hold an hour: 9 GB as float32
+    samples), and the encoders see far less than that."""
     import soundfile as sf
 
     try:
-        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        samples = samples.mean(axis=1)
+        with sf.SoundFile(io.BytesIO(data)) as audio:
+            sr = audio.samplerate
+            frames = min(audio.frames, int(max_seconds * sr)) if audio.frames > 0 else int(max_seconds * sr)
+            samples = audio.read(frames, dtype="float32", always_2d=True).mean(axis=1)
     except Exception as sf_exc:  # noqa: BLE001 - libsndfile raises several types; fall back to av
         try:
-            samples, sr = _decode_with_av(data)
+            samples, sr = _decode_with_av(data, max_seconds)
         except Exception as av_exc:  # noqa: BLE001
             kind = sniff(data)
             what = "corrupt audio" if kind.startswith("audio/") else f"not audio: content looks like {kind}"
@@ -317,11 +358,17 @@ def load_audio(data: bytes, ref: str, *, sample_rate: int = 16000) -> np.ndarray
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
-def _decode_with_av(data: bytes) -> tuple[np.ndarray, int]:
+def _decode_with_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
     import av
 
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
-        frames = [f.to_ndarray().reshape(-1) for frame in container.decode(stream) for f in resampler.resample(frame)]
-        return np.concatenate(frames).astype(np.float32), int(stream.rate)
+        limit, frames, total = int(max_seconds * stream.rate), [], 0
+        for frame in container.decode(stream):
+            for f in resampler.resample(frame):
+                frames.append(f.to_ndarray().reshape(-1))
+                total += frames[-1].size
+            if total >= limit:
+                break
+        return np.concatenate(frames)[:limit].astype(np.float32), int(stream.rate)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timezone
 
 from annotator.active.registry import get_strategy
@@ -23,10 +24,12 @@ from annotator.indexing import embed_project
 from annotator.labelstudio.tasks import label_studio_settings
 from annotator.runtime import Runtime
 from annotator.store import Store, repo
+from annotator.store.locks import try_lock
 from annotator.store.models import utcnow
 from annotator.training import retrain, training_lock
 
 log = logging.getLogger("annotator.trainer")
+SYNC_RETRY_S = 30.0
 
 
 class Trainer:
@@ -48,6 +51,7 @@ class Trainer:
         self.debounce_s, self.debounce_labels = debounce_s, debounce_labels
         self.min_interval_s, self.poll_s = min_interval_s, poll_s
         self.trainings = 0
+        self._sync_after: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -73,8 +77,10 @@ class Trainer:
                 log.exception("trainer loop failed; retrying on the next poll")
 
     def train_due_projects(self, *, now: datetime | None = None) -> list[str]:
-        """Retrain every project whose debounce condition holds; returns the versions trained."""
+        """Pull the projects unauthenticated webhooks asked about, then retrain every project whose
+        debounce condition holds; returns the versions trained."""
         now = now or datetime.now(timezone.utc)
+        self.sync_requested_projects()
         with self.store.session() as s:
             names = [p.name for p in repo.ls_projects(s)]
         trained = []
@@ -83,6 +89,35 @@ class Trainer:
             if version:
                 trained.append(version)
         return trained
+
+    def sync_requested_projects(self) -> list[str]:
+        """Pull each project an unauthenticated webhook named from Label Studio's API (with its stored
+        token): what Label Studio says is stored, not what the event said. Many events make one pull;
+        a project whose pull failed waits `SYNC_RETRY_S` before the next try. Returns projects pulled."""
+        from annotator.labelstudio.sync import sync
+
+        with self.store.session() as s:
+            requested = [(p.name, p.sync_requested_at, p.ls_project_id, label_studio_settings(self.settings, p))
+                         for p in repo.projects_to_sync(s)]
+        pulled = []
+        for name, requested_at, pid, settings in requested:
+            if time.monotonic() < self._sync_after.get(name, 0.0) or not settings.label_studio_api_key:
+                continue
+            with try_lock(self.store.engine, f"sync:{name}") as free:
+                if not free:
+                    continue  # another worker is pulling it
+                try:
+                    sync(self.store, url=settings.label_studio_url,
+                         api_key=settings.label_studio_api_key.get_secret_value(), ls_project_id=pid)
+                except Exception:  # noqa: BLE001 - Label Studio down: the request stays, retried later
+                    log.exception("project %s: could not pull it from Label Studio; retrying in %.0f s", name,
+                                  SYNC_RETRY_S)
+                    self._sync_after[name] = time.monotonic() + SYNC_RETRY_S
+                    continue
+                with self.store.session() as s:
+                    repo.sync_done(s, project=repo.get_project(s, name=name), requested_at=requested_at)
+            pulled.append(name)
+        return pulled
 
     def _due(self, name: str, now: datetime) -> bool:
         with self.store.session() as s:

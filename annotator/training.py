@@ -26,7 +26,7 @@ from annotator.encoders.registry import Encoders
 from annotator.store import Store, repo
 from annotator.store.locks import try_lock
 from annotator.store.models import ModelVersion, utcnow
-from annotator.versions import load_version, save_version, version_dir
+from annotator.versions import load_version, prune_versions, save_version, version_dir
 
 MAX_UNLABELLED = 20_000
 
@@ -174,6 +174,8 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
             run = s.get(repo.TrainingRun, run_id)
             run.status, run.model_version, run.finished_at = "succeeded", version, utcnow()
             run.timings = {**timings, "total_s": time.perf_counter() - t0}
+        with store.session() as s:  # after the commit: a failed prune never costs the new version
+            prune_versions(settings, s, repo.get_project(s, name=project_name))
         return RetrainResult(version, promoted, _jsonable(metrics), len(items), _jsonable(previous), reason, skipped)
     except BaseException as exc:
         with store.session() as s:

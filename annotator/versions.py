@@ -3,7 +3,8 @@
 A version folder holds the classifier (`fusion.persistence`) and ``meta.json`` (the encoders it
 was trained on, its metrics). It is written once, atomically, and never changed afterwards; with
 ``ANNOTATOR_ARTIFACTS_URL`` set it is also published there, and a worker on another host downloads
-it the first time it serves that version.
+it the first time it serves that version. `prune_versions` removes all but the newest folders
+(every automatic retrain writes one, and nothing else ever removed them).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from annotator.artifacts import SharedArtifacts, atomic_directory
+from annotator.artifacts import SharedArtifacts, atomic_directory, remove_directory
 from annotator.config import Settings
 from annotator.encoders.base import resolve_device
 from annotator.fusion.persistence import load_classifier
-from annotator.store.models import ModelVersion
+from annotator.store.models import ModelVersion, Project
 
 
 def version_dir(settings: Settings, project_name: str, version: str) -> Path:
@@ -48,3 +49,23 @@ def load_version(settings: Settings, mv: ModelVersion) -> tuple[Any, dict[str, s
         shared.refresh(path)
     meta = json.loads((path / "meta.json").read_text())
     return load_classifier(path / "classifier", device=resolve_device(settings.device)), meta["encoders"]
+
+
+def prune_versions(settings: Settings, session, project: Project) -> list[str]:
+    """Remove the folders of all but the active version and the ``settings.keep_versions`` newest
+    others; their rows stay, marked ``pruned`` (their metrics remain in the history). Returns the
+    versions pruned."""
+    from annotator.store import repo
+
+    kept = [mv for mv in repo.list_model_versions(session, project=project) if mv.status != "pruned"]
+    others = [mv for mv in kept if mv.status != "active"]
+    pruned = others[:max(0, len(others) - settings.keep_versions)]
+    shared = SharedArtifacts.for_settings(settings)
+    for mv in pruned:
+        path = Path(mv.artifact_path)
+        path = path if path.is_absolute() else settings.data_dir / path
+        remove_directory(path)
+        if shared is not None:
+            shared.remove(path)
+        mv.status = "pruned"
+    return [mv.version for mv in pruned]

@@ -21,10 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from annotator.config import Settings
 from annotator.errors import AnnotatorError
 from annotator.backends.errors import status_for
+from annotator.backends.limits import BodyLimitMiddleware
 from annotator.backends.schemas import PredictRequest, SearchRequest, SetupRequest
 
 log = logging.getLogger("annotator.backend")
-OPEN_PATHS = {"/webhook"}  # Label Studio's auto-created webhook sends no credentials
+OPEN_PATHS = {"/webhook"}  # Label Studio's event webhook sends no basic auth: its secret header is checked instead
+SECRET_HEADER = "x-annotator-secret"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
@@ -82,22 +84,24 @@ def create_app(settings: Settings | None = None, *, store=None, runtime=None, st
     app = FastAPI(title="annotator ML backend", lifespan=lifespan)
     auth = _basic_auth(settings) if settings is not None else None
 
+    def basic_auth_ok(request: Request) -> bool:
+        # compared as bytes: a header with non-ASCII bytes is a wrong password, not a TypeError
+        return bool(auth) and hmac.compare_digest(request.headers.get("authorization", "").encode("latin-1"),
+                                                  auth.encode())
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         started = time.perf_counter()
-        # compared as bytes: a header with non-ASCII bytes is a wrong password, not a TypeError
-        if auth and request.url.path not in OPEN_PATHS and not hmac.compare_digest(
-                request.headers.get("authorization", "").encode("latin-1"), auth.encode()):
+        if auth and request.url.path not in OPEN_PATHS and not basic_auth_ok(request):
             return JSONResponse({"detail": "Unauthorized"}, status_code=401,
                                 headers={"WWW-Authenticate": 'Basic realm="annotator"'})
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         response = await call_next(request)
         response.headers["X-Annotator-Worker"] = str(os.getpid())  # which process answered (serve --workers N)
         log.info("request", extra={"path": request.url.path, "status": response.status_code,
                                    "ms": round(1000 * (time.perf_counter() - started), 1)})
         return response
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)  # added last: runs first
 
     @app.exception_handler(AnnotatorError)
     async def library_error(_request: Request, exc: AnnotatorError):
@@ -139,15 +143,17 @@ def create_app(settings: Settings | None = None, *, store=None, runtime=None, st
 
     @app.post("/webhook")
     async def webhook(request: Request) -> JSONResponse:
-        result = await run_in_threadpool(b(request).webhook, await json_object(request))
-        return JSONResponse(result, status_code=200)
+        result = await run_in_threadpool(b(request).webhook, await json_object(request),
+                                         secret=request.headers.get(SECRET_HEADER), authenticated=basic_auth_ok(request))
+        return JSONResponse(result, status_code=202 if result["status"] == "queued" else 200)
 
     @app.post("/train")
     async def train(request: Request) -> JSONResponse:
         """Old Label Studio versions call /train; treat it as START_TRAINING."""
         project = (await json_object(request)).get("project")
         pid = project.get("id") if isinstance(project, dict) else project
-        result = await run_in_threadpool(b(request).webhook, {"action": "START_TRAINING", "project": {"id": pid}})
+        result = await run_in_threadpool(b(request).webhook, {"action": "START_TRAINING", "project": {"id": pid}},
+                                         authenticated=basic_auth_ok(request))
         return JSONResponse(result, status_code=201)
 
     @app.get("/versions")

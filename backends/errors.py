@@ -9,12 +9,18 @@ from annotator.errors import (
     MediaError,
     NotAvailableError,
     NotEnoughLabelsError,
+    NotAllowedError,
     NotFoundError,
+    RequestTooLargeError,
+    UnauthenticatedError,
     UnknownNameError,
 )
 
 STATUS: list[tuple[type[AnnotatorError], int]] = [
+    (UnauthenticatedError, 401),
+    (NotAllowedError, 403),
     (NotFoundError, 404),
+    (RequestTooLargeError, 413),
     (UnknownNameError, 422),
     (DimensionMismatchError, 422),
     (MediaError, 422),

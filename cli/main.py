@@ -99,6 +99,8 @@ def import_(
     manifest: Annotated[Path, typer.Argument(help="JSONL, CSV, a Label Studio export (.json) or a folder.")],
     project: ProjectOpt,
     labels: Annotated[Optional[str], typer.Option(help="Comma-separated class list; other labels are skipped.")] = None,
+    encoding: Annotated[Optional[str], typer.Option(
+        help="The file's encoding when not UTF-8 (e.g. cp1252 for Excel CSVs); UTF-16 with a BOM is detected.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Load items (fields id, text, image, audio, label); bad lines are reported, good ones land."""
@@ -107,7 +109,8 @@ def import_(
     classes = [c.strip() for c in labels.split(",") if c.strip()] if labels else None
     store = _store()
     with store.session() as session:
-        result = import_manifest(session, project_name=project, manifest=manifest, classes=classes)
+        result = import_manifest(session, project_name=project, manifest=manifest, classes=classes,
+                                 encoding=encoding)
     store.close()
     lines = [f"imported {result.imported} item(s) into {project!r}"]
     lines += [f"  skipped line {s['line']}: {s['error']}" for s in result.skipped]
@@ -207,7 +210,7 @@ def search(
 
     hits = ProjectIndex(_settings(), project).search(
         _store(), text=text, image=image, audio=audio, item=item, k=k, modality=modality, label=label,
-        has_label=has_label)
+        has_label=has_label, trusted=True)
     _emit([h.to_dict() for h in hits], as_json,
           "\n".join(f"{h.score:.3f}  {h.modality:<5}  {h.id}" for h in hits) or "no results")
 
@@ -374,14 +377,16 @@ def ls_connect(
     backend_url: Annotated[Optional[str], typer.Option(help="This backend's URL as Label Studio reaches it.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register the backend on a project, import its tasks, and bulk-upload predictions for all of them.
-    The project is then ``ls-<id>`` for the other commands."""
+    """Register the backend on a project (its webhook then sends the project's secret), import its tasks,
+    and bulk-upload predictions for all of them. The project is then ``ls-<id>`` for the other commands."""
     from annotator.labelstudio.sync import connect
 
     url, key = _ls_credentials(url, api_key)
     result = connect(_store(), _settings(), url=url, api_key=key, ls_project_id=project, backend_url=backend_url)
+    secured = f"; webhook {result['webhook_id']} sends the project's secret" if result["webhook_id"] else ""
     _emit(result, as_json, f"{result['tasks']} tasks, {result['labels']} labels imported into {result['project']!r}; "
-                           f"{result['predictions']} predictions uploaded (model version {result['model_version']})")
+                           f"{result['predictions']} predictions uploaded (model version {result['model_version']})"
+                           f"{secured}")
 
 
 @ls_app.command("sync")

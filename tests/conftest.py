@@ -28,6 +28,9 @@ def settings(tmp_path, monkeypatch):
         if var.startswith("ANNOTATOR_") or var in FOREIGN_VARIABLES:
             monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("ANNOTATOR_DATA_DIR", str(tmp_path / "data"))
+    # tasks in tests name files in the test data and in the test's own folder, as a deployment
+    # names the folders its tasks' local paths may point into
+    monkeypatch.setenv("ANNOTATOR_MEDIA_ROOTS", os.pathsep.join([str(DATA), str(tmp_path)]))
     from annotator.config import Settings
 
     return Settings()

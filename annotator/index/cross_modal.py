@@ -201,23 +201,25 @@ class ProjectIndex:
 
     # --- queries ---------------------------------------------------------------------------------
 
-    def encode_query(self, *, text: str | None = None, image: str | None = None, audio: str | None = None
-                     ) -> tuple[str, np.ndarray]:
-        """(modality, native query vector) for a free query; unreadable media raise `MediaError`."""
+    def encode_query(self, *, text: str | None = None, image: str | None = None, audio: str | None = None,
+                     trusted: bool = False) -> tuple[str, np.ndarray]:
+        """(modality, native query vector) for a free query; unreadable media raise `MediaError`.
+        ``trusted``: the operator's own query (the CLI), which may name any local file."""
         given = [(m, v) for m, v in (("text", text), ("image", image), ("audio", audio)) if v]
         if len(given) != 1:
             raise AnnotatorError("give exactly one query: text, image, audio or an item id")
         modality, ref = given[0]
         if modality == "text":
-            return modality, self.encoders.get("text").encode([ref])[0]
+            return modality, self.encoders.get("text").encode([ref[:self.settings.max_text_chars]])[0]
         with MediaFetcher(self.settings) as fetcher:
-            data = fetcher.fetch(ref)
-        decoded = load_image(data, ref) if modality == "image" else load_audio(data, ref)
+            data = fetcher.fetch(ref, trusted=trusted)
+        decoded = load_image(data, ref) if modality == "image" else load_audio(
+            data, ref, max_seconds=self.settings.max_audio_s)
         return modality, self.encoders.get(modality).encode([decoded])[0]
 
     def search(self, store: Store, *, text: str | None = None, image: str | None = None,
                audio: str | None = None, item: str | None = None, k: int = 10, modality: str | None = None,
-               label: str | None = None, has_label: bool | None = None) -> list[Hit]:
+               label: str | None = None, has_label: bool | None = None, trusted: bool = False) -> list[Hit]:
         """Top-``k`` items for a query.
 
         Parameters
@@ -229,6 +231,9 @@ class ProjectIndex:
             used (best for same-modality similarity); otherwise, and by default, the shared space.
         label, has_label : optional
             Keep only items whose current human label includes ``label`` / that are (not) labelled.
+        trusted : bool, default=False
+            The query is the operator's (the CLI): an image or audio path may be any local file.
+            /search leaves it False, so its paths are read only inside the media roots.
         """
         if modality is not None and modality not in MODALITIES:
             raise UnknownNameError("modality", modality, MODALITIES)
@@ -241,7 +246,7 @@ class ProjectIndex:
                     raise NotFoundError(f"item {item!r} has no embedding yet; run `annotator embed --project {self.project_name}`")
                 exclude = {query_item.id}
             else:
-                q_mod, vec = self.encode_query(text=text, image=image, audio=audio)
+                q_mod, vec = self.encode_query(text=text, image=image, audio=audio, trusted=trusted)
                 queries, exclude = {q_mod: vec}, set()
             allowed = self._allowed(s, project, label=label, has_label=has_label)
             hits = self._search_vectors(queries, k + len(exclude), modality, allowed)

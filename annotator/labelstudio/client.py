@@ -10,6 +10,8 @@ from typing import Any
 
 from annotator.errors import AnnotatorError, ConfigError
 
+SECRET_HEADER = "X-Annotator-Secret"  # what the backend checks on /webhook
+
 
 def as_dict(obj: Any) -> dict[str, Any]:
     if isinstance(obj, dict):
@@ -89,3 +91,17 @@ def register_backend(ls, ls_project_id: int, backend_url: str, title: str) -> in
                 "backends by default. Restart Label Studio with USE_DEFAULT_BANNED_SUBNETS=false, or give "
                 "--backend-url an address Label Studio may reach") from None
         raise AnnotatorError(f"Label Studio refused the backend at {backend_url} (HTTP {exc.status_code}): {body}") from None
+
+
+def secure_webhook(ls, ls_project_id: int, backend_url: str, secret: str) -> int:
+    """Make the project's webhook to the backend send ``secret`` in `SECRET_HEADER` (creating the
+    webhook, with every action and its payload, if Label Studio did not); returns its id."""
+    target = backend_url.rstrip("/") + "/webhook"
+    hooks = [h for h in ls.webhooks.list(project=str(ls_project_id)) if (h.url or "").rstrip("/") == target]
+    for hook in hooks:
+        ls.webhooks.update(id=hook.id, url=target, headers={**(hook.headers or {}), SECRET_HEADER: secret},
+                           send_payload=True, send_for_all_actions=True, is_active=True)
+    if hooks:
+        return hooks[0].id
+    return ls.webhooks.create(project=ls_project_id, url=target, headers={SECRET_HEADER: secret}, send_payload=True,
+                              send_for_all_actions=True, is_active=True).id

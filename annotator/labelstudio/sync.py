@@ -8,6 +8,7 @@ cached vectors and sets the project's ``model_version`` to ours; `push_next_batc
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -20,11 +21,11 @@ from annotator.errors import NotFoundError
 from annotator.indexing import embed_project
 from annotator.labelstudio import client
 from annotator.labelstudio.label_config import LabelConfig, parse_label_config
-from annotator.labelstudio.tasks import mirror_project, project_name_for
+from annotator.labelstudio.tasks import mirror_project, project_name_for, remember_access
 from annotator.prediction import predict_cached, serving_version
 from annotator.runtime import ActiveModel, Runtime
 from annotator.store import Store, repo
-from annotator.store.models import Item
+from annotator.store.models import Item, utcnow
 
 PUBLISH_CHUNK = 2000  # items scored at a time: bounds memory on large projects
 
@@ -35,12 +36,15 @@ def sync(store: Store, *, url: str, api_key: str, ls_project_id: int, ls=None,
     are soft-deleted here."""
     ls = ls or client.client_for(url, api_key)
     schema = client.get_label_config(ls, ls_project_id)
-    tasks = tasks if tasks is not None else client.list_tasks(ls, ls_project_id)
+    listed_at = None
+    if tasks is None:  # a full listing of our own: items whose task is gone from it are deleted
+        listed_at = utcnow()
+        tasks = client.list_tasks(ls, ls_project_id)
     tasks = [{**t, "annotations": [client.as_dict(a) for a in t.get("annotations") or []]} for t in tasks]
     # the backend's trainer syncs while webhooks for the same tasks may arrive: an upsert race reruns it
-    recorded, deleted = store.run(lambda s: mirror_project(s, ls_project_id, schema, tasks))
+    recorded, deleted, gone = store.run(lambda s: mirror_project(s, ls_project_id, schema, tasks, listed_at=listed_at))
     return {"project": project_name_for(ls_project_id), "tasks": len(tasks), "labels": recorded,
-            "deleted_labels": deleted}
+            "deleted_labels": deleted, "deleted_tasks": gone}
 
 
 def publish_predictions(store: Store, runtime: Runtime, ls, *, project_name: str,
@@ -77,9 +81,12 @@ def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_proj
             progress: bool = True) -> dict[str, Any]:
     """Wire a Label Studio project to annotator.
 
-    Registers the backend (when ``backend_url`` is given and not registered yet), imports the
-    project's tasks and annotations, encodes their media (through Label Studio, with this key),
-    and uploads the serving model's predictions for every task in bulk.
+    Registers the backend (when ``backend_url`` is given and not registered yet) and gives its
+    webhook the project's secret (``settings.webhook_secret``, else one made for the project), so
+    the backend trusts those events; imports the project's tasks and annotations, encodes their
+    media (through Label Studio, with this key), and uploads the serving model's predictions for
+    every task in bulk. The URL and key are stored with the project: the backend checks
+    unauthenticated events against Label Studio with them.
     """
     ls = client.client_for(url, api_key)
     ml_id = None
@@ -88,13 +95,26 @@ def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_proj
             ls, ls_project_id, backend_url, title)
     tasks = client.list_tasks(ls, ls_project_id)
     synced = sync(store, url=url, api_key=api_key, ls_project_id=ls_project_id, ls=ls, tasks=tasks)
-    runtime = runtime or Runtime(settings)
     name = project_name_for(ls_project_id)
+    secret = store.run(lambda s: _connect_project(s, settings, name, url, api_key))
+    webhook_id = client.secure_webhook(ls, ls_project_id, backend_url, secret) if backend_url else None
+    runtime = runtime or Runtime(settings)
     report = embed_project(store, settings.with_label_studio(url, api_key), project_name=name,
                            encoders=runtime.encoders, progress=progress, index=False)
     pushed, version = publish_predictions(store, runtime, ls, project_name=name, tasks=tasks, progress=progress)
-    return {**synced, "ml_backend_id": ml_id, "predictions": pushed, "model_version": version,
-            "failed": report.failed}
+    return {**synced, "ml_backend_id": ml_id, "webhook_id": webhook_id, "predictions": pushed,
+            "model_version": version, "failed": report.failed}
+
+
+def _connect_project(s, settings: Settings, name: str, url: str, api_key: str) -> str:
+    """Store how to reach Label Studio; return the webhook secret (made once per project unless the
+    deployment configures one)."""
+    p = repo.get_project(s, name=name)
+    remember_access(p, url, api_key)
+    if settings.webhook_secret:
+        return settings.webhook_secret.get_secret_value()
+    p.webhook_secret = p.webhook_secret or secrets.token_urlsafe(32)
+    return p.webhook_secret
 
 
 # --- active learning into Label Studio -----------------------------------------------------------

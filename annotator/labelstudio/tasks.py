@@ -6,6 +6,7 @@ id is the item's external id, and an annotation's key is ``ls:<annotation id>``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from annotator.config import Settings
@@ -20,12 +21,25 @@ def project_name_for(ls_project_id: int) -> str:
     return f"ls-{ls_project_id}"
 
 
+MAX_ID = 2**31 - 1  # Label Studio's ids are 32-bit integers, as are our columns holding them
+
+
+def parse_id(value: Any, what: str = "task") -> int:
+    """A Label Studio id (task, annotation) from a payload: a positive 32-bit integer, or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise AnnotatorError(f"cannot read a Label Studio {what} id from {value!r}")
+    try:
+        parsed = int(value)
+    except ValueError:
+        raise AnnotatorError(f"cannot read a Label Studio {what} id from {value!r}") from None
+    if not 0 < parsed <= MAX_ID:
+        raise AnnotatorError(f"Label Studio {what} id {value!r} is out of range")
+    return parsed
+
+
 def parse_project_id(value: Any) -> int:
     """Label Studio sends ``"<id>.<created timestamp>"`` (or an int); the id is before the dot."""
-    try:
-        return int(str(value).split(".", 1)[0])
-    except (TypeError, ValueError):
-        raise AnnotatorError(f"cannot read a Label Studio project id from {value!r}") from None
+    return parse_id(str(value).split(".", 1)[0] if isinstance(value, (int, str)) else value, "project")
 
 
 def ensure_project(session, ls_project_id: int, schema: str | None, config: LabelConfig | None) -> Project:
@@ -68,16 +82,16 @@ def upsert_tasks(session, project: Project, config: LabelConfig, tasks: list[dic
     for t in tasks:
         if "id" not in t or not isinstance(t.get("data"), dict):
             raise AnnotatorError(f"task {t.get('id', '?')} has no id or no data object")
-        ids.append(int(t["id"]))
+        ids.append(parse_id(t["id"]))
     existing = repo.items_by_task_ids(session, project=project, task_ids=ids)
     records = []
     for t in tasks:
         data = config.item_data(t["data"])
-        old = existing.get(int(t["id"]))
+        old = existing.get(parse_id(t["id"]))
         if old is not None and old.data == data:
             continue
         text = data.get("text")
-        records.append(repo.ItemRecord(external_id=str(t["id"]), data=data, ls_task_id=int(t["id"]),
+        records.append(repo.ItemRecord(external_id=str(t["id"]), data=data, ls_task_id=parse_id(t["id"]),
                                        text_sha=sha256(text.encode()) if text else None))
     if records:
         repo.upsert_items(session, project=project, records=records)
@@ -93,15 +107,15 @@ def record_annotations(session, project: Project, config: LabelConfig | None, an
     config = config or project_config(project)
     if config is None:
         raise AnnotatorError(f"project {project.ls_project_id}: annotation arrived before any label config")
-    by_task = {int(t["id"]): t for t in tasks if isinstance(t, dict) and "id" in t}
+    by_task = {parse_id(t["id"]): t for t in tasks if isinstance(t, dict) and "id" in t}
     if by_task:
         upsert_tasks(session, project, config, list(by_task.values()))
     items = repo.items_by_task_ids(session, project=project,
-                                   task_ids=[int(a.get("task")) for a in annotations if a.get("task") is not None])
+                                   task_ids=[parse_id(a.get("task")) for a in annotations if a.get("task") is not None])
     records, skipped = [], []
     for a in annotations:
-        key = f"ls:{a.get('id')}"
-        item = items.get(int(a["task"])) if a.get("task") is not None else None
+        key = f"ls:{parse_id(a.get('id'), 'annotation')}"
+        item = items.get(parse_id(a["task"])) if a.get("task") is not None else None
         labels = [] if a.get("was_cancelled") else config.labels_from_result(a.get("result") or [])
         if item is None or not labels:
             skipped.append(key)  # a skip, an empty result, or a task we never saw
@@ -113,9 +127,12 @@ def record_annotations(session, project: Project, config: LabelConfig | None, an
     return len(records)
 
 
-def mirror_project(session, ls_project_id: int, schema: str, tasks: list[dict[str, Any]]) -> tuple[int, int]:
+def mirror_project(session, ls_project_id: int, schema: str, tasks: list[dict[str, Any]], *,
+                   listed_at: datetime | None = None) -> tuple[int, int, int]:
     """Make the store match a full pull of a Label Studio project: every task, every annotation, and
-    labels whose annotation is gone from Label Studio soft-deleted. Returns (labels stored, deleted)."""
+    labels whose annotation is gone from Label Studio soft-deleted. With ``listed_at`` (when the
+    listing began), items whose task is not in it are deleted too, unless they arrived after it.
+    Returns (labels stored, labels deleted, items deleted)."""
     config = parse_label_config(schema)
     p = ensure_project(session, ls_project_id, schema, config)
     items = upsert_tasks(session, p, config, [{"id": t["id"], "data": t["data"]} for t in tasks]) if tasks else {}
@@ -124,4 +141,9 @@ def mirror_project(session, ls_project_id: int, schema: str, tasks: list[dict[st
     live = {f"ls:{a['id']}" for a in annotations}
     pks = [it.id for it in items.values()]
     stale = [k for k in repo.live_annotation_keys(session, project=p, item_pks=pks, prefix="ls:") if k not in live]
-    return recorded, repo.soft_delete_labels(session, project=p, annotation_keys=stale)
+    deleted = repo.soft_delete_labels(session, project=p, annotation_keys=stale)
+    gone = []
+    if listed_at is not None:
+        gone = repo.delete_items(session, project=p, external_ids=repo.task_items_missing(
+            session, project=p, task_ids=[int(t["id"]) for t in tasks], created_before=listed_at))
+    return recorded, deleted, len(gone)

@@ -32,6 +32,10 @@ class Project(Base):
     # host can fetch the project's media; never logged.
     ls_url: Mapped[str | None] = mapped_column(String(1000), default=None)
     ls_access_token: Mapped[str | None] = mapped_column(Text, default=None)
+    # The secret Label Studio's webhook sends in X-Annotator-Secret (set by `ls connect`); events
+    # without it only ask for a pull from Label Studio's API, recorded in sync_requested_at.
+    webhook_secret: Mapped[str | None] = mapped_column(String(200), default=None)
+    sync_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     items: Mapped[list[Item]] = relationship(back_populates="project", cascade="all, delete-orphan")
@@ -90,7 +94,7 @@ class ModelVersion(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     version: Mapped[str] = mapped_column(String(100))
     head: Mapped[str] = mapped_column(String(50))
-    status: Mapped[str] = mapped_column(String(20), default="candidate")  # candidate|active|retired
+    status: Mapped[str] = mapped_column(String(20), default="candidate")  # candidate|active|retired|pruned
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     artifact_path: Mapped[str] = mapped_column(String(1000))
     n_labels: Mapped[int] = mapped_column(Integer, default=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -29,6 +29,11 @@ def get_project(session: Session, *, name: str) -> Project:
         hint = f"; known projects: {', '.join(known)}" if known else "; import items first"
         raise NotFoundError(f"no project named {name!r}{hint}")
     return project
+
+
+def find_project(session: Session, *, name: str) -> Project | None:
+    """The project, or None (`get_project` raises instead)."""
+    return session.scalar(select(Project).where(Project.name == name))
 
 
 def get_or_create_project(session: Session, *, name: str) -> Project:
@@ -102,6 +107,20 @@ def list_items(session: Session, *, project: Project, external_ids: Iterable[str
 def external_ids(session: Session, *, project: Project) -> dict[int, str]:
     """Item primary key → external id, for every item of the project."""
     return dict(session.execute(select(Item.id, Item.external_id).where(Item.project_id == project.id)).all())
+
+
+def task_items_missing(session: Session, *, project: Project, task_ids: Iterable[int],
+                       created_before: datetime) -> list[str]:
+    """External ids of items from Label Studio tasks not in ``task_ids``, created before ``created_before``."""
+    listed = set(task_ids)
+    rows = session.execute(select(Item.external_id, Item.ls_task_id, Item.created_at).where(
+        Item.project_id == project.id, Item.ls_task_id.is_not(None)))
+    return [ext for ext, tid, created in rows if tid not in listed and _utc(created) < _utc(created_before)]
+
+
+def _utc(ts: datetime) -> datetime:
+    """Stored times come back naive (UTC) from SQLite and from columns without a zone."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
 def delete_items(session: Session, *, project: Project, external_ids: Iterable[str]) -> list[int]:
@@ -217,6 +236,9 @@ def get_model_version(session: Session, *, project: Project, version: str) -> Mo
 def promote_model_version(session: Session, *, project: Project, version: str) -> ModelVersion:
     """Make ``version`` the active one; the previously active version is retired (kept for rollback)."""
     target = get_model_version(session, project=project, version=version)
+    if target.status == "pruned":
+        raise NotFoundError(f"project {project.name!r}: version {version!r} was pruned (only the newest "
+                            "ANNOTATOR_KEEP_VERSIONS are kept on disk); retrain instead")
     session.execute(
         update(ModelVersion)
         .where(ModelVersion.project_id == project.id, ModelVersion.status == "active",
@@ -308,6 +330,17 @@ def mark_interrupted_runs(session: Session, *, project: Project) -> int:
         TrainingRun.project_id == project.id, TrainingRun.status == "running").values(
         status="interrupted", error="the process ended during training", finished_at=utcnow()))
     return result.rowcount or 0
+
+
+def projects_to_sync(session: Session) -> list[Project]:
+    """Projects an unauthenticated webhook asked to pull from Label Studio."""
+    return list(session.scalars(select(Project).where(Project.sync_requested_at.is_not(None))))
+
+
+def sync_done(session: Session, *, project: Project, requested_at: datetime) -> None:
+    """Clear the sync request, unless another arrived after ``requested_at`` (then it stays)."""
+    session.execute(update(Project).where(Project.id == project.id, Project.sync_requested_at <= requested_at)
+                    .values(sync_requested_at=None))
 
 
 def ls_projects(session: Session) -> list[Project]:

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
+from pydantic import SecretStr
 from fastapi.testclient import TestClient
 
 from annotator.backend import Backend
@@ -12,6 +13,8 @@ from annotator.runtime import Runtime
 from annotator.store import open_store
 from annotator.trainer import Trainer
 from annotator.store import repo
+from annotator.store.models import TrainingRun
+from sqlalchemy import select
 from annotator.backends.app import create_app
 from tests.conftest import DATA
 
@@ -41,6 +44,15 @@ def annotation_event(ann_id, task_obj, label, action="ANNOTATION_CREATED", cance
                                              "completed_by": 1, "result": [] if cancelled else [
                                                  {"from_name": "kind", "to_name": "image", "type": "choices",
                                                   "value": {"choices": [label]}}]}}
+
+
+SECRET_VALUE = "test-webhook-secret"
+SECRET = {"X-Annotator-Secret": SECRET_VALUE}  # what `ls connect` makes Label Studio's webhook send
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.model_copy(update={"webhook_secret": SecretStr(SECRET_VALUE)})
 
 
 @pytest.fixture
@@ -104,22 +116,22 @@ def test_webhooks_record_idempotently_and_training_changes_the_version(client, b
     pairs = tasks_for_all()
     for n, (t, label) in enumerate(pairs):
         ev = annotation_event(100 + n, t, "car-like" if label == "vehicle" else label)
-        assert client.post("/webhook", json=ev).json() == {"status": "ok", "action": "ANNOTATION_CREATED", "recorded": 1}
-    client.post("/webhook", json=annotation_event(100, pairs[0][0], "animal"))  # a repeat: no second label
+        assert client.post("/webhook", headers=SECRET, json=ev).json() == {"status": "ok", "action": "ANNOTATION_CREATED", "recorded": 1}
+    client.post("/webhook", headers=SECRET, json=annotation_event(100, pairs[0][0], "animal"))  # a repeat: no second label
     skip = annotation_event(999, pairs[1][0], None, cancelled=True)
-    assert client.post("/webhook", json=skip).json()["recorded"] == 0
+    assert client.post("/webhook", headers=SECRET, json=skip).json()["recorded"] == 0
     with backend.store.session() as s:
         p = repo.get_project(s, name="ls-7")
         labels = repo.current_labels(s, project=p)
         assert len(labels) == len(pairs)
         assert sorted({v[0] for v in labels.values()}) == ["animal", "food", "vehicle"]
-    gone = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 101}],
+    gone = client.post("/webhook", headers=SECRET, json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 101}],
                                          "project": {"id": 7}}).json()
     assert gone["deleted"] == 1
-    assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}}).json()["status"] == "ignored"
+    assert client.post("/webhook", headers=SECRET, json={"action": "PROJECT_UPDATED", "project": {"id": 7}}).json()["status"] == "ignored"
 
     assert trainer.train_due_projects() == []  # labels are fresh: debounce holds
-    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7, "label_config": CONFIG}}).json() == \
+    assert client.post("/webhook", headers=SECRET, json={"action": "START_TRAINING", "project": {"id": 7, "label_config": CONFIG}}).json() == \
         {"status": "ok", "action": "START_TRAINING", "training": "requested"}
     assert trainer.train_due_projects() == ["v1"]
     assert trainer.train_due_projects() == []  # nothing new since
@@ -131,7 +143,7 @@ def test_webhooks_record_idempotently_and_training_changes_the_version(client, b
 
 def test_quiet_period_debounce_trains_once_after_a_storm(client, backend, trainer):
     for n, (t, label) in enumerate(tasks_for_all()):
-        client.post("/webhook", json=annotation_event(500 + n, t, "car-like" if label == "vehicle" else label))
+        client.post("/webhook", headers=SECRET, json=annotation_event(500 + n, t, "car-like" if label == "vehicle" else label))
     now = datetime.now(timezone.utc)
     assert trainer.train_due_projects(now=now + timedelta(seconds=1)) == []
     assert trainer.train_due_projects(now=now + timedelta(seconds=10)) == ["v1"]
@@ -140,11 +152,11 @@ def test_quiet_period_debounce_trains_once_after_a_storm(client, backend, traine
 
 def test_a_second_process_picks_up_a_promoted_version(client, trainer, settings, encoders):
     for n, (t, label) in enumerate(tasks_for_all()):
-        client.post("/webhook", json=annotation_event(700 + n, t, "car-like" if label == "vehicle" else label))
+        client.post("/webhook", headers=SECRET, json=annotation_event(700 + n, t, "car-like" if label == "vehicle" else label))
     other = Backend(settings, store=open_store(settings), runtime=Runtime(settings, encoders=encoders))
     first = other.predict(tasks=[tasks_for_all()[0][0]], project="7.1", label_config=CONFIG)["results"][0]
     assert first["model_version"] == "zero-shot"
-    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
+    client.post("/webhook", headers=SECRET, json={"action": "START_TRAINING", "project": {"id": 7}})
     trainer.train_due_projects()
     again = other.predict(tasks=[tasks_for_all()[0][0]], project="7.1", label_config=CONFIG)["results"][0]
     assert again["model_version"] == "v1"
@@ -162,7 +174,8 @@ def test_basic_auth_everywhere_but_the_webhook(settings, backend):
         assert c.get("/health", headers=good).status_code == 200
         wrong = {"Authorization": "Basic " + base64.b64encode(b"u:x").decode()}
         assert c.get("/health", headers=wrong).status_code == 401
-        assert c.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}}).status_code == 200
+        # the webhook needs no basic auth (Label Studio's event webhook sends none): its secret counts
+        assert c.post("/webhook", headers=SECRET, json={"action": "PROJECT_UPDATED", "project": {"id": 7}}).status_code == 200
 
 
 def test_oversized_body_is_refused(client):
@@ -173,7 +186,7 @@ def test_oversized_body_is_refused(client):
 
 def test_labels_of_a_killed_training_run_are_trained_after_restart(client, backend, trainer):
     for n, (t, label) in enumerate(tasks_for_all()):
-        client.post("/webhook", json=annotation_event(900 + n, t, "car-like" if label == "vehicle" else label))
+        client.post("/webhook", headers=SECRET, json=annotation_event(900 + n, t, "car-like" if label == "vehicle" else label))
     with backend.store.session() as s:  # a process died mid-training: its run row still says "running"
         repo.start_training_run(s, project=repo.get_project(s, name="ls-7"), trigger="backend")
     later = datetime.now(timezone.utc) + timedelta(seconds=10)
@@ -186,15 +199,15 @@ def test_labels_of_a_killed_training_run_are_trained_after_restart(client, backe
 def test_repeated_events_and_resyncs_do_not_retrigger_training(client, backend, trainer):
     pairs = tasks_for_all()
     for n, (t, label) in enumerate(pairs):
-        client.post("/webhook", json=annotation_event(300 + n, t, "car-like" if label == "vehicle" else label))
+        client.post("/webhook", headers=SECRET, json=annotation_event(300 + n, t, "car-like" if label == "vehicle" else label))
     later = datetime.now(timezone.utc) + timedelta(seconds=10)
     assert trainer.train_due_projects(now=later) == ["v1"]
     for n, (t, label) in enumerate(pairs):  # the same annotations again (a resync, a retried webhook)
-        client.post("/webhook", json=annotation_event(300 + n, t, "car-like" if label == "vehicle" else label))
+        client.post("/webhook", headers=SECRET, json=annotation_event(300 + n, t, "car-like" if label == "vehicle" else label))
     # each check's clock is past the quiet period of the events just sent, however long training took
     assert trainer.train_due_projects(now=datetime.now(timezone.utc) + timedelta(seconds=10)) == []
     t, _ = pairs[0]  # a real correction does count
-    client.post("/webhook", json=annotation_event(300, t, "food", action="ANNOTATION_UPDATED"))
+    client.post("/webhook", headers=SECRET, json=annotation_event(300, t, "food", action="ANNOTATION_UPDATED"))
     assert trainer.train_due_projects(now=datetime.now(timezone.utc) + timedelta(seconds=10)) == ["v2"]
 
 
@@ -209,7 +222,7 @@ def test_concurrent_webhooks_on_a_new_project_lose_no_label(backend):
               for n, (t, label) in enumerate(pairs)]
     events += [dict(ev, action="ANNOTATION_UPDATED") for ev in events[:8]]  # the same annotations, at the same time
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(backend.webhook, events))
+        answers = list(pool.map(lambda ev: backend.webhook(ev, secret=SECRET_VALUE), events))
     assert all(a["status"] == "ok" and a["recorded"] == 1 for a in answers)
     with backend.store.session() as s:
         project = repo.get_project(s, name="ls-7")
@@ -228,7 +241,7 @@ def test_a_webhook_is_not_blocked_while_predict_encodes(backend, monkeypatch):
 
     def encode_while_a_webhook_arrives(inputs):
         if not answered:
-            hook = threading.Thread(target=lambda: answered.append(backend.webhook(annotation_event(4000, pairs[-1][0], "food"))))
+            hook = threading.Thread(target=lambda: answered.append(backend.webhook(annotation_event(4000, pairs[-1][0], "food"), secret=SECRET_VALUE)))
             hook.start()
             hook.join(timeout=15)  # the store's busy timeout is 30 s: a held lock would leave this unanswered
             assert answered, "the webhook waited for /predict to finish encoding"
@@ -293,7 +306,7 @@ def test_hostile_headers_ids_and_bodies_get_4xx_not_500(settings, backend):
                     {"action": "ANNOTATION_CREATED", "project": {"id": 7, "label_config": CONFIG},
                      "annotation": {"id": 1, "task": "seven"}, "task": {"id": 7, "data": {"text": "t"}}},
                     {"action": "ANNOTATION_CREATED", "project": {"id": 7, "label_config": 5}}):
-            r = c.post("/webhook", json=bad)
+            r = c.post("/webhook", headers=SECRET, json=bad)
             assert r.status_code == 400, (bad, r.text)
 
 
@@ -316,12 +329,14 @@ def test_a_decompression_bomb_fails_its_task_only(backend, tmp_path):
 def test_a_training_request_survives_a_killed_training(client, backend, trainer, monkeypatch):
     """START_TRAINING is marked handled when its run ends, not when it starts: a process killed
     mid-training leaves it pending, and the next trainer honours it."""
+    import annotator.backend
     import annotator.trainer
 
     for n, (t, label) in enumerate(tasks_for_all()):
-        client.post("/webhook", json=annotation_event(1200 + n, t, "car-like" if label == "vehicle" else label))
+        client.post("/webhook", headers=SECRET, json=annotation_event(1200 + n, t, "car-like" if label == "vehicle" else label))
     assert trainer.train_due_projects(now=datetime.now(timezone.utc) + timedelta(seconds=10)) == ["v1"]
-    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
+    monkeypatch.setattr(annotator.backend, "TRAIN_REQUEST_COOLDOWN_S", 0.0)  # a request right after v1 counts
+    client.post("/webhook", headers=SECRET, json={"action": "START_TRAINING", "project": {"id": 7}})
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the process ends in the middle of training (kill -9, OOM, a deploy)
@@ -335,3 +350,166 @@ def test_a_training_request_survives_a_killed_training(client, backend, trainer,
     assert trainer.train_due_projects() == ["v2"]  # no new label: only the surviving request asks for it
     with backend.store.session() as s:
         assert not repo.has_training_request(s, project=repo.get_project(s, name="ls-7"))
+
+
+def test_start_training_clicked_eight_times_trains_once(client, backend, trainer):
+    """#15: 8 × START_TRAINING in 32 s made 4 extra full retrains. A request while one is pending is
+    the same request; one with no label changed since a training that just started is dropped."""
+    for n, (t, label) in enumerate(tasks_for_all()):
+        client.post("/webhook", headers=SECRET, json=annotation_event(1500 + n, t, "car-like" if label == "vehicle" else label))
+    start = {"action": "START_TRAINING", "project": {"id": 7}}
+    answers = [client.post("/webhook", headers=SECRET, json=start).json()["training"] for _ in range(8)]
+    assert answers == ["requested"] + ["already requested"] * 7
+    assert trainer.train_due_projects() == ["v1"]
+    answers = [client.post("/webhook", json=start).json()["training"] for _ in range(8)]  # unauthenticated too
+    assert set(answers) == {"coalesced: no label changed since the last training"}
+    assert trainer.train_due_projects() == []
+    with backend.store.session() as s:
+        runs = s.scalars(select(TrainingRun.status).where(TrainingRun.status.in_(["succeeded", "running"]))).all()
+    assert runs == ["succeeded"]
+
+
+def _state(store) -> tuple:
+    """Everything an event could change: projects and their configs, items and their data, live labels,
+    training requests."""
+    from annotator.store.models import Item, Label, Project
+
+    with store.session() as s:
+        return (sorted((p.name, p.label_config, str(p.classes)) for p in s.scalars(select(Project))),
+                sorted((i.external_id, str(i.data)) for i in s.scalars(select(Item))),
+                sorted((lb.annotation_key, str(lb.values)) for lb in s.scalars(select(Label).where(Label.deleted_at.is_(None)))),
+                len(s.scalars(select(TrainingRun)).all()))
+
+
+def test_unauthenticated_webhooks_store_nothing(client, backend):
+    """The probes of #15, without the secret: relabelling a task and swapping its image URL, deleting
+    annotations and tasks, creating projects, rewriting a label config. None changes anything."""
+    pairs = tasks_for_all()[:6]
+    for n, (t, label) in enumerate(pairs):
+        client.post("/webhook", headers=SECRET, json=annotation_event(2000 + n, t, label))
+    before = _state(backend.store)
+    assert len(before[2]) == 6
+
+    forged = annotation_event(2000, {**pairs[0][0], "data": {"text": "x", "image": "http://attacker.example/x.png"}}, "food")
+    attacks = [
+        forged,
+        {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 2000 + n} for n in range(6)], "project": {"id": 7}},
+        {"action": "TASKS_DELETED", "tasks": [{"id": t["id"]} for t, _ in pairs], "project": {"id": 7}},
+        {"action": "PROJECT_UPDATED", "project": {"id": 7, "label_config": CONFIG.replace("food", "poison")}},
+    ]
+    # project 7 was registered without a way to reach Label Studio: nothing to check the events against
+    for event in attacks:
+        r = client.post("/webhook", json=event)
+        assert r.status_code == 403 and "unauthenticated" in r.json()["detail"], r.text
+        r = client.post("/webhook", json=event, headers={"X-Annotator-Secret": "guess"})
+        assert r.status_code == 401
+    # 500 events naming 500 new projects: refused, none created
+    for pid in range(1000, 1500):
+        r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": pid, "label_config": CONFIG},
+                                          "task": {"id": 1, "data": {"text": "t"}}, "annotation": {"id": 1, "task": 1}})
+        assert r.status_code == 403
+    assert _state(backend.store) == before
+
+    # with Label Studio's address and token stored (by /setup), an event is a reason to pull the project
+    # from Label Studio, and still stores nothing of its own
+    client.post("/setup", json={"project": "7", "schema": CONFIG, "hostname": "http://ls.invalid:8080",
+                                "access_token": "token"})
+    for event in attacks:
+        r = client.post("/webhook", json=event)
+        assert r.status_code == 202 and r.json()["sync"] == "requested"
+    with backend.store.session() as s:
+        assert repo.get_project(s, name="ls-7").sync_requested_at is not None
+        assert [p.name for p in repo.projects_to_sync(s)] == ["ls-7"]
+    assert _state(backend.store)[1:] == before[1:]
+
+
+def test_fuzzed_bodies_get_no_5xx_and_unauthenticated_ones_change_nothing(settings, backend):
+    """A bounded random generator of webhook and /predict bodies (3,000 cases, fixed seed): shapes
+    Label Studio sends, with values swapped for wrong types, huge numbers, deep nesting and junk."""
+    import random
+
+    rng = random.Random(15)
+    junk = [None, True, -1, 2**70, 1e308, "", "abc", "7.12", "\u0000", "é" * 50, [], {}, [1, [2, [3]]],
+            {"id": {"id": 1}}, "../../etc/passwd", "http://127.0.0.1:1/x.png", CONFIG, "<View>"]
+
+    def value(depth=0):
+        if depth < 3 and rng.random() < 0.3:
+            return {k: value(depth + 1) for k in rng.sample(["id", "data", "task", "result", "annotations", "tasks",
+                                                              "label_config", "project", "image", "text"], 3)}
+        if depth < 3 and rng.random() < 0.15:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return rng.choice(junk)
+
+    def event():
+        body = {"action": rng.choice(["ANNOTATION_CREATED", "ANNOTATIONS_DELETED", "TASKS_DELETED", "START_TRAINING",
+                                      "PROJECT_UPDATED", "ANNOTATIONS_CREATED", value()]),
+                "project": rng.choice([{"id": 7, "label_config": CONFIG}, {"id": value()}, value()])}
+        for key in rng.sample(["annotation", "annotations", "task", "tasks"], rng.randint(0, 3)):
+            body[key] = value()
+        return body
+
+    def predict():
+        tasks = [rng.choice([{"id": rng.randint(1, 5), "data": {"text": value(), "image": value()}}, value()])
+                 for _ in range(rng.randint(0, 3))]
+        return rng.choice([{"tasks": tasks, "project": rng.choice(["7.1", value()]), "label_config": CONFIG},
+                           {"tasks": value()}, value()])
+
+    secured = settings.model_copy(update={"basic_auth_user": "u", "basic_auth_pass": SecretStr("p")})
+    auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+    with TestClient(create_app(secured, store=backend.store, runtime=backend.runtime, start_trainer=False),
+                    raise_server_exceptions=False) as c:
+        c.post("/setup", headers=auth, json={"project": "7", "schema": CONFIG})
+        for n, (t, label) in enumerate(tasks_for_all()[:4]):
+            c.post("/webhook", headers=SECRET, json=annotation_event(3000 + n, t, label))
+        before = _state(backend.store)
+        for _ in range(1500):
+            r = c.post("/webhook", json=event())
+            assert r.status_code < 500, r.text
+        assert _state(backend.store) == before  # no state change without the secret
+        for _ in range(750):
+            body = event()
+            r = c.post("/webhook", headers=SECRET, json=body)
+            assert r.status_code < 500, body
+        for _ in range(750):
+            body = predict()
+            r = c.post("/predict", headers=auth, json=body)
+            assert r.status_code < 500, body
+
+
+def test_predict_and_search_fetch_nothing_internal(client, backend):
+    """#15: /predict tasks (and the trainer after a webhook) fetched loopback and metadata URLs and read
+    local files; /search told a port's status. A loopback recorder stands in for an internal service."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write((DATA / "cat.png").read_bytes())
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    internal = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        refs = [f"{internal}/admin.png", "http://169.254.169.254/latest/meta-data/iam", "file:///etc/passwd",
+                "/proc/self/environ", "/etc/hostname"]
+        tasks = [task(100 + i, "a photo of a cat", image=ref) for i, ref in enumerate(refs)]
+        tasks.append(task(200, "a photo of a cat"))  # a file inside the media roots: read
+        results = client.post("/predict", json={"tasks": tasks, "project": "7.1", "label_config": CONFIG}).json()["results"]
+        assert len(results) == 6 and results[-1]["result"]
+        with backend.store.session() as s:
+            items = repo.items_by_task_ids(s, project=repo.get_project(s, name="ls-7"), task_ids=[100 + i for i in range(5)])
+            assert all(it.image_sha is None for it in items.values())  # nothing was read for them
+        for ref in (f"{internal}/probe", "/etc/passwd"):
+            r = client.post("/search", json={"project": 7, "image": ref})
+            assert r.status_code == 422 and "not allowed" in r.json()["detail"] and "HTTP" not in r.json()["detail"]
+    finally:
+        httpd.shutdown()
+    assert hits == []

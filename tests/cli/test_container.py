@@ -49,6 +49,7 @@ def test_the_compose_environment_configures_the_backend(monkeypatch, settings):
     assert loaded.label_studio_url == "http://label-studio:8080"
     assert loaded.label_studio_api_key.get_secret_value() == "tok"
     assert loaded.log_level == "INFO" and loaded.basic_auth_user is None  # unset in compose: no basic auth
+    assert loaded.webhook_secret is None  # unset: `ls connect` makes one per project
     monkeypatch.setenv("BASIC_AUTH_USER", "u")
     monkeypatch.setenv("BASIC_AUTH_PASS", "p")
     assert load_settings().basic_auth_pass.get_secret_value() == "p"

@@ -74,7 +74,9 @@ def test_s3_media_are_fetched_through_label_studios_presign_endpoint(label_studi
         time.sleep(0.5)
     assert sorted(t["data"]["image"] for t in tasks) == [f"s3://{bucket}/cat.png", f"s3://{bucket}/coffee.jpg"]
 
-    settings = Settings(data_dir=tmp_path / "data")  # Label Studio's URL and token come from /setup alone
+    # Label Studio's URL and token come from /setup alone; the presigned URLs point at moto on loopback, which
+    # stands in for S3 and must be allowed as a private address would be
+    settings = Settings(data_dir=tmp_path / "data", media_allow_hosts="127.0.0.1")
     store = open_store(settings)
     backend = Backend(settings, store=store, runtime=Runtime(settings, encoders=Encoders(settings, overrides=dict(offline_encoders))))
     backend.setup(project=project.id, schema=CONFIG, hostname=label_studio.url, access_token=label_studio.token)

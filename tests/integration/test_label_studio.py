@@ -56,6 +56,11 @@ def human_labels(backend_server, ls_project_id):
         return repo.current_labels(s, project=p)
 
 
+def _sync_pending(backend_server, ls_project_id):
+    with backend_server.store.session() as s:
+        return repo.get_project(s, name=project_name_for(ls_project_id)).sync_requested_at is not None
+
+
 def active_version(backend_server, ls_project_id):
     with backend_server.store.session() as s:
         mv = repo.active_model_version(s, project=repo.get_project(s, name=project_name_for(ls_project_id)))
@@ -109,6 +114,21 @@ def test_image_and_text_project_full_loop(label_studio, ls_client, backend_serve
                                                           "value": {"choices": [truth[t["id"]]]}}])
     wait_for(lambda: len(human_labels(backend_server, project.id)) == 12, what="12 labels from webhooks")
 
+    # 2b. an event without the webhook secret is only a reason to pull the project from Label Studio:
+    # what Label Studio holds is stored, not what the event says (#15)
+    forged = {"action": "ANNOTATION_CREATED", "project": {"id": project.id, "label_config": MM_CONFIG},
+              "task": {"id": tasks[0]["id"], "data": {"image": "http://attacker.example/x.png", "text": "forged"}},
+              "annotation": {"id": 999_999, "task": tasks[0]["id"], "result": [
+                  {"from_name": "category", "to_name": "image", "type": "choices", "value": {"choices": ["forged"]}}]}}
+    answer = httpx.post(f"{backend_server.url}/webhook", json=forged, timeout=10)
+    assert answer.status_code == 202 and answer.json()["sync"] == "requested"
+    wait_for(lambda: not _sync_pending(backend_server, project.id), what="the pull the forged event asked for")
+    with backend_server.store.session() as s:
+        p = repo.get_project(s, name=project_name_for(project.id))
+        [item] = repo.items_by_task_ids(s, project=p, task_ids=[tasks[0]["id"]]).values()
+        assert item.data == {"image": tasks[0]["data"]["image"], "text": tasks[0]["data"]["text"]}
+    assert sorted(human_labels(backend_server, project.id).values()) == sorted([truth[t["id"]]] for t in tasks[:12])
+
     # 3. Start Training → a promoted version → the next predictions carry it
     ls_client.ml.train(id=ml.id)
     wait_for(lambda: active_version(backend_server, project.id) == "v1", timeout_s=240, what="v1 to be promoted")
@@ -129,8 +149,8 @@ def test_image_and_text_project_full_loop(label_studio, ls_client, backend_serve
         "data": {"image": urls[extra["id"]], "text": extra["text"] + " (again)"},
         "annotations": [{"result": [{"from_name": "category", "to_name": "image", "type": "choices",
                                      "value": {"choices": [category(extra["id"])]}}]}]}])
-    time.sleep(1)
-    assert len(human_labels(backend_server, project.id)) == 12
+    # the TASKS_CREATED event carries no secret: the pull it asks for brings the annotation in
+    wait_for(lambda: len(human_labels(backend_server, project.id)) == 13, what="the imported annotation")
     synced = sync(backend_server.store, url=label_studio.url, api_key=label_studio.token,
                   ls_project_id=project.id)
     assert synced["tasks"] == 17 and synced["labels"] == 13
@@ -146,6 +166,14 @@ def test_image_and_text_project_full_loop(label_studio, ls_client, backend_serve
     again = connect(backend_server.store, backend_server.settings, url=label_studio.url, api_key=label_studio.token,
                     ls_project_id=project.id, backend_url=backend_server.url, progress=False)
     assert again["predictions"] == 0
+    # connect gave Label Studio's webhook the project's secret: its events are now trusted as they come
+    [hook] = [h for h in ls_client.webhooks.list(project=str(project.id)) if h.url == f"{backend_server.url}/webhook"]
+    with backend_server.store.session() as s:
+        secret = repo.get_project(s, name=project_name_for(project.id)).webhook_secret
+    assert secret and len(secret) >= 32 and hook.headers == {"X-Annotator-Secret": secret}
+    assert hook.id == result["webhook_id"] == again["webhook_id"]
+    wrong = httpx.post(f"{backend_server.url}/webhook", json=forged, headers={"X-Annotator-Secret": "guess"}, timeout=10)
+    assert wrong.status_code == 401
 
 
 def test_text_only_project_zero_shot(label_studio, ls_client, backend_server):

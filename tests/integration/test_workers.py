@@ -69,7 +69,7 @@ def _task(i: int, row: dict, folder: str = "storm") -> dict:
 def test_three_workers_share_labels_training_models_and_label_studio_access(tmp_path, pg_database, media_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANNOTATOR_")}
     env.update({"ANNOTATOR_DATA_DIR": str(tmp_path / "shared"), "ANNOTATOR_DATABASE_URL": pg_database,
-                "ANNOTATOR_MODEL": "logreg", "ANNOTATOR_SELF_TRAINING": "off"})
+                "ANNOTATOR_MODEL": "logreg", "ANNOTATOR_SELF_TRAINING": "off", "ANNOTATOR_WEBHOOK_SECRET": "storm-secret"})
     subprocess.run([sys.executable, "-m", "annotator.cli.main", "db", "upgrade"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
     port = free_port()
@@ -99,7 +99,8 @@ def test_three_workers_share_labels_training_models_and_label_studio_access(tmp_
                                   "result": [{"from_name": "category", "to_name": "image", "type": "choices",
                                               "value": {"choices": [r["label"]]}}]}} for i, r in labelled]
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda ev: httpx.post(f"{url}/webhook", json=ev, timeout=30), events))
+            answers = list(pool.map(lambda ev: httpx.post(f"{url}/webhook", json=ev, timeout=30,
+                                                          headers={"X-Annotator-Secret": "storm-secret"}), events))
         assert all(a.status_code == 200 and a.json()["recorded"] == 1 for a in answers)
         assert len({a.headers["X-Annotator-Worker"] for a in answers}) >= 2  # the storm was spread over workers
         with engine.connect() as conn:

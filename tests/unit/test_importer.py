@@ -122,3 +122,31 @@ def test_missing_and_unknown_manifests_are_refused(store, tmp_path):
     (tmp_path / "m.xml").write_text("<x/>")
     with pytest.raises(ManifestError, match="unknown format"):
         _run(store, tmp_path / "m.xml")
+
+
+def test_undecodable_lines_are_reported_and_the_good_ones_land(store, tmp_path):
+    """#15: a JSONL with one binary line, or a Latin-1 CSV, was a UnicodeDecodeError traceback and
+    lost every good line."""
+    good = [json.dumps({"id": str(i), "text": f"caf\u00e9 number {i}", "label": "x"}).encode() for i in range(3)]
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join([good[0], b"\x89PNG\r\x1a\x00\xff\xfe binary", good[1], good[2]]) + b"\n")
+    report = _run(store, tmp_path / "m.jsonl")
+    assert report.imported == 3
+    assert [s["line"] for s in report.skipped] == [2] and "not UTF-8 text (byte 0x89" in report.skipped[0]["error"]
+
+    rows = "id,text,label\n1,caf\u00e9 cr\u00e8me,food\n2,\"two\nlines\",food\n3,na\u00efve,food\n"
+    (tmp_path / "latin1.csv").write_bytes(rows.encode("latin-1"))
+    with store.session() as s:
+        report = import_manifest(s, project_name="csv", manifest=tmp_path / "latin1.csv")
+    assert report.imported == 1  # the multi-line ASCII row; the others name their line and the option
+    assert [s["line"] for s in report.skipped] == [2, 5] and all("--encoding" in s["error"] for s in report.skipped)
+    with store.session() as s:
+        report = import_manifest(s, project_name="csv", manifest=tmp_path / "latin1.csv", encoding="cp1252")
+        texts = sorted(i.data["text"] for i in repo.list_items(s, project=repo.get_project(s, name="csv")))
+    assert report.imported == 3 and not report.skipped
+    assert texts == ["caf\u00e9 cr\u00e8me", "na\u00efve", "two\nlines"]
+
+    (tmp_path / "utf16.csv").write_bytes(rows.encode("utf-16"))  # Excel's "Unicode text": the BOM says so
+    with store.session() as s:
+        assert import_manifest(s, project_name="u16", manifest=tmp_path / "utf16.csv").imported == 3
+    with store.session() as s, pytest.raises(ManifestError, match="unknown encoding"):
+        import_manifest(s, project_name="csv", manifest=tmp_path / "latin1.csv", encoding="klingon")

@@ -103,17 +103,18 @@ def server():
 
 
 def _fetcher(settings, **update):
-    return MediaFetcher(settings.model_copy(update=update))
+    """A fetcher for the loopback test server, which stands in for a host the operator allowed."""
+    return MediaFetcher(settings.model_copy(update={"media_allow_hosts": "127.0.0.1", **update}))
 
 
 def test_local_and_http_fetch_same_bytes(settings, server):
     with _fetcher(settings) as f:
-        assert f.fetch(str(DATA / "cat.png")) == f.fetch(f"{server}/cat.png") == (DATA / "cat.png").read_bytes()
+        assert f.fetch(str(DATA / "cat.png"), trusted=True) == f.fetch(f"{server}/cat.png") == (DATA / "cat.png").read_bytes()
         assert f.fetch("cat.png", base_dir=DATA) == (DATA / "cat.png").read_bytes()
 
 
 def test_http_404_names_url(settings, server):
-    with _fetcher(settings) as f, pytest.raises(MediaError, match=r"HTTP 404 from .*/missing.png"):
+    with _fetcher(settings) as f, pytest.raises(MediaError, match=r"missing.png: could not fetch: HTTP 404"):
         f.fetch(f"{server}/missing.png")
 
 
@@ -141,12 +142,12 @@ def test_transient_errors_are_retried_with_backoff_and_permanent_ones_are_not(se
     _Handler.calls.clear()
     with _fetcher(settings, media_retries=3, media_retry_wait_s=0.01) as f:
         assert f.fetch(f"{server}/flaky/a.png")[:8] == b"\x89PNG\r\n\x1a\n"  # two 502s, then the image
-        with pytest.raises(MediaError, match=r"HTTP 404 from .*/gone.png$"):
+        with pytest.raises(MediaError, match=r"/gone.png: could not fetch: HTTP 404$"):
             f.fetch(f"{server}/gone.png")
     assert _Handler.calls.count(("GET", "/flaky/a.png")) == 3
     assert _Handler.calls.count(("GET", "/gone.png")) == 1  # a 404 will not get better
     with _fetcher(settings, media_retries=1, media_retry_wait_s=0.01) as f:
-        with pytest.raises(MediaError, match=r"HTTP 502 from .*/always502 \(after 2 attempts\)"):
+        with pytest.raises(MediaError, match=r"/always502: could not fetch: HTTP 502 \(after 2 attempts\)"):
             f.fetch(f"{server}/always502")
     with _fetcher(settings, media_retries=0) as f, pytest.raises(MediaError, match=r"after 1 attempt\)"):
         f.fetch(f"{server}/flaky/b.png")
@@ -211,3 +212,19 @@ def test_audio_decoding_resamples_and_rejects_images():
     assert tone.shape == (8000,)
     with pytest.raises(MediaError, match="not audio: content looks like image/png"):
         load_audio((DATA / "cat.png").read_bytes(), "cat.png")
+
+
+def test_large_images_are_reduced_on_decoding_and_keep_their_aspect():
+    """A chunk of 64 decoded phone photos held 2.3 GB; encoders see a few hundred pixels a side."""
+    import io
+
+    from PIL import Image
+
+    from annotator.media import MAX_IMAGE_SIDE
+
+    for mode, fmt in (("RGB", "JPEG"), ("P", "PNG")):
+        buf = io.BytesIO()
+        Image.new(mode, (4000, 3000), 7).save(buf, fmt)
+        image = load_image(buf.getvalue(), f"photo.{fmt.lower()}")
+        assert image.size == (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE * 3 // 4) and image.mode == "RGB"
+    assert load_image((DATA / "coffee.jpg").read_bytes(), "coffee.jpg").size == (96, 72)  # small ones untouched

@@ -271,3 +271,24 @@ def test_the_training_lock_holds_across_processes(any_database_settings, tmp_pat
         time.sleep(0.1)
     assert acquired  # a killed holder leaves the lock free
     store.close()
+
+def test_old_version_folders_are_pruned_to_the_retention(store, settings, encoders, tmp_path):
+    """#15: every retrain wrote a version folder and none was ever removed."""
+    from annotator.versions import version_dir
+
+    make_project(store, tmp_path, n_per_class=6)
+    settings = settings.model_copy(update={"keep_versions": 2})
+    for _ in range(4):
+        retrain(store, settings, project_name="p", head="logreg", encoders=encoders, progress=False, force=True)
+    with store.session() as s:
+        statuses = {v.version: v.status for v in repo.list_model_versions(s, project=repo.get_project(s, name="p"))}
+    assert statuses == {"v1": "pruned", "v2": "retired", "v3": "retired", "v4": "active"}
+    folders = sorted(p.name for p in (settings.project_dir("p") / "models").iterdir() if not p.name.startswith("."))
+    assert folders == ["v2", "v3", "v4"] and not version_dir(settings, "p", "v1").exists()
+    hidden = [p for p in (settings.project_dir("p") / "models").iterdir() if p.name.startswith(".")]
+    assert len(hidden) == 3  # one generation per kept version, none left behind by v1
+    with store.session() as s, pytest.raises(NotFoundError, match="pruned"):
+        repo.promote_model_version(s, project=repo.get_project(s, name="p"), version="v1")
+    with store.session() as s:  # a kept one still rolls back
+        repo.promote_model_version(s, project=repo.get_project(s, name="p"), version="v2")
+    assert _active(store) == "v2"

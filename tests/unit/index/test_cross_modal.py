@@ -50,7 +50,7 @@ def test_text_query_finds_images_of_the_right_kind(project):
 
 def test_same_modality_search_uses_native_space(project):
     path = str(SAMPLE_DIR / "media" / "1F40A.png")
-    hits = _index(project).search(project[1], image=path, k=3, modality="image")
+    hits = _index(project).search(project[1], image=path, k=3, modality="image", trusted=True)  # the operator's own query
     assert hits[0].id == "1F40A" and hits[0].score > 0.99
 
 
@@ -74,9 +74,9 @@ def test_bad_queries_say_what_is_wrong(project, tmp_path):
     with pytest.raises(NotFoundError, match="no item"):
         idx.search(project[1], item="no-such-item")
     with pytest.raises(MediaError, match="truncated.png: corrupt or truncated image"):
-        idx.search(project[1], image=str(DATA / "truncated.png"))
+        idx.search(project[1], image=str(DATA / "truncated.png"), trusted=True)
     with pytest.raises(MediaError, match="file not found"):
-        idx.search(project[1], image=str(tmp_path / "missing.png"))
+        idx.search(project[1], image=str(tmp_path / "missing.png"), trusted=True)
 
 
 def test_new_items_searchable_after_embed_and_deleted_items_gone_at_once(project, tmp_path):
@@ -88,10 +88,10 @@ def test_new_items_searchable_after_embed_and_deleted_items_gone_at_once(project
     report = embed_project(store, settings, project_name="p", encoders=encoders, progress=False)
     assert report.index["indexes"]["native-image"] == 49 and report.index["aligner_refit"] is False
     idx = ProjectIndex(settings, "p", encoders)
-    assert idx.search(store, image=str(DATA / "cat.png"), k=1, modality="image")[0].id == "new-cat"
+    assert idx.search(store, image=str(DATA / "cat.png"), k=1, modality="image", trusted=True)[0].id == "new-cat"
     with store.session() as s:
         repo.delete_items(s, project=repo.get_project(s, name="p"), external_ids=["new-cat"])
-    assert "new-cat" not in [h.id for h in idx.search(store, image=str(DATA / "cat.png"), k=5, modality="image")]
+    assert "new-cat" not in [h.id for h in idx.search(store, image=str(DATA / "cat.png"), k=5, modality="image", trusted=True)]
     assert embed_project(store, settings, project_name="p", encoders=encoders,
                          progress=False).index["indexes"]["native-image"] == 48
 
