@@ -29,7 +29,8 @@ from annotator.store.models import utcnow
 from annotator.training import retrain, training_lock
 
 log = logging.getLogger("annotator.trainer")
-SYNC_RETRY_S = 30.0
+SYNC_RETRY_S = 30.0  # after a failed pull from Label Studio
+SYNC_MIN_INTERVAL_S = 5.0  # between pulls of one project: a stream of events costs one full listing per 5 s
 
 
 class Trainer:
@@ -92,8 +93,9 @@ class Trainer:
 
     def sync_requested_projects(self) -> list[str]:
         """Pull each project an unauthenticated webhook named from Label Studio's API (with its stored
-        token): what Label Studio says is stored, not what the event said. Many events make one pull;
-        a project whose pull failed waits `SYNC_RETRY_S` before the next try. Returns projects pulled."""
+        token): what Label Studio says is stored, not what the event said. Many events make one pull,
+        at most one per `SYNC_MIN_INTERVAL_S`; a project whose pull failed waits `SYNC_RETRY_S`.
+        Returns projects pulled."""
         from annotator.labelstudio.sync import sync
 
         with self.store.session() as s:
@@ -116,6 +118,7 @@ class Trainer:
                     continue
                 with self.store.session() as s:
                     repo.sync_done(s, project=repo.get_project(s, name=name), requested_at=requested_at)
+            self._sync_after[name] = time.monotonic() + SYNC_MIN_INTERVAL_S
             pulled.append(name)
         return pulled
 

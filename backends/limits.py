@@ -46,8 +46,9 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, guarded_send)
-        except BodyTooLargeError:
-            pass
+        except Exception:  # noqa: BLE001 - ours, or what the app made of it (wrapped in an ExceptionGroup by
+            if not refused:  # BaseHTTPMiddleware's task group, or a ClientDisconnect); anything else goes on up
+                raise
         if refused and not started:
             await self._refuse(send)
 

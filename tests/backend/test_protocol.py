@@ -513,3 +513,25 @@ def test_predict_and_search_fetch_nothing_internal(client, backend):
     finally:
         httpd.shutdown()
     assert hits == []
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(settings, backend, monkeypatch):
+    """#15: a 70 MB chunked body to /webhook was read whole (only Content-Length was checked)."""
+    import annotator.backends.app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_BODY_BYTES", 1024 * 1024)
+    sent = []
+
+    def chunks(n_bytes):
+        for _ in range(n_bytes // 65536):
+            sent.append(65536)
+            yield b" " * 65536
+
+    with TestClient(create_app(settings, store=backend.store, runtime=backend.runtime, start_trainer=False)) as c:
+        for path in ("/webhook", "/predict", "/setup"):
+            r = c.post(path, content=chunks(3 * 1024 * 1024), headers={"content-type": "application/json"})
+            assert "content-length" not in {k.lower() for k in r.request.headers} and r.status_code == 413, (path, r.text)
+            assert "over 1048576 bytes" in r.json()["detail"]
+        small = b'{"action": "PROJECT_UPDATED", "project": {"id": 7}}'
+        r = c.post("/webhook", content=iter([small[:10], small[10:]]), headers={**SECRET, "content-type": "application/json"})
+        assert r.status_code == 200  # a chunked body under the limit is read as usual
