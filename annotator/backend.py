@@ -317,11 +317,16 @@ class Backend:
         return {"status": "ignored", "action": action}
 
     def versions(self) -> dict[str, Any]:
+        """Label Studio reads ``versions``; ``stopping`` says, per project, whether more labels are
+        likely to change the active model (`annotator.active.stopping`)."""
         with self.store.session() as s:
-            out = []
+            out, stopping = [], {}
             for p in repo.ls_projects(s):
                 out += [v.version for v in repo.list_model_versions(s, project=p)]
-        return {"versions": out}
+                active = repo.active_model_version(s, project=p)
+                if active is not None and active.metrics.get("stopping"):
+                    stopping[p.name] = {"version": active.version, **active.metrics["stopping"]}
+        return {"versions": out, "stopping": stopping}
 
     def search(self, *, project: Any, k: int = 10, **query) -> list[dict[str, Any]]:
         name = project_name_for(parse_project_id(project))

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from annotator.active.stopping import agreement, label_slope, stop_set, stopping_signal
 from annotator.config import Settings
 from annotator.embedding import embed_items, load_features, usable_rows
 from annotator.encoders.base import resolve_device
@@ -50,6 +51,7 @@ class RetrainResult:
         keys = ("accuracy", "macro_f1", "ece")
         return {"model_version": self.model_version, "promoted": self.promoted,
                 "metrics": {k: self.metrics.get(k) for k in keys}, "n_labels": self.n_labels,
+                "stopping": self.metrics.get("stopping"),
                 "model": self.model, "why": self.metrics.get("why"), "candidates": self.metrics.get("candidates", []),
                 "details": {"metrics": self.metrics, "previous": self.previous, "reason": self.reason,
                             "skipped": self.skipped}}
@@ -160,7 +162,12 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         promoted, reason = _decide(search, force, active_snapshot)
         with store.session() as s:
             project = repo.get_project(s, name=project_name)
-            version = f"v{len(repo.list_model_versions(s, project=project)) + 1}"
+            earlier = repo.list_model_versions(s, project=project)
+            version = f"v{len(earlier) + 1}"
+            history = [(mv.n_labels, mv.metrics.get("macro_f1"), (mv.metrics.get("stopping") or {}).get("kappa"))
+                       for mv in earlier]
+        metrics["stopping"] = _stopping(settings, active, encoders, clf, pool, history,
+                                        (len(items), metrics.get("macro_f1")))
         artifact = save_version(settings, version_dir(settings, project_name, version), clf, encoders.names(),
                                 _jsonable(metrics), len(items))
         with store.session() as s:
@@ -195,6 +202,34 @@ def _reference(settings: Settings, active: ModelVersion, encoders: Encoders) -> 
     if old_encoders != {m: n for m, n in encoders.names().items() if m in old_encoders}:
         return None
     return f"active {active.version}: {active.head}", old.clone(), list(old.modalities_)
+
+
+def _stopping(settings: Settings, active: ModelVersion | None, encoders: Encoders, clf, pool: Sequence,
+              history: list[tuple[int, float | None, float | None]], now: tuple[int, float | None]) -> dict[str, Any]:
+    """Whether more labels are likely to change the model (`annotator.active.stopping`): the new model
+    and the active one label the stop set, a fixed sample of the unlabelled items with vectors."""
+    if not pool:
+        return {"kappa": None, "stop_set": 0, "compared_with": None, "signal": "stop",
+                "why": "every item is labelled", "f1_per_100_labels": label_slope(
+                    [(n, f1) for n, f1, _ in history] + [now])}
+    kappa, sample = None, 0
+    if active is not None:
+        items = stop_set([it for it in pool if any(getattr(it, f"{m}_sha") for m in clf.modalities_)])
+        X = load_features(items, encoders=encoders, modalities=list(clf.modalities_)) if items else {}
+        usable = usable_rows(X, len(items)) if X else np.zeros(0, dtype=bool)
+        try:
+            old, old_encoders = load_version(settings, active)
+        except FileNotFoundError:
+            old = None
+        comparable = old is not None and set(old.modalities_) <= set(X) and old_encoders == {
+            m: n for m, n in encoders.names().items() if m in old_encoders}
+        if usable.any() and comparable:
+            X = {m: a[usable] for m, a in X.items()}
+            kappa = round(agreement(old.predict({m: X[m] for m in old.modalities_}), clf.predict(X)), 4)
+            sample = int(usable.sum())
+    report = stopping_signal([k for _, _, k in history] + [kappa])
+    return {"kappa": kappa, "stop_set": sample, "compared_with": active.version if active else None,
+            "f1_per_100_labels": label_slope([(n, f1) for n, f1, _ in history] + [now]), **report}
 
 
 def _decide(search: ModelSearch, force: bool, active_snapshot) -> tuple[bool, str]:

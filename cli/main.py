@@ -158,7 +158,8 @@ def retrain(
           f"{result.model_version}: {result.model} — accuracy {_fmt(m['accuracy'])}, macro-F1 {_fmt(m['macro_f1'])}, "
           f"ECE {_fmt(m['ece'])} on {result.n_labels} labels ({m.get('evaluation')}); "
           f"{'promoted' if result.promoted else 'not promoted'}: {result.reason}\n"
-          f"chosen because: {m.get('why')}\n{_candidate_table(m.get('candidates', []))}")
+          f"chosen because: {m.get('why')}\n{_candidate_table(m.get('candidates', []))}\n"
+          f"labelling: {m['stopping']['signal']} ({m['stopping']['why']})")
 
 
 def _fmt(value) -> str:
@@ -409,7 +410,8 @@ def models_list(project: ProjectOpt, as_json: JsonOpt = False) -> None:
         versions = [{"version": v.version, "model": v.head, "status": v.status, "n_labels": v.n_labels,
                      "accuracy": v.metrics.get("accuracy"), "macro_f1": v.metrics.get("macro_f1"),
                      "evaluation": v.metrics.get("evaluation"), "why": v.metrics.get("why"),
-                     "candidates": v.metrics.get("candidates", []), "created_at": v.created_at.isoformat()}
+                     "candidates": v.metrics.get("candidates", []), "stopping": v.metrics.get("stopping"),
+                     "created_at": v.created_at.isoformat()}
                     for v in repo.list_model_versions(s, project=repo.get_project(s, name=project))]
     lines = []
     for v in versions:
@@ -417,6 +419,8 @@ def models_list(project: ProjectOpt, as_json: JsonOpt = False) -> None:
                      f"macro-F1 {_fmt(v['macro_f1'])} ({v['n_labels']} labels, {v['evaluation']})")
         if v["status"] == "active" and v["candidates"]:
             lines.append(f"       chosen because: {v['why']}\n{_candidate_table(v['candidates'])}")
+        if v["status"] == "active" and v["stopping"]:
+            lines.append(f"       labelling: {v['stopping']['signal']} ({v['stopping']['why']})")
     _emit(versions, as_json, "\n".join(lines) or "no model versions yet")
 
 

@@ -138,7 +138,9 @@ def test_webhooks_record_idempotently_and_training_changes_the_version(client, b
     assert client.post("/setup", json={"project": "7.1", "schema": CONFIG}).json() == {"model_version": "v1"}
     results = client.post("/predict", json={"tasks": [pairs[0][0]], "project": "7.1", "label_config": CONFIG}).json()["results"]
     assert results[0]["model_version"] == "v1" and results[0]["result"][0]["value"]["choices"] == ["animal"]
-    assert client.get("/versions").json() == {"versions": ["v1"]}
+    versions = client.get("/versions").json()
+    assert versions["versions"] == ["v1"]
+    assert versions["stopping"]["ls-7"]["version"] == "v1" and versions["stopping"]["ls-7"]["signal"] in ("stop", "keep going")
 
 
 def test_quiet_period_debounce_trains_once_after_a_storm(client, backend, trainer):

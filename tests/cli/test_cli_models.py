@@ -23,6 +23,9 @@ def test_demo_then_retrain_predict_and_rollback(tmp_path):
     assert retrained["model"] == "concat" and [r["name"] for r in retrained["candidates"]][0] == "concat"
     assert any(r["name"].startswith("active v1: ") for r in retrained["candidates"])  # compared like with like
     assert retrained["why"]
+    # v2 and v1 labelled the demo's 24 unlabelled items; one comparison is not yet enough to stop
+    assert retrained["stopping"]["compared_with"] == "v1" and retrained["stopping"]["stop_set"] == 24
+    assert retrained["stopping"]["signal"] == "keep going" and -1 <= retrained["stopping"]["kappa"] <= 1
 
     predictions = json.loads(run_cli("predict", "--project", "demo", "--json", env_extra=env, check=True).stdout)
     assert len(predictions) == 48
@@ -37,6 +40,7 @@ def test_demo_then_retrain_predict_and_rollback(tmp_path):
     assert {"logreg", "concat", "attention"} <= {r["name"] for r in v1["candidates"]}
     table = run_cli("models", "list", "--project", "demo", env_extra=env, check=True).stdout
     assert "chosen because:" in table and "macro-F1" in table and f"* {demo['model']}" in table
+    assert "labelling: keep going" in table
 
     bad = run_cli("retrain", "--project", "demo", "--head", "mlp", env_extra=env)
     assert bad.returncode == 1 and "unknown model 'mlp'" in bad.stderr and "auto" in bad.stderr

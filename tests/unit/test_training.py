@@ -292,3 +292,26 @@ def test_old_version_folders_are_pruned_to_the_retention(store, settings, encode
     with store.session() as s:  # a kept one still rolls back
         repo.promote_model_version(s, project=repo.get_project(s, name="p"), version="v2")
     assert _active(store) == "v2"
+
+
+def test_retrains_report_when_labelling_can_stop(store, settings, encoders, tmp_path):
+    """The new model and the active one label the same unlabelled sample; when three retrains in a
+    row change (almost) nothing, the signal says stop. Every item labelled: nothing left to do."""
+    make_project(store, tmp_path, labelled=3)
+    first = retrain(store, settings, project_name="p", head="logreg", encoders=encoders, progress=False)
+    assert first.metrics["stopping"]["kappa"] is None and first.metrics["stopping"]["signal"] == "keep going"
+    make_project(store, tmp_path, labelled=6)  # the same manifest with more labels: a re-import
+    more = retrain(store, settings, project_name="p", head="logreg", encoders=encoders, progress=False, force=True)
+    # the stop set: unlabelled items with cached vectors (here those sharing a caption with a labelled one)
+    assert more.metrics["stopping"]["compared_with"] == "v1" and 0 < more.metrics["stopping"]["stop_set"] <= 48 - 18
+    assert -1 <= more.metrics["stopping"]["kappa"] <= 1
+    signals = []
+    for _ in range(3):  # no new label: the predictions cannot move
+        again = retrain(store, settings, project_name="p", head="logreg", encoders=encoders, progress=False, force=True)
+        assert again.metrics["stopping"]["kappa"] == 1.0
+        signals.append(again.metrics["stopping"]["signal"])
+    assert signals[-1] == "stop" and again.to_dict()["stopping"]["mean_kappa"] == 1.0
+    make_project(store, tmp_path)  # every item labelled
+    done = retrain(store, settings, project_name="p", head="logreg", encoders=encoders, progress=False, force=True)
+    assert done.metrics["stopping"]["signal"] == "stop" and done.metrics["stopping"]["why"] == "every item is labelled"
+    assert done.metrics["stopping"]["f1_per_100_labels"] is not None
