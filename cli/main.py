@@ -283,6 +283,35 @@ def errors(
 
 
 @app.command()
+def agreement(
+    project: ProjectOpt,
+    to_labelstudio: Annotated[bool, typer.Option(
+        help="Put the tasks annotators disagree on into a review queue (a Data Manager tab) in Label Studio.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """How far annotators agree: per annotator (with the consensus; estimated accuracy where they
+    overlap enough for Dawid–Skene), Krippendorff's alpha, and the tasks they disagree on."""
+    from annotator.active.selection import annotator_agreement
+
+    report = annotator_agreement(_store(), project_name=project)
+    if to_labelstudio:
+        from annotator.labelstudio.sync import push_review_queue
+
+        url, key = _ls_credentials(None, None)
+        queue = push_review_queue(_store(), url=url, api_key=key, project_name=project,
+                                  suspects=report["disagreements"], title="annotators disagree")
+        typer.echo(f"review queue: Data Manager tab {queue['view_id']} with {queue['tasks']} task(s)", err=True)
+    alpha = report["krippendorff_alpha"]
+    lines = [f"{report['items']} labelled item(s), {report['items_with_several_annotators']} with several annotators; "
+             f"Krippendorff's alpha {_fmt(alpha)}; consensus by {report['method']}",
+             f"    {'annotator':<24} {'items':>6} {'agreement':>9} {'est. accuracy':>13}"]
+    lines += [f"    {name:<24} {a['items']:>6} {a['agreement']:>9.3f} {_fmt(a['estimated_accuracy']):>13}"
+              for name, a in report["annotators"].items()]
+    lines += [f"  disagreement {d['score']:.2f}  {d['id']}: consensus {d['suggested']}" for d in report["disagreements"]]
+    _emit(report, as_json, "\n".join(lines))
+
+
+@app.command()
 def simulate(
     manifest: Annotated[Path, typer.Argument(help="A labelled manifest; its labels are the oracle.")],
     strategy: StrategyOpt = "margin",

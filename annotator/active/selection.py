@@ -105,3 +105,20 @@ def find_label_errors(store: Store, settings: Settings, *, project_name: str, en
     order = np.argsort(-scores, kind="stable")
     return [{"id": data.items[rows[i]].external_id, "label": labels[i], "suggested": suggested[i],
              "score": round(float(scores[i]), 6)} for i in order]
+
+
+def annotator_agreement(store: Store, *, project_name: str) -> dict[str, Any]:
+    """How far the project's annotators agree (`annotator.consensus.agreement_report`), with item ids
+    instead of keys; ``disagreements`` are review-queue entries (``id``, consensus as ``suggested``,
+    ``score`` = share of annotators against it), most contested first."""
+    from annotator.consensus import agreement_report
+
+    with store.session() as s:
+        project = repo.get_project(s, name=project_name)
+        report = agreement_report(repo.live_annotations(s, project=project))
+        ids = repo.external_ids(s, project=project)
+    agreement, labels = report.pop("item_agreement"), report.pop("consensus")
+    report["disagreements"] = [{"id": ids[pk], "suggested": labels[pk][0] if labels[pk] else "",
+                                "label": labels[pk], "score": round(1.0 - agreement[pk], 4)}
+                               for pk in report["disagreements"]]
+    return report

@@ -171,15 +171,17 @@ def push_next_batch(store: Store, runtime: Runtime, *, url: str, api_key: str, p
 
 
 def push_review_queue(store: Store, *, url: str, api_key: str, project_name: str,
-                      suspects: list[dict[str, Any]], limit: int = 100) -> dict[str, Any]:
-    """Suspected label errors become a review queue: a prediction with the suggested label (score =
-    1 − suspicion, so the most suspicious sort first) and a Data Manager tab listing those tasks."""
+                      suspects: list[dict[str, Any]], limit: int = 100,
+                      title: str = "suspected label errors") -> dict[str, Any]:
+    """Suspected label errors (or contested tasks) become a review queue: a prediction with the
+    suggested label (score = 1 − suspicion, so the most suspicious sort first) and a Data Manager
+    tab listing those tasks."""
     ls_pid, config, _, task_of = _task_items(store, project_name)
     top = [s for s in suspects if task_of.get(s["id"]) is not None][:limit]
     version = f"review-{_stamp()}"
     ls = client.client_for(url, api_key)
     client.push_predictions(ls, ls_pid, [{"task": task_of[s["id"]], "result": [config.region([s["suggested"]], s["score"])],
                                           "score": 1.0 - s["score"], "model_version": version} for s in top])
-    view_id = client.create_task_view(ls, ls_pid, f"annotator: {len(top)} suspected label errors",
+    view_id = client.create_task_view(ls, ls_pid, f"annotator: {len(top)} {title}",
                                       [task_of[s["id"]] for s in top])
     return {"model_version": version, "tasks": len(top), "view_id": view_id}

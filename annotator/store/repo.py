@@ -15,6 +15,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from annotator.config import check_project_name
+from annotator.consensus import Annotation, consensus
 from annotator.errors import NotFoundError
 from annotator.store.models import Item, Label, ModelVersion, Prediction, Project, TrainingRun, utcnow
 
@@ -200,14 +201,21 @@ def live_annotation_keys(session: Session, *, project: Project, item_pks: Sequen
         Label.annotation_key.like(f"{prefix}%"))))
 
 
-def current_labels(session: Session, *, project: Project, source: str = "human") -> dict[int, list[str]]:
-    """Item pk → the label values of its most recently updated live label of ``source``."""
+def live_annotations(session: Session, *, project: Project, source: str = "human") -> list[Annotation]:
+    """Every live label of ``source`` as an `Annotation` (annotator: who made it, else its key)."""
     rows = session.execute(
-        select(Label.item_id, Label.values)
+        select(Label.item_id, Label.values, Label.created_by, Label.annotation_key, Label.updated_at)
         .where(Label.project_id == project.id, Label.source == source, Label.deleted_at.is_(None))
         .order_by(Label.updated_at, Label.id)
     )
-    return {item_id: values for item_id, values in rows}
+    return [Annotation(item_id, created_by or key, tuple(sorted(str(v) for v in values)), at)
+            for item_id, values, created_by, key, at in rows]
+
+
+def current_labels(session: Session, *, project: Project, source: str = "human") -> dict[int, list[str]]:
+    """Item pk → its label: the consensus of its live labels of ``source`` (`annotator.consensus`:
+    one annotation is its own consensus; several are voted on, or weighed by Dawid–Skene)."""
+    return consensus(live_annotations(session, project=project, source=source))
 
 
 # --- model versions and training runs --------------------------------------------------------

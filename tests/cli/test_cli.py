@@ -27,7 +27,7 @@ def env(tmp_path):
 
 def test_help_lists_every_design_command():
     out = run_cli("--help").stdout
-    for cmd in ("import", "embed", "retrain", "predict", "search", "select", "errors", "simulate",
+    for cmd in ("import", "embed", "retrain", "predict", "search", "select", "errors", "agreement", "simulate",
                 "serve", "ls", "db", "models", "duplicates", "demo"):
         assert re.search(rf"│ {cmd}\b", out), cmd
 
