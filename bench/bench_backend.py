@@ -28,6 +28,7 @@ import numpy as np
 from bench._common import parser, timer, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
+SECRET_HEADER = {"X-Annotator-Secret": "bench-webhook-secret"}
 CONFIG = """<View><Image name="image" value="$image"/><Text name="caption" value="$text"/>
 <Choices name="category" toName="image"><Choice value="animal"/><Choice value="food"/><Choice value="plant"/>
 <Choice value="transport"/></Choices></View>"""
@@ -123,7 +124,7 @@ def storm_section(ls_free_settings, n_events: int, seconds: float) -> dict:
     while not server.started:
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}/webhook"
-    tasks, labels = make_tasks(n_events, Path(tempfile.mkdtemp()))
+    tasks, labels = make_tasks(n_events, Path(tempfile.mkdtemp(dir=settings.media_root_list[0])))
     events = [{"action": "ANNOTATION_CREATED", "project": {"id": 5, "label_config": CONFIG}, "task": t,
                "annotation": {"id": 10_000 + i, "task": t["id"], "completed_by": 1, "was_cancelled": False,
                               "result": [{"from_name": "category", "to_name": "image", "type": "choices",
@@ -134,7 +135,7 @@ def storm_section(ls_free_settings, n_events: int, seconds: float) -> dict:
     def send(ev):
         t0 = time.perf_counter()
         try:
-            code = client.post(url, json=ev).status_code
+            code = client.post(url, json=ev, headers=SECRET_HEADER).status_code
         except httpx.TransportError:  # e.g. a reset connection: reported as a failed event, not a crash
             code = 0
         latencies.append(time.perf_counter() - t0)
@@ -193,7 +194,7 @@ def kill_section(workdir: Path, n_labels: int, settings: dict) -> dict:
         raise RuntimeError("backend did not start")
 
     def post(path, body):
-        return httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=30).json()
+        return httpx.post(f"http://127.0.0.1:{port}{path}", json=body, headers=SECRET_HEADER, timeout=30).json()
 
     def runs():
         store = open_store(Settings(data_dir=workdir / "data"))
@@ -254,6 +255,9 @@ def main() -> None:
     # the smoke run checks the script, not the model choice: its retrains fit logistic regression
     # directly instead of running a model search each (minutes on 2 cores)
     quick = {"model": "logreg", "self_training": "off"} if args.smoke else {}
+    # the tasks name image files under tmp, as a deployment names its media roots; Label Studio's
+    # webhook would send the secret `ls connect` gave it
+    quick |= {"media_roots": str(tmp), "webhook_secret": SECRET_HEADER["X-Annotator-Secret"]}
     factory = lambda name: Settings(data_dir=tmp / name, **quick)  # noqa: E731
     n = 100 if args.smoke else 1000
     tasks, _ = make_tasks(n, tmp)
