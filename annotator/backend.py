@@ -16,7 +16,6 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from datetime import timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +39,7 @@ from annotator.media import MediaFetcher
 from annotator.prediction import predict_cached, serving_version
 from annotator.runtime import Runtime
 from annotator.store import Store, repo
-from annotator.store.models import Project, utcnow
+from annotator.store.models import Project, as_utc, utcnow
 
 log = logging.getLogger("annotator.backend")
 ENCODE_CHUNK = 128  # tasks encoded (and committed) at a time by a /predict job
@@ -73,7 +72,7 @@ def request_training(s, p: Project) -> str:
     pending, _ = repo.pending_labels(s, project=p)
     last = repo.last_training_start(s, project=p)
     if not pending and last is not None:
-        age = (utcnow() - (last if last.tzinfo else last.replace(tzinfo=timezone.utc))).total_seconds()
+        age = (utcnow() - as_utc(last)).total_seconds()
         if age < TRAIN_REQUEST_COOLDOWN_S:
             return "coalesced: no label changed since the last training"
     repo.request_training(s, project=p, trigger="label-studio")

@@ -117,14 +117,21 @@ class DawidSkene:
         return {item: [self.classes_[int(self.posterior_[i].argmax())]] for i, item in enumerate(self.items_)}
 
 
-def consensus(annotations: Sequence[Annotation]) -> dict[int, list[str]]:
-    """Item → its training label from every live annotation (see the module docstring)."""
-    by_item = _latest_per_annotator(annotations)
+def _consensus(by_item: dict[int, list[Annotation]]) -> tuple[dict[int, list[str]], DawidSkene | None]:
+    """The labels, and the Dawid–Skene fit where the overlap allowed one (its per-annotator accuracies
+    are part of the agreement report)."""
     labels = majority_vote(by_item)
     single = {item: group for item, group in by_item.items() if all(len(a.labels) <= 1 for a in group)}
-    if single and DawidSkene.enough_overlap(single):
-        labels.update(DawidSkene().fit(single).labels())
-    return labels
+    if not (single and DawidSkene.enough_overlap(single)):
+        return labels, None
+    ds = DawidSkene().fit(single)
+    labels.update(ds.labels())
+    return labels, ds
+
+
+def consensus(annotations: Sequence[Annotation]) -> dict[int, list[str]]:
+    """Item → its training label from every live annotation (see the module docstring)."""
+    return _consensus(_latest_per_annotator(annotations))[0]
 
 
 def krippendorff_alpha(by_item: dict[int, list[Annotation]]) -> float | None:
@@ -149,15 +156,14 @@ def krippendorff_alpha(by_item: dict[int, list[Annotation]]) -> float | None:
 def agreement_report(annotations: Sequence[Annotation]) -> dict[str, Any]:
     """Agreement per item and per annotator with the consensus (see the module docstring)."""
     by_item = _latest_per_annotator(annotations)
-    labels = consensus(annotations)
+    labels, ds = _consensus(by_item)
     items = {item: sum(list(a.labels) == labels[item] for a in group) / len(group)
              for item, group in by_item.items()}
     per_annotator: dict[str, list[bool]] = defaultdict(list)
     for item, group in by_item.items():
         for a in group:
             per_annotator[a.annotator].append(list(a.labels) == labels[item])
-    single = {item: group for item, group in by_item.items() if all(len(a.labels) <= 1 for a in group)}
-    estimated = DawidSkene().fit(single).accuracy_ if single and DawidSkene.enough_overlap(single) else {}
+    estimated = ds.accuracy_ if ds is not None else {}
     multi = [item for item, group in by_item.items() if len(group) >= 2]
     return {
         "items": len(by_item), "items_with_several_annotators": len(multi),

@@ -25,7 +25,7 @@ from annotator.labelstudio.tasks import label_studio_settings
 from annotator.runtime import Runtime
 from annotator.store import Store, repo
 from annotator.store.locks import try_lock
-from annotator.store.models import utcnow
+from annotator.store.models import as_utc, utcnow
 from annotator.training import retrain, training_lock
 
 log = logging.getLogger("annotator.trainer")
@@ -131,9 +131,9 @@ class Trainer:
             if count == 0:
                 return False
             last = repo.last_training_start(s, project=p)
-        quiet = (now - _aware(newest)).total_seconds() >= self.debounce_s
+        quiet = (now - as_utc(newest)).total_seconds() >= self.debounce_s
         piled_up = count >= self.debounce_labels and (
-            last is None or (now - _aware(last)).total_seconds() >= self.min_interval_s)
+            last is None or (now - as_utc(last)).total_seconds() >= self.min_interval_s)
         return quiet or piled_up
 
     def _train_if_due(self, name: str, now: datetime) -> str | None:
@@ -231,7 +231,3 @@ class Trainer:
                                  picks=picks, strategy=strategy)
         log.info("project %s: next %d tasks chosen by %s (%s)", name, len(picks), strategy, pushed["model_version"])
         return pushed["predictions"]
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)

@@ -149,7 +149,9 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         with store.session() as s:
             active = repo.active_model_version(s, project=repo.get_project(s, name=project_name))
             active_snapshot = (active.version, active.head) if active else None
-        reference = _reference(settings, active, encoders) if active else None
+        active_model = _comparable_model(settings, active, encoders) if active else None
+        reference = (f"active {active.version}: {active.head}", active_model.clone(), list(active_model.modalities_)) \
+            if active_model is not None else None
         search = ModelSearch(head, self_training=settings.self_training, multilabel=multilabel, params=params,
                              reference=reference, random_state=0, device=resolve_device(settings.device))
         search.fit(X, y, unlabelled=unlabelled)
@@ -166,7 +168,7 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
             version = f"v{len(earlier) + 1}"
             history = [(mv.n_labels, mv.metrics.get("macro_f1"), (mv.metrics.get("stopping") or {}).get("kappa"))
                        for mv in earlier]
-        metrics["stopping"] = _stopping(settings, active, encoders, clf, pool, history,
+        metrics["stopping"] = _stopping(active, active_model, encoders, clf, pool, history,
                                         (len(items), metrics.get("macro_f1")))
         artifact = save_version(settings, version_dir(settings, project_name, version), clf, encoders.names(),
                                 _jsonable(metrics), len(items))
@@ -192,44 +194,41 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
         raise
 
 
-def _reference(settings: Settings, active: ModelVersion, encoders: Encoders) -> tuple[str, Any, list[str]] | None:
-    """(row name, unfitted copy, modalities) of the active version's model, to be scored on today's
-    folds; None when its files are gone or it was trained on other encoders (not comparable)."""
+def _comparable_model(settings: Settings, active: ModelVersion, encoders: Encoders):
+    """The active version's fitted model, loaded once per retrain: scored again on today's folds (as
+    an unfitted copy) and compared with the new model on the stop set. None when its files are gone
+    or it was trained on other encoders (not comparable)."""
     try:
         old, old_encoders = load_version(settings, active)
     except FileNotFoundError:
         return None
     if old_encoders != {m: n for m, n in encoders.names().items() if m in old_encoders}:
         return None
-    return f"active {active.version}: {active.head}", old.clone(), list(old.modalities_)
+    return old
 
 
-def _stopping(settings: Settings, active: ModelVersion | None, encoders: Encoders, clf, pool: Sequence,
+def _stopping(active: ModelVersion | None, active_model, encoders: Encoders, clf, pool: Sequence,
               history: list[tuple[int, float | None, float | None]], now: tuple[int, float | None]) -> dict[str, Any]:
     """Whether more labels are likely to change the model (`annotator.active.stopping`): the new model
-    and the active one label the stop set, a fixed sample of the unlabelled items with vectors."""
+    and the active one (``active_model``, if comparable) label the stop set, a fixed sample of the
+    unlabelled items with vectors."""
+    slope = label_slope([(n, f1) for n, f1, _ in history] + [now])
     if not pool:
         return {"kappa": None, "stop_set": 0, "compared_with": None, "signal": "stop",
-                "why": "every item is labelled", "f1_per_100_labels": label_slope(
-                    [(n, f1) for n, f1, _ in history] + [now])}
+                "why": "every item is labelled", "f1_per_100_labels": slope}
     kappa, sample = None, 0
-    if active is not None:
+    if active_model is not None:
         items = stop_set([it for it in pool if any(getattr(it, f"{m}_sha") for m in clf.modalities_)])
         X = load_features(items, encoders=encoders, modalities=list(clf.modalities_)) if items else {}
         usable = usable_rows(X, len(items)) if X else np.zeros(0, dtype=bool)
-        try:
-            old, old_encoders = load_version(settings, active)
-        except FileNotFoundError:
-            old = None
-        comparable = old is not None and set(old.modalities_) <= set(X) and old_encoders == {
-            m: n for m, n in encoders.names().items() if m in old_encoders}
-        if usable.any() and comparable:
+        if usable.any() and set(active_model.modalities_) <= set(X):
             X = {m: a[usable] for m, a in X.items()}
-            kappa = round(agreement(old.predict({m: X[m] for m in old.modalities_}), clf.predict(X)), 4)
+            kappa = round(agreement(active_model.predict({m: X[m] for m in active_model.modalities_}),
+                                    clf.predict(X)), 4)
             sample = int(usable.sum())
     report = stopping_signal([k for _, _, k in history] + [kappa])
     return {"kappa": kappa, "stop_set": sample, "compared_with": active.version if active else None,
-            "f1_per_100_labels": label_slope([(n, f1) for n, f1, _ in history] + [now]), **report}
+            "f1_per_100_labels": slope, **report}
 
 
 def _decide(search: ModelSearch, force: bool, active_snapshot) -> tuple[bool, str]:

@@ -85,13 +85,13 @@ def upsert_tasks(session, project: Project, config: LabelConfig, tasks: list[dic
         ids.append(parse_id(t["id"]))
     existing = repo.items_by_task_ids(session, project=project, task_ids=ids)
     records = []
-    for t in tasks:
+    for task_id, t in zip(ids, tasks):
         data = config.item_data(t["data"])
-        old = existing.get(parse_id(t["id"]))
+        old = existing.get(task_id)
         if old is not None and old.data == data:
             continue
         text = data.get("text")
-        records.append(repo.ItemRecord(external_id=str(t["id"]), data=data, ls_task_id=parse_id(t["id"]),
+        records.append(repo.ItemRecord(external_id=str(t["id"]), data=data, ls_task_id=task_id,
                                        text_sha=sha256(text.encode()) if text else None))
     if records:
         repo.upsert_items(session, project=project, records=records)
@@ -145,5 +145,5 @@ def mirror_project(session, ls_project_id: int, schema: str, tasks: list[dict[st
     gone = []
     if listed_at is not None:
         gone = repo.delete_items(session, project=p, external_ids=repo.task_items_missing(
-            session, project=p, task_ids=[int(t["id"]) for t in tasks], created_before=listed_at))
+            session, project=p, task_ids=[parse_id(t["id"]) for t in tasks], created_before=listed_at))
     return recorded, deleted, len(gone)

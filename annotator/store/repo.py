@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from annotator.config import check_project_name
 from annotator.consensus import Annotation, consensus
 from annotator.errors import NotFoundError
-from annotator.store.models import Item, Label, ModelVersion, Prediction, Project, TrainingRun, utcnow
+from annotator.store.models import Item, Label, ModelVersion, Prediction, Project, TrainingRun, as_utc, utcnow
 
 
 
@@ -116,12 +116,7 @@ def task_items_missing(session: Session, *, project: Project, task_ids: Iterable
     listed = set(task_ids)
     rows = session.execute(select(Item.external_id, Item.ls_task_id, Item.created_at).where(
         Item.project_id == project.id, Item.ls_task_id.is_not(None)))
-    return [ext for ext, tid, created in rows if tid not in listed and _utc(created) < _utc(created_before)]
-
-
-def _utc(ts: datetime) -> datetime:
-    """Stored times come back naive (UTC) from SQLite and from columns without a zone."""
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    return [ext for ext, tid, created in rows if tid not in listed and as_utc(created) < as_utc(created_before)]
 
 
 def delete_items(session: Session, *, project: Project, external_ids: Iterable[str]) -> list[int]:
