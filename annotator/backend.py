@@ -101,7 +101,7 @@ class Backend:
         except Exception as exc:  # noqa: BLE001 - health reports any failure, it does not raise
             database = f"unreachable: {type(exc).__name__}"
         return {"status": "UP" if database == "ok" else "DOWN", "model_class": "annotator", "database": database,
-                "loaded_versions": self.runtime.loaded_versions()}
+                "loaded_versions": self.runtime.loaded_versions(), "encoders": self.runtime.encoders.describe()}
 
     def setup(self, *, project: Any, schema: str, hostname: str | None = None, access_token: str | None = None,
               extra_params: dict | None = None) -> dict[str, str]:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +40,12 @@ class EmbedReport:
         return out
 
 
-def _decode(modality: str, item: Item, fetcher: MediaFetcher) -> tuple[Any, str]:
-    """(decoded input, content hash) for one item's ``modality``; raises MediaError."""
+def _decode(modality: str, item: Item, fetcher: MediaFetcher,
+            prepare: Callable[[Any], Any] | None = None) -> tuple[Any, str]:
+    """(decoded input, content hash) for one item's ``modality``; raises MediaError.
+
+    ``prepare``: the encoder's per-input preprocessing (resize, normalise), run here, on the media
+    threads, so that it overlaps the network's forward passes."""
     ref = item.data[modality]
     if modality == "text":  # the encoders read a few hundred tokens: a 50 MB line must not reach the tokenizer
         return ref[:fetcher.settings.max_text_chars], item.text_sha or sha256(ref.encode("utf-8"))
@@ -48,7 +53,29 @@ def _decode(modality: str, item: Item, fetcher: MediaFetcher) -> tuple[Any, str]
     data = fetcher.fetch(ref, task_id=item.ls_task_id, trusted=item.ls_task_id is None)
     decoded = load_image(data, ref) if modality == "image" else load_audio(
         data, ref, max_seconds=fetcher.settings.max_audio_s)
+    if prepare is not None:
+        try:
+            decoded = prepare(decoded)
+        except Exception as exc:  # a decodable file the model cannot take (e.g. an odd image mode)
+            raise MediaError(ref, f"cannot prepare for the encoder: {exc}") from exc
     return decoded, sha256(data)
+
+
+def _chunks_ahead(chunks: list[list[Item]], decode: Callable[[Item], tuple[Any, str]],
+                  fetcher: MediaFetcher) -> Iterator[tuple[list[Item], list]]:
+    """Each chunk with its fetched and decoded media, the next chunk's being fetched meanwhile.
+
+    The pipeline: while the caller encodes chunk k (the encoder releases the GIL), the media
+    threads download, decode and prepare chunk k + 1; one chunk ahead bounds the memory held."""
+    if not chunks:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="annotator-prefetch") as ahead:
+        pending = ahead.submit(fetcher.map, decode, chunks[0])
+        for k, chunk in enumerate(chunks):
+            decoded = pending.result()
+            if k + 1 < len(chunks):
+                pending = ahead.submit(fetcher.map, decode, chunks[k + 1])
+            yield chunk, decoded
 
 
 def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetcher,
@@ -59,6 +86,7 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
     Items whose content hash is already cached are not fetched at all. A failing item (missing file,
     corrupt image...) is reported in ``failed`` and the rest of its batch goes on. Content hashes
     learned by fetching (remote media) are written onto the items (the caller commits them).
+    Fetching and decoding run one chunk ahead of encoding (`_chunks_ahead`).
     """
     started = time.perf_counter()
     report = EmbedReport(items=len(items))
@@ -68,17 +96,20 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
             continue
         cache = encoders.cache(modality)
         encoder = encoders.get(modality)
+        # encoders that split preprocessing from the forward pass get it done on the media threads
+        prepared = hasattr(encoder, "prepare") and hasattr(encoder, "encode_prepared")
+        encode = encoder.encode_prepared if prepared else encoder.encode
+        decode = partial(_decode, modality, fetcher=fetcher, prepare=encoder.prepare if prepared else None)
         sha_attr = f"{modality}_sha"
         todo = [it for it in having if getattr(it, sha_attr) is None or getattr(it, sha_attr) not in cache]
         report.cached[modality] = len(having) - len(todo)
         report.encoded[modality] = 0
         bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="item", file=sys.stderr,
                    disable=not progress or not todo)
-        for start in range(0, len(todo), chunk_size):
+        chunks = [todo[start:start + chunk_size] for start in range(0, len(todo), chunk_size)]
+        for chunk, decoded_chunk in _chunks_ahead(chunks, decode, fetcher):
             inputs, keys = [], []
-            chunk = todo[start:start + chunk_size]
-            # fetch and decode the chunk's media in parallel (bounded); the encoder takes the batch
-            for it, got in zip(chunk, fetcher.map(partial(_decode, modality, fetcher=fetcher), chunk)):
+            for it, got in zip(chunk, decoded_chunk):
                 if isinstance(got, MediaError):
                     report.failed.append({"id": it.external_id, "modality": modality, "error": str(got)})
                     continue
@@ -88,9 +119,9 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
                     inputs.append(decoded)
                     keys.append(key)
             if inputs:
-                cache.put(keys, encoder.encode(inputs))
+                cache.put(keys, encode(inputs))
                 report.encoded[modality] += len(inputs)
-            bar.update(min(chunk_size, len(todo) - start))
+            bar.update(len(chunk))
         bar.close()
     report.seconds = time.perf_counter() - started
     return report

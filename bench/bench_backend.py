@@ -246,8 +246,17 @@ def kill_section(workdir: Path, n_labels: int, settings: dict) -> dict:
             "version_after_recovery": version_later}
 
 
+SECTIONS = ("prelabel", "bulk_upload", "webhook_storm", "kill_during_retrain")
+
+
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="comma-separated sections to run; the others keep their figures from the last results file")
+    args = p.parse_args()
+    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    if unknown := set(sections) - set(SECTIONS):
+        p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     from annotator.config import Settings
     from tests.integration.label_studio import LabelStudioServer
 
@@ -261,25 +270,43 @@ def main() -> None:
     factory = lambda name: Settings(data_dir=tmp / name, **quick)  # noqa: E731
     n = 100 if args.smoke else 1000
     tasks, _ = make_tasks(n, tmp)
-    out = {"prelabel": prelabel_section(tasks, factory, reference_tasks=3 if args.smoke else 10)}
-    ls_server = LabelStudioServer().start()
-    try:
-        out["bulk_upload"] = bulk_upload_section(ls_server, n, 20 if args.smoke else 100)
-    finally:
-        ls_server.stop()
-    out["webhook_storm"] = storm_section(factory, 200 if args.smoke else 1000, 2.0 if args.smoke else 10.0)
-    out["kill_during_retrain"] = kill_section(tmp / "kill", 120 if args.smoke else 400, quick)
     name = "bench_backend" + ("_smoke" if args.smoke else "")
+    previous = args.out / f"{name}.json"
+    out = {k: v for k, v in json.loads(previous.read_text()).items() if k in SECTIONS} if previous.exists() else {}
+    measured_at = time.strftime("%Y-%m-%d %H:%M:%S")
+    if "prelabel" in sections:
+        out["prelabel"] = prelabel_section(tasks, factory, reference_tasks=3 if args.smoke else 10)
+    if "bulk_upload" in sections:
+        ls_server = LabelStudioServer().start()
+        try:
+            out["bulk_upload"] = bulk_upload_section(ls_server, n, 20 if args.smoke else 100)
+        finally:
+            ls_server.stop()
+    if "webhook_storm" in sections:
+        out["webhook_storm"] = storm_section(factory, 200 if args.smoke else 1000, 2.0 if args.smoke else 10.0)
+    if "kill_during_retrain" in sections:
+        out["kill_during_retrain"] = kill_section(tmp / "kill", 120 if args.smoke else 400, quick)
+    for section in sections:
+        out[section]["measured_at"] = measured_at
     write_results(name, out, args.out)
-    p, b, s, k = out["prelabel"], out["bulk_upload"], out["webhook_storm"], out["kill_during_retrain"]
-    print(f"pre-label {p['tasks']} tasks in one /predict: {p['ours_s']:.1f} s ({p['ours_tasks_per_s']:.0f}/s; repeat "
-          f"{p['ours_cached_repeat_s']:.1f} s) vs model-per-request {p['reference_extrapolated_s']:.0f} s → {p['speedup']:.0f}x")
-    print(f"push {b['predictions']} predictions: bulk {b['bulk_s']:.2f} s vs one by one {b['one_by_one_extrapolated_s']:.0f} s "
-          f"→ {b['speedup']:.0f}x")
-    print(f"webhook storm {s['events']} events in {s['sent_over_s']:.1f} s: ack p50 {s['ack_p50_ms']:.0f} ms p99 "
-          f"{s['ack_p99_ms']:.0f} ms; stored {s['labels_stored']}/{s['events']}; retrains {s['retrains']}")
-    print(f"kill -9 during retrain: serving {k['serving_after_restart']} after restart, labels {k['labels_after_restart']}/"
-          f"{k['labels_sent']}, interrupted run marked {k['interrupted_run_marked']}, later {k['version_after_recovery']}")
+    if "prelabel" in sections:
+        p = out["prelabel"]
+        print(f"pre-label {p['tasks']} tasks in one /predict: {p['ours_s']:.1f} s ({p['ours_tasks_per_s']:.0f}/s; "
+              f"repeat {p['ours_cached_repeat_s']:.1f} s) vs model-per-request {p['reference_extrapolated_s']:.0f} s "
+              f"→ {p['speedup']:.0f}x")
+    if "bulk_upload" in sections:
+        b = out["bulk_upload"]
+        print(f"push {b['predictions']} predictions: bulk {b['bulk_s']:.2f} s vs one by one "
+              f"{b['one_by_one_extrapolated_s']:.0f} s → {b['speedup']:.0f}x")
+    if "webhook_storm" in sections:
+        s = out["webhook_storm"]
+        print(f"webhook storm {s['events']} events in {s['sent_over_s']:.1f} s: ack p50 {s['ack_p50_ms']:.0f} ms p99 "
+              f"{s['ack_p99_ms']:.0f} ms; stored {s['labels_stored']}/{s['events']}; retrains {s['retrains']}")
+    if "kill_during_retrain" in sections:
+        k = out["kill_during_retrain"]
+        print(f"kill -9 during retrain: serving {k['serving_after_restart']} after restart, labels "
+              f"{k['labels_after_restart']}/{k['labels_sent']}, interrupted run marked {k['interrupted_run_marked']}, "
+              f"later {k['version_after_recovery']}")
 
 
 if __name__ == "__main__":

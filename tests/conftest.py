@@ -123,16 +123,24 @@ def offline_encoders():
 
 
 class CountingEncoder:
-    """Wraps a real encoder and counts how many inputs reach the model."""
+    """Wraps a real encoder and counts how many inputs reach the model (through ``encode``, or
+    ``encode_prepared`` where the encoder splits preprocessing off, as the image encoder does)."""
 
     def __init__(self, inner):
         self.inner, self.calls, self.inputs = inner, 0, 0
         self.name, self.modality, self.dim = inner.name, inner.modality, inner.dim
+        self.runtime = getattr(inner, "runtime", "torch")
+        self.encode = self._counting(inner.encode)
+        if hasattr(inner, "encode_prepared"):
+            self.prepare, self.encode_prepared = inner.prepare, self._counting(inner.encode_prepared)
 
-    def encode(self, inputs):
-        self.calls += 1
-        self.inputs += len(inputs)
-        return self.inner.encode(inputs)
+    def _counting(self, encode):
+        def counted(inputs):
+            self.calls += 1
+            self.inputs += len(inputs)
+            return encode(inputs)
+
+        return counted
 
 
 @pytest.fixture

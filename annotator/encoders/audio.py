@@ -26,6 +26,9 @@ class WhisperEncoder:
 
     Parameters
     ----------
+    compute_type : str, optional
+        CTranslate2's: ``int8`` on a CPU and ``float16`` on a GPU by default (``bench_encode``
+        measures int8 against float32).
     pad_to_window : bool, default=False
         Whisper was trained on 30 s windows; padding every clip to 30 s reproduces that exactly but
         costs ~25× more for a 2 s clip. By default a batch is padded only to its longest clip (clips
@@ -37,11 +40,12 @@ class WhisperEncoder:
     modality = "audio"
 
     def __init__(self, model_path: str | None = None, *, device: str = "cpu", batch_size: int = 8,
-                 cpu_threads: int = 0, pad_to_window: bool = False):
+                 cpu_threads: int = 0, pad_to_window: bool = False, compute_type: str | None = None):
         from faster_whisper import WhisperModel
 
         path = model_path or default_audio_model_path()
-        compute_type = "int8" if device == "cpu" else "float16"
+        default_type = "int8" if device == "cpu" else "float16"
+        compute_type = compute_type or default_type
         self._model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
         self._fe = self._model.feature_extractor
         self.window = self._fe.n_samples  # 30 s
@@ -50,6 +54,9 @@ class WhisperEncoder:
         self.dim = int(self._encode_windows([np.zeros(SAMPLE_RATE, np.float32)]).shape[1])
         mode = "padded" if pad_to_window else "dynamic"
         self.name = f"audio:whisper-ct2-{mode}:{'default' if model_path is None else model_path}"
+        self.runtime = f"ctranslate2-{compute_type}"
+        if compute_type != default_type:  # other vectors: their own cache entries
+            self.name += f":{compute_type}"
 
     def _padded_length(self, n_samples: int) -> int:
         if self.pad_to_window:
@@ -132,6 +139,7 @@ class MFCCEncoder:
 
     modality = "audio"
     name = "audio:mfcc:20"
+    runtime = "numpy"
 
     def __init__(self, n_mfcc: int = 20, n_mels: int = 40, n_fft: int = 512, hop_length: int = 160, **_):
         self.n_mfcc, self.n_mels, self.n_fft, self.hop = n_mfcc, n_mels, n_fft, hop_length

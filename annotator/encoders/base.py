@@ -27,6 +27,8 @@ class Encoder(Protocol):
     modality : {"text", "image", "audio"}
     dim : int
         Width of the vectors ``encode`` returns.
+    runtime : str, optional
+        What runs the network (``torch``, ``onnx``, ``onnx-int8``, ``ctranslate2-int8``…), for reports.
     """
 
     name: str

@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from annotator.encoders.base import batched_encode, forward_batch_size
+
+if TYPE_CHECKING:
+    import torch
 
 
 def default_image_weights_path() -> str:
@@ -18,69 +22,177 @@ def default_image_weights_path() -> str:
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def _pooled_features(net) -> torch.nn.Module:
+    """EfficientNet's mean-pooled last feature map as one module (what the ONNX export traces)."""
+    import torch
+
+    class PooledFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, pixels):
+            return self.net.extract_features(pixels).mean(dim=(2, 3))
+
+    return PooledFeatures().eval()
+
+
 class EfficientNetLiteEncoder:
-    """EfficientNet-Lite0 pooled features (1280-d) at 224 px, the offline default image encoder."""
+    """EfficientNet-Lite0 pooled features (1280-d) at 224 px, the offline default image encoder.
+
+    Parameters
+    ----------
+    runtime : {"torch", "onnx"}
+        ``onnx`` runs the network with ONNX Runtime (see `annotator.encoders.onnx_runtime`); its
+        fp32 vectors equal torch's, so the name stays the same; int8 changes it.
+    """
 
     modality = "image"
     dim = 1280
     name = "image:efficientnet-lite0:224"
-    cpu_batch_size = 4  # fastest on a 2-core CPU; see `forward_batch_size`
+    _cpu_batch_sizes = {"torch": 4, "onnx": 8}  # fastest on a 2-core CPU; see `forward_batch_size`
 
-    def __init__(self, *, device: str = "cpu", batch_size: int = 32, weights_path: str | None = None):
-        import torch
+    def __init__(self, *, device: str = "cpu", batch_size: int = 32, weights_path: str | None = None,
+                 runtime: str = "torch", int8: bool = False, export_dir=None):
+        self.device, self.batch_size, self.runtime = device, batch_size, runtime
+        self.cpu_batch_size = self._cpu_batch_sizes[runtime]
+        self._weights = weights_path or default_image_weights_path()
+        if weights_path is not None:
+            self.name = f"image:efficientnet-lite0:224:{weights_path}"
+        if runtime == "onnx":
+            from annotator.encoders.onnx_runtime import onnx_forward, weights_fingerprint
+
+            self._forward = onnx_forward(
+                self.name, lambda: _pooled_features(self._load_net("cpu")),
+                {"pixels": np.zeros((2, 3, 224, 224), np.float32)}, dynamic_axes={"pixels": {0: "batch"}},
+                export_dir=export_dir, int8=int8, weights=weights_fingerprint(self._weights),
+                calibration=self._calibration)
+            if int8:  # other vectors: their own cache entries
+                self.name += ":onnx-int8"
+                self.runtime = "onnx-int8"
+        else:
+            import torch
+
+            net = _pooled_features(self._load_net(device))
+
+            def forward(pixels: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    return net(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
+
+            self._forward = forward
+
+    def _load_net(self, device: str):
         from efficientnet_lite_pytorch import EfficientNet
 
-        self.device, self.batch_size = device, batch_size
         with contextlib.redirect_stdout(sys.stderr):  # the loader prints a banner on stdout
-            net = EfficientNet.from_pretrained("efficientnet-lite0",
-                                               weights_path=weights_path or default_image_weights_path())
-        self._net = net.eval().to(device)
-        self._torch = torch
+            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=self._weights)
+        return net.eval().to(device)
 
-    def _to_tensor(self, images: list) -> "torch.Tensor":  # noqa: F821
-        arrays = [np.asarray(img.convert("RGB").resize((224, 224), resample=3), dtype=np.float32) for img in images]
-        x = (np.stack(arrays) / 255.0 - 0.498) / 0.502
-        return self._torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(self.device)
+    def _calibration(self) -> list[dict[str, np.ndarray]]:
+        """Static int8 calibration inputs: the images shipped in ``annotator.sample_data``."""
+        return [{"pixels": self.prepare(image)[None]} for image in sample_images()]
 
-    def _encode_batch(self, images: list) -> np.ndarray:
-        with self._torch.inference_mode():
-            return self._net.extract_features(self._to_tensor(images)).mean(dim=(2, 3)).float().cpu().numpy()
+    @staticmethod
+    def prepare(image) -> np.ndarray:
+        """One image → its (3, 224, 224) normalised input; thread-safe, so media workers run it
+        while the network encodes the previous chunk."""
+        array = np.asarray(image.convert("RGB").resize((224, 224), resample=3), dtype=np.float32)
+        return ((array / 255.0 - 0.498) / 0.502).transpose(2, 0, 1)
+
+    def encode_prepared(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        size = forward_batch_size(self.batch_size, self.device, self.cpu_batch_size)
+        return batched_encode(prepared, size, lambda b: self._forward(pixels=np.ascontiguousarray(np.stack(b))),
+                              self.dim)
 
     def encode(self, inputs: Sequence) -> np.ndarray:
-        size = forward_batch_size(self.batch_size, self.device, self.cpu_batch_size)
-        return batched_encode(inputs, size, self._encode_batch, self.dim)
+        return self.encode_prepared([self.prepare(img) for img in inputs])
+
+
+def _pooled_output(model) -> torch.nn.Module:
+    """A transformers vision model's pooled output (else its CLS token) as one module."""
+    import torch
+
+    class PooledOutput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            out = self.model(pixel_values=pixel_values)
+            pooled = getattr(out, "pooler_output", None)
+            if pooled is None:
+                pooled = out.last_hidden_state[:, 0]
+            return pooled.reshape(pooled.shape[0], -1)
+
+    return PooledOutput().eval()
 
 
 class HFImageEncoder:
-    """A transformers vision backbone (ResNet-50, ViT, ...): pooled output, else the CLS token."""
+    """A transformers vision backbone (ResNet-50, ViT, ...): pooled output, else the CLS token.
+
+    ``runtime="onnx"`` runs it with ONNX Runtime (exported on first use), as for the default encoder.
+    """
 
     modality = "image"
     cpu_batch_size = 8  # fastest for ResNet-50 on a 2-core CPU, no slower for ViTs; see `forward_batch_size`
 
-    def __init__(self, model_name_or_path: str, *, device: str = "cpu", batch_size: int = 32):
-        import torch
-        from transformers import AutoImageProcessor, AutoModel
+    def __init__(self, model_name_or_path: str, *, device: str = "cpu", batch_size: int = 32,
+                 runtime: str = "torch", int8: bool = False, export_dir=None):
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-        self.device, self.batch_size, self._torch = device, batch_size, torch
+        self.device, self.batch_size, self.runtime = device, batch_size, "onnx-int8" if int8 else runtime
         try:  # transformers >= 5 names the PIL path `backend`; older versions use `use_fast`
             self._processor = AutoImageProcessor.from_pretrained(model_name_or_path, backend="pil")
         except TypeError:
             self._processor = AutoImageProcessor.from_pretrained(model_name_or_path, use_fast=False)
-        self._model = AutoModel.from_pretrained(model_name_or_path).eval().to(device)
-        cfg = self._model.config
+        cfg = AutoConfig.from_pretrained(model_name_or_path)
         sizes = getattr(cfg, "hidden_sizes", None)
         self.dim = int(sizes[-1] if sizes else cfg.hidden_size)
         self.name = f"image:hf:{model_name_or_path}"
+        load = lambda: _pooled_output(AutoModel.from_pretrained(model_name_or_path))  # noqa: E731
+        if runtime == "onnx":
+            from annotator.encoders.onnx_runtime import onnx_forward, weights_fingerprint
 
-    def _encode_batch(self, images: list) -> np.ndarray:
-        batch = self._processor(images=[img.convert("RGB") for img in images], return_tensors="pt").to(self.device)
-        with self._torch.inference_mode():
-            out = self._model(**batch)
-        pooled = getattr(out, "pooler_output", None)
-        if pooled is None:
-            pooled = out.last_hidden_state[:, 0]
-        return pooled.reshape(pooled.shape[0], -1).float().cpu().numpy()
+            example = self._pixels([_blank_image()] * 2)
+            self._forward = onnx_forward(self.name, load, {"pixel_values": example},
+                                         dynamic_axes={"pixel_values": {0: "batch"}}, export_dir=export_dir,
+                                         int8=int8, weights=weights_fingerprint(model_name_or_path), calibration=lambda: [{"pixel_values": self._pixels([image])}
+                                                                         for image in sample_images()])
+            if int8:
+                self.name += ":onnx-int8"
+        else:
+            import torch
+
+            net = load().to(device)
+
+            def forward(pixel_values: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    return net(torch.from_numpy(pixel_values).to(device)).float().cpu().numpy()
+
+            self._forward = forward
+
+    def _pixels(self, images: list) -> np.ndarray:
+        batch = self._processor(images=[img.convert("RGB") for img in images], return_tensors="np")
+        return np.ascontiguousarray(batch["pixel_values"], dtype=np.float32)
 
     def encode(self, inputs: Sequence) -> np.ndarray:
         size = forward_batch_size(self.batch_size, self.device, self.cpu_batch_size)
-        return batched_encode(inputs, size, self._encode_batch, self.dim)
+        return batched_encode(inputs, size, lambda b: self._forward(pixel_values=self._pixels(b)), self.dim)
+
+
+def sample_images(limit: int = 32) -> list:
+    """Up to ``limit`` of the images packaged in ``annotator.sample_data`` (int8 calibration)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    import annotator.sample_data
+
+    found = sorted(p for p in Path(annotator.sample_data.__file__).parent.rglob("*") if p.suffix in (".png", ".jpg"))
+    return [Image.open(p).convert("RGB") for p in found[:limit]]
+
+
+def _blank_image():
+    from PIL import Image
+
+    return Image.new("RGB", (224, 224), (127, 127, 127))

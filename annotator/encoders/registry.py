@@ -40,7 +40,7 @@ class Encoders:
 
                 self._encoders[modality] = load_encoder(
                     modality, self.model_name(modality), device=self.settings.device,
-                    batch_size=self.settings.batch_size)
+                    batch_size=self.settings.batch_size, runtime=self.settings.runtime, int8=self.settings.int8)
             return self._encoders[modality]
 
     def cache(self, modality: str) -> EmbeddingCache:
@@ -53,4 +53,8 @@ class Encoders:
     def names(self) -> dict[str, str]:
         """Encoder name per modality loaded so far (recorded with every model version)."""
         return {m: e.name for m, e in self._encoders.items()}
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        """Name and runtime (torch, onnx, onnx-int8, ctranslate2…) per modality loaded so far."""
+        return {m: {"name": e.name, "runtime": getattr(e, "runtime", "torch")} for m, e in self._encoders.items()}
 

@@ -77,6 +77,8 @@ def client(settings, backend):
 def test_health_and_setup(client):
     health = client.get("/health").json()
     assert (health["status"], health["database"], health["loaded_versions"]) == ("UP", "ok", {})
+    assert {m: e["runtime"] for m, e in health["encoders"].items()} == {  # ONNX Runtime on a CPU by default
+        "text": "onnx", "image": "onnx", "audio": "ctranslate2-int8"}
     assert client.get("/").status_code == 200
     body = {"project": "7.1717000000", "schema": CONFIG, "hostname": "http://localhost:8080", "access_token": "t"}
     assert client.post("/setup", json=body).json() == {"model_version": "zero-shot"}
@@ -239,7 +241,7 @@ def test_a_webhook_is_not_blocked_while_predict_encodes(backend, monkeypatch):
 
     pairs = tasks_for_all()
     image_encoder = backend.runtime.encoders.get("image")
-    encode, answered = image_encoder.encode, []
+    encode, answered = image_encoder.encode_prepared, []  # what the pipelined embedding calls
 
     def encode_while_a_webhook_arrives(inputs):
         if not answered:
@@ -249,7 +251,7 @@ def test_a_webhook_is_not_blocked_while_predict_encodes(backend, monkeypatch):
             assert answered, "the webhook waited for /predict to finish encoding"
         return encode(inputs)
 
-    monkeypatch.setattr(image_encoder, "encode", encode_while_a_webhook_arrives)
+    monkeypatch.setattr(image_encoder, "encode_prepared", encode_while_a_webhook_arrives)
     backend.predict(tasks=[t for t, _ in pairs[:4]], project=7, label_config=CONFIG)
     assert answered == [{"status": "ok", "action": "ANNOTATION_CREATED", "recorded": 1}]
 

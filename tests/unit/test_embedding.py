@@ -1,4 +1,5 @@
 import json
+import time
 import shutil
 
 import numpy as np
@@ -54,3 +55,55 @@ def test_second_embed_does_no_model_work(store, settings, encoders, tmp_path):
     assert report.cached == {"text": 4, "image": 2, "audio": 1}
     for m in first:
         np.testing.assert_array_equal(first[m], second[m])
+
+
+class _RecordingEncoder:
+    """The real image encoder, slowed down, recording when media are prepared and encoded."""
+
+    def __init__(self, inner):
+        self.inner, self.events = inner, []
+        self.name, self.modality, self.dim = inner.name, inner.modality, inner.dim
+
+    def prepare(self, image):
+        self.events.append("prepare")
+        return self.inner.prepare(image)
+
+    def encode_prepared(self, prepared):
+        self.events.append("encode")
+        time.sleep(0.5)  # a slow network: the next chunk's media must not wait for it
+        vectors = self.inner.encode_prepared(prepared)
+        self.events.append("encoded")
+        return vectors
+
+    def encode(self, images):
+        return self.encode_prepared([self.prepare(img) for img in images])
+
+
+def test_media_of_the_next_chunk_are_prepared_while_a_chunk_encodes(store, settings, offline_encoders, tmp_path):
+    from PIL import Image
+
+    from annotator.encoders.registry import Encoders
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append({"id": str(i), "image": f"{i}.png"})
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    recording = _RecordingEncoder(offline_encoders["image"])
+    encoders = Encoders(settings, overrides={"image": recording})
+    with store.session() as s:
+        import_manifest(s, project_name="p", manifest=tmp_path / "m.jsonl")
+        items = repo.list_items(s, project=repo.get_project(s, name="p"))
+        with MediaFetcher(settings) as f:
+            report = embed_items(items, encoders=encoders, fetcher=f, chunk_size=4, progress=False)
+        vectors = load_features(items, encoders=encoders)["image"]
+    assert report.encoded == {"image": 12} and not report.failed
+    first_done = recording.events.index("encoded")
+    assert recording.events[:first_done].count("prepare") == 8  # chunk 2 was ready before chunk 1 was encoded
+    alone = offline_encoders["image"].encode([Image.open(tmp_path / f"{it.external_id}.png") for it in items])
+    assert _cos_min(vectors, alone) >= 0.9999  # the pipeline changes when, not what, is encoded
+
+
+def _cos_min(a, b):
+    return float(np.min(np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
