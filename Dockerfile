@@ -19,8 +19,10 @@ FROM ${BASE}
 RUN useradd --create-home --uid 10001 annotator && mkdir /data && chown annotator /data
 COPY --from=build /opt/annotator /opt/annotator
 COPY docker/healthcheck.py /opt/annotator/healthcheck.py
+# XDG_CACHE_HOME in the volume: the encoders' ONNX exports are made once, not at every start
 ENV PATH=/opt/annotator/bin:$PATH \
     ANNOTATOR_DATA_DIR=/data \
+    XDG_CACHE_HOME=/data/cache \
     PORT=9090 \
     WORKERS=1 \
     LOG_LEVEL=INFO \

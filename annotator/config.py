@@ -85,11 +85,11 @@ class Settings(BaseSettings):
         Torch device; ``auto`` picks CUDA when available.
     runtime : {"auto", "torch", "onnx"}, default="auto"
         What runs the text and image networks: ``auto`` is ONNX Runtime on a CPU (exported once
-        into ``~/.cache/annotator/onnx``; same vectors as torch, 1.3–4× faster here) and torch on a
-        GPU. Whisper always runs on CTranslate2.
+        into ``~/.cache/annotator/onnx``; the torch vectors; measured 4× faster for the image
+        network, 1.1× for text) and torch on a GPU. Whisper always runs on CTranslate2.
     int8 : bool, default=False
-        Run the dynamically int8-quantised ONNX export (faster, slightly different vectors: they
-        get their own cache entries, and models trained on fp32 vectors ask for a retrain).
+        Run the int8-quantised ONNX export (faster; other vectors: they get their own cache
+        entries, and models trained on fp32 vectors ask for a retrain).
     text_model, image_model, audio_model : str
         Hugging Face id or local path, or ``"default"`` for the offline model shipped in a package.
     model : str, default="auto"

@@ -5,7 +5,8 @@ In one run, on this machine:
 - per encoder: items/s of the network alone at batch 1 and at its best batch, for every runtime,
   FLOPs per item counted by torch's FLOP counter, and the share of the roofline reached; then
   end to end from decoded inputs (preprocessing included) at the encoder's own batch size;
-- Whisper (CTranslate2): audio seconds per second, int8 (the default on a CPU) vs float32;
+- Whisper (CTranslate2, already an optimised runtime; not exported): audio seconds per second,
+  int8 (the default on a CPU) vs float32;
 - pre-label accuracy of each runtime's vectors on the fusion benchmark's data (OpenMoji image +
   caption, digits image + text): logistic regression, 5-fold, the same folds for every runtime.
 Ratios are against torch eager measured in the same run.
@@ -176,13 +177,13 @@ def main() -> None:
     args = p.parse_args()
     from PIL import Image
 
-    from bench.datasets import digits_items, have_espeak, openmoji_items, render_svg, speak
+    from bench.datasets import digits_items, openmoji_items, render_svg
 
     seconds = 0.3 if args.smoke else args.seconds
     batches = [1, 4] if args.smoke else [1, 4, 8, 16, 32]
     rng = np.random.default_rng(0)
     photos = [Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)) for _ in range(8 if args.smoke else 128)]
-    moji = openmoji_items()[:: 12 if args.smoke else 4]
+    moji = openmoji_items()[:: 12 if args.smoke else 1]
     for it in moji:
         it["image"], it["text"] = render_svg(it["svg"], 96), f"an emoji of {it['caption']}"
     digits = digits_items(60 if args.smoke else 500, seed=0, audio=False)
@@ -197,15 +198,16 @@ def main() -> None:
         img_flops = flops_per_image(load_encoder("image", device="cpu", runtime="torch"))
         txt_enc = load_encoder("text", device="cpu", runtime="torch")
         txt_flops = flops_per_text(txt_enc, txt_enc._tokens(texts[:32]))
-        whisper = None
-        if have_espeak():
-            clips = [speak(f"number {i} is spoken here") for i in range(2 if args.smoke else 16)]
-            whisper = bench_whisper(clips, seconds)
+        # throughput does not depend on what is said: 5 s of noise-like clips (no espeak needed)
+        clips = [(0.1 * rng.standard_normal(16000 * 5)).astype(np.float32) for _ in range(2 if args.smoke else 16)]
+        whisper = bench_whisper(clips, seconds)
         accuracy_by_runtime = pre_label_accuracy({"openmoji": moji, "digits": digits}, Path(export_dir))
     for res, flops in ((image, img_flops), (text, txt_flops)):
         for label in res:
             res[label]["gflops_per_s"] = res[label]["best"] * flops / 1e9
-            res[label]["roofline_share"] = res[label]["gflops_per_s"] / roof["best"]
+            # int8 runs on VNNI integer units, whose peak is several times the fp32 matmul's: its
+            # share of the fp32 roofline can pass 1
+            res[label]["fp32_roofline_share"] = res[label]["gflops_per_s"] / roof["best"]
             res[label]["speedup_vs_torch"] = res[label]["best"] / res["torch"]["best"]
     for label in image:
         image[label]["end_to_end_speedup_vs_torch"] = (image[label]["end_to_end_items_per_s"]
@@ -222,11 +224,13 @@ def main() -> None:
     plot(doc, args.out / f"{name}.png")
     for label in image:
         print(f"image {label:10s} best {image[label]['best']:7.1f}/s (batch {image[label]['best_batch']}, "
-              f"×{image[label]['speedup_vs_torch']:.2f}, {100 * image[label]['roofline_share']:.0f}% of roofline); "
+              f"×{image[label]['speedup_vs_torch']:.2f}, {100 * image[label]['fp32_roofline_share']:.0f}% of the fp32 "
+              f"roofline); "
               f"end to end {image[label]['end_to_end_items_per_s']:.1f}/s")
     for label in text:
         print(f"text  {label:10s} best {text[label]['best']:7.1f}/s (batch {text[label]['best_batch']}, "
               f"×{text[label]['speedup_vs_torch']:.2f})")
+    print("whisper (CTranslate2) audio s/s:", {k: round(v["audio_s_per_s"]) for k, v in whisper.items()})
     print("pre-label accuracy:", {k: v["accuracy"] for k, v in accuracy_by_runtime.items()})
 
 

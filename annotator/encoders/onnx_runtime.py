@@ -1,7 +1,7 @@
 """Run an encoder's torch network with ONNX Runtime on CPU: exported once, cached, optionally int8.
 
 Why: on a 2-core CPU ONNX Runtime's fused kernels run EfficientNet-Lite0 about 4× and MiniLM about
-1.3× faster than torch eager (measured in ``bench/bench_encode.py``), with vectors equal to the
+1.1× faster than torch eager (measured in ``bench/bench_encode.py``), with vectors equal to the
 torch ones (cosine ≥ 0.999 per item; tested). faster-whisper already brings ONNX Runtime in.
 
 An export is keyed by what decides its graph: the encoder's name, the torch and exporter versions,
