@@ -1,4 +1,5 @@
-"""GPU encode throughput of a ViT-B/32-class CLIP (issue: models; run where a GPU is present).
+"""GPU encode throughput of a ViT-B/32-class CLIP, and faiss search on the GPU (issues: models,
+runtime; run where a GPU is present: ``python bench/bench_gpu_encode.py [pairs] [out folder]``).
 
 The model has CLIP ViT-B/32's architecture (transformers' CLIPConfig defaults: 224 px, patch 32,
 12 × 768 vision layers, 12 × 512 text layers) with random weights: throughput depends on the
@@ -69,10 +70,34 @@ def main() -> None:
         doc = {"benchmark": "bench_gpu_encode", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "pairs": n,
                "model": "CLIP ViT-B/32 architecture, random weights", "results": results,
+               "faiss_search": faiss_search(100_000 if n < 4096 else 1_000_000),
                "speedup_vs_baseline": fast / base, "target_pairs_per_s": 5000, "meets_target": fast >= 5000}
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "bench_gpu_encode.json").write_text(json.dumps(doc, indent=2))
         print(json.dumps(doc, indent=2))
+
+
+def faiss_search(n: int, dim: int = 384, queries: int = 1000, k: int = 10) -> dict:
+    """Exact search of ``queries`` vectors in ``n`` through our `VectorIndex`: the GPU copy vs the
+    CPU one, same vectors, in this run; where faiss-gpu is not installed, says so."""
+    from annotator.index.vector_index import VectorIndex, gpu_available
+
+    if not gpu_available():
+        return {"skipped": "faiss-gpu is not installed (pip uninstall -y faiss-cpu && pip install faiss-gpu-cu12)"}
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(n, dtype=np.int64)
+    out = {"vectors": n, "dim": dim, "queries": queries}
+    for label, use_gpu in (("cpu", False), ("gpu", True)):
+        index = VectorIndex.build(ids, vectors, use_gpu=use_gpu, exact_threshold=n + 1)
+        index.search(vectors[:10], k)  # warm-up (the GPU copy is made here)
+        t0 = time.perf_counter()
+        found = index.search(vectors[:queries], k)
+        out[label] = {"queries_per_s": queries / (time.perf_counter() - t0)}
+        out[label + "_top1_is_self"] = float(np.mean(np.asarray(found[1])[:, 0] == ids[:queries]))
+    out["gpu_speedup"] = out["gpu"]["queries_per_s"] / out["cpu"]["queries_per_s"]
+    return out
 
 
 def _fp32_cpu_batch(enc):
