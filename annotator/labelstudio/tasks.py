@@ -100,6 +100,14 @@ def upsert_tasks(session, project: Project, config: LabelConfig, tasks: list[dic
     return existing
 
 
+def _annotator(annotation: dict) -> str:
+    """Who made an annotation: the user id (webhooks send the id; the task list expands it into the user)."""
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("id") or who.get("email")
+    return str(who or "")
+
+
 def record_annotations(session, project: Project, config: LabelConfig | None, annotations: list[dict],
                        tasks: list[dict]) -> int:
     """Store annotations as labels (``tasks`` carrying them are upserted first); a skipped task, an
@@ -120,7 +128,7 @@ def record_annotations(session, project: Project, config: LabelConfig | None, an
         if item is None or not labels:
             skipped.append(key)  # a skip, an empty result, or a task we never saw
             continue
-        records.append(repo.LabelRecord(item.id, labels, key, created_by=str(a.get("completed_by") or "")))
+        records.append(repo.LabelRecord(item.id, labels, key, created_by=_annotator(a)))
     repo.upsert_labels(session, project=project, records=records)
     if skipped:
         repo.soft_delete_labels(session, project=project, annotation_keys=skipped)

@@ -288,3 +288,60 @@ def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, ba
     ordered = sorted((p for p in predictions_of(ls_client, project.id) if p["model_version"] == version),
                      key=lambda p: p["score"])
     assert [str(p["task"]) for p in ordered[:2]] == [e["id"] for e in expected]
+
+
+def test_three_annotators_who_disagree_land_in_the_review_tab(label_studio, ls_client, backend_server):
+    """Three Label Studio users label the same tasks: every annotation is kept (not the latest one),
+    training sees the majority, and the tasks they disagree on become a review tab, most contested first."""
+    from annotator.active.selection import annotator_agreement
+    from annotator.labelstudio.sync import push_review_queue
+
+    config = """<View><Text name="text" value="$text"/><Choices name="topic" toName="text">
+      <Choice value="animal"/><Choice value="vehicle"/><Choice value="food"/></Choices></View>"""
+    project = ls_client.projects.create(title="annotator-crowd", label_config=config)
+    texts = ["a dog in the park", "a red bus", "a bowl of soup", "a horse on a road"]
+    ls_client.projects.import_tasks(id=project.id, request=[{"text": t} for t in texts])
+    tasks = {t.data["text"]: t.id for t in ls_client.tasks.list(project=project.id)}
+    ls_client.ml.create(project=project.id, url=backend_server.url, title="annotator-crowd", is_interactive=False)
+    headers = {"Authorization": f"Token {label_studio.token}"}
+    users = []
+    for name in ("ann-b", "ann-c"):  # two more annotators in the organisation
+        r = httpx.post(f"{label_studio.url}/api/users/", headers=headers,
+                       json={"username": f"{name}-{project.id}", "email": f"{name}-{project.id}@example.com"})
+        assert r.status_code == 201, r.text
+        users.append(r.json()["id"])
+    me = httpx.get(f"{label_studio.url}/api/current-user/whoami", headers=headers).json()["id"]
+    votes = {  # per task: what the admin, ann-b and ann-c chose
+        "a dog in the park": ["animal", "animal", "animal"],
+        "a red bus": ["vehicle", "food", "animal"],  # three different answers: the most contested
+        "a bowl of soup": ["food", "food", "animal"],  # two against one
+        "a horse on a road": ["animal", "animal", "vehicle"],
+    }
+    for text, choices in votes.items():
+        for user, choice in zip([me, *users], choices):
+            r = httpx.post(f"{label_studio.url}/api/tasks/{tasks[text]}/annotations/", headers=headers,
+                           json={"completed_by": user, "result": [{"from_name": "topic", "to_name": "text",
+                                                                  "type": "choices", "value": {"choices": [choice]}}]})
+            assert r.status_code == 201, r.text
+    name = project_name_for(project.id)
+
+    def agreement():
+        report = annotator_agreement(backend_server.store, project_name=name)
+        return report if sum(a["items"] for a in report["annotators"].values()) == 12 else None
+
+    report = wait_for(agreement, what="12 annotations from 3 annotators")
+    assert len(report["annotators"]) == 3 and report["items_with_several_annotators"] == 4
+    # training labels are the consensus, not whichever annotation came last
+    with backend_server.store.session() as s:
+        p = repo.get_project(s, name=name)
+        ids = repo.external_ids(s, project=p)
+        labels = {int(ids[pk]): v for pk, v in repo.current_labels(s, project=p).items()}
+    assert labels[tasks["a bowl of soup"]] == ["food"] and labels[tasks["a horse on a road"]] == ["animal"]
+    contested = [int(d["id"]) for d in report["disagreements"]]
+    assert contested[0] == tasks["a red bus"]
+    assert set(contested) == {tasks["a red bus"], tasks["a bowl of soup"], tasks["a horse on a road"]}
+
+    queue = push_review_queue(backend_server.store, url=label_studio.url, api_key=label_studio.token, project_name=name,
+                              suspects=report["disagreements"], title="annotators disagree")
+    in_view = [t.id for t in ls_client.tasks.list(project=project.id, view=queue["view_id"])]
+    assert set(in_view) == set(contested) and tasks["a dog in the park"] not in in_view

@@ -109,3 +109,25 @@ def test_training_labels_are_the_consensus_and_the_cli_reports_agreement(store, 
     assert json.loads(out.stdout)["disagreements"][0]["id"] == "t0"
     table = run_cli("agreement", "--project", "crowd", env_extra={"ANNOTATOR_DATA_DIR": str(settings.data_dir)}, check=True)
     assert "Krippendorff's alpha" in table.stdout and "t0: consensus cat" in table.stdout
+
+
+def test_an_annotator_is_the_same_whether_a_webhook_or_a_task_listing_names_them(store):
+    """Webhooks send ``completed_by`` as a user id; Label Studio's task list expands it into the user.
+    Both must count as one annotator, or one person would outvote themselves."""
+    from annotator.labelstudio.tasks import mirror_project, record_annotations
+    from annotator.store import repo
+
+    schema = """<View><Text name="text" value="$text"/><Choices name="c" toName="text">
+      <Choice value="cat"/><Choice value="dog"/></Choices></View>"""
+    result = lambda label: [{"from_name": "c", "to_name": "text", "type": "choices",  # noqa: E731
+                             "value": {"choices": [label]}}]
+    tasks = [{"id": 1, "data": {"text": "a"}, "annotations": [
+        {"id": 10, "completed_by": {"id": 7, "email": "ann@example.com"}, "result": result("cat")},
+        {"id": 11, "completed_by": {"id": 8, "email": "bob@example.com"}, "result": result("dog")}]}]
+    with store.session() as s:
+        mirror_project(s, 5, schema, tasks)
+        p = repo.get_project(s, name="ls-5")
+        record_annotations(s, p, None, [{"id": 12, "task": 1, "completed_by": 7, "result": result("dog")}], [])
+        s.flush()
+        who = sorted(a.annotator for a in repo.live_annotations(s, project=p))
+    assert who == ["7", "7", "8"]
