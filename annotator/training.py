@@ -133,7 +133,7 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
                 raise NotEnoughLabelsError(f"project {project_name!r} has {len(items)} labelled item(s); need at least 4")
             with MediaFetcher(settings) as fetcher:
                 report = embed_items(items, encoders=encoders, fetcher=fetcher, progress=progress)
-            multilabel = bool(project.multilabel or any(len(labels[it.id]) > 1 for it in items))
+            multilabel = repo.is_multilabel(project, labels)
         timings["embed_s"] = time.perf_counter() - t0
 
         X = load_features(items, encoders=encoders)

@@ -279,7 +279,13 @@ def errors(
         url, key = _ls_credentials(None, None)
         queue = push_review_queue(_store(), url=url, api_key=key, project_name=project, suspects=found)
         typer.echo(f"review queue: Data Manager tab {queue['view_id']} with {queue['tasks']} task(s)", err=True)
-    _emit(found, as_json, "\n".join(f"{e['score']:.3f}  {e['id']}: {e['label']} -> {e['suggested']}" for e in found))
+    _emit(found, as_json, "\n".join(f"{e['score']:.3f}  {e['id']}: {_tags(e['label'])} -> {_tags(e['suggested'])}"
+                                    for e in found))
+
+
+def _tags(labels: str | list[str]) -> str:
+    """One label as it is; a multi-label set as ``a+b`` (``-`` when empty)."""
+    return labels if isinstance(labels, str) else "+".join(labels) or "-"
 
 
 @app.command()

@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 
 from annotator.active.base import Pool, PoolExhaustedError
-from annotator.active.label_errors import knn_disagreement, out_of_fold_probs, suspicion_scores
+from annotator.active.label_errors import (
+    knn_disagreement,
+    knn_set_disagreement,
+    label_matrix,
+    multilabel_suspicion,
+    out_of_fold_multilabel_probs,
+    out_of_fold_probs,
+    suspicion_scores,
+)
 from annotator.active.registry import get_strategy
 from annotator.config import Settings
 from annotator.embedding import embed_items, load_features, usable_rows
@@ -44,6 +52,7 @@ class ProjectData:
     items: list[Item]
     features: dict[str, np.ndarray]
     labels: dict[int, list[str]]
+    multilabel: bool = False
 
 
 def load_project_data(store: Store, settings: Settings, project_name: str, encoders: Encoders,
@@ -53,13 +62,15 @@ def load_project_data(store: Store, settings: Settings, project_name: str, encod
         project = repo.get_project(s, name=project_name)
         items = repo.list_items(s, project=project)
         labels = repo.current_labels(s, project=project)
+        multilabel = repo.is_multilabel(project, labels)
         with MediaFetcher(settings) as fetcher:
             embed_items(items, encoders=encoders, fetcher=fetcher, progress=progress)
     features = load_features(items, encoders=encoders)
     if not features:
         raise NotFoundError(f"project {project_name!r} has no items with usable media")
     keep = usable_rows(features)
-    return ProjectData([it for it, ok in zip(items, keep) if ok], {m: a[keep] for m, a in features.items()}, labels)
+    return ProjectData([it for it, ok in zip(items, keep) if ok], {m: a[keep] for m, a in features.items()}, labels,
+                       multilabel)
 
 
 def select_next(store: Store, settings: Settings, *, project_name: str, strategy: str = "margin", k: int = 20,
@@ -91,17 +102,28 @@ def select_next(store: Store, settings: Settings, *, project_name: str, strategy
 def find_label_errors(store: Store, settings: Settings, *, project_name: str, encoders: Encoders | None = None,
                       folds: int = 5, neighbours: int = 10, progress: bool = True) -> list[dict[str, Any]]:
     """Labelled items whose label looks wrong, most suspicious first:
-    ``[{"id", "label", "suggested", "score"}]`` (score in [0, 1])."""
+    ``[{"id", "label", "suggested", "score"}]`` (score in [0, 1]). In a multi-label project
+    ``label`` and ``suggested`` are label sets, and every class of an item is checked."""
     encoders = encoders or Encoders(settings)
     data = load_project_data(store, settings, project_name, encoders, progress)
     rows = [i for i, it in enumerate(data.items) if it.id in data.labels]
     if len(rows) < 10:
         raise NotEnoughLabelsError(f"label-error detection needs at least 10 labels; project {project_name!r} has {len(rows)}")
-    labels = [data.labels[data.items[i].id][0] for i in rows]
     X = {m: a[rows] for m, a in data.features.items()}
-    probs, classes = out_of_fold_probs(lambda: FusionClassifier(head="concat", min_steps=200), X, labels, folds=folds)
-    disagreement, _ = knn_disagreement(concat_embeddings(X), labels, k=neighbours)
-    scores, suggested = suspicion_scores(labels, probs, classes, disagreement=disagreement)
+    given = [data.labels[data.items[i].id] for i in rows]
+    if data.multilabel:  # every class is a yes/no label of its own
+        probs, classes = out_of_fold_multilabel_probs(
+            lambda: FusionClassifier(head="concat", multilabel=True, min_steps=200), X, given, folds=folds)
+        y = label_matrix(given, classes)
+        disagreement = knn_set_disagreement(concat_embeddings(X), y, k=neighbours)
+        scores, suggested = multilabel_suspicion(y, probs, classes, disagreement=disagreement)
+        labels = [sorted(g) for g in given]
+    else:
+        labels = [g[0] for g in given]
+        probs, classes = out_of_fold_probs(lambda: FusionClassifier(head="concat", min_steps=200), X, labels,
+                                           folds=folds)
+        disagreement, _ = knn_disagreement(concat_embeddings(X), labels, k=neighbours)
+        scores, suggested = suspicion_scores(labels, probs, classes, disagreement=disagreement)
     order = np.argsort(-scores, kind="stable")
     return [{"id": data.items[rows[i]].external_id, "label": labels[i], "suggested": suggested[i],
              "score": round(float(scores[i]), 6)} for i in order]

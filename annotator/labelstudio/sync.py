@@ -170,6 +170,11 @@ def push_next_batch(store: Store, runtime: Runtime, *, url: str, api_key: str, p
     return {"model_version": version, "predictions": len(out), "batch": len(picks)}
 
 
+def _as_list(labels: str | list[str]) -> list[str]:
+    """A suggestion is one label, or a label set in a multi-label project."""
+    return list(labels) if isinstance(labels, (list, tuple)) else [labels]
+
+
 def push_review_queue(store: Store, *, url: str, api_key: str, project_name: str,
                       suspects: list[dict[str, Any]], limit: int = 100,
                       title: str = "suspected label errors") -> dict[str, Any]:
@@ -180,7 +185,7 @@ def push_review_queue(store: Store, *, url: str, api_key: str, project_name: str
     top = [s for s in suspects if task_of.get(s["id"]) is not None][:limit]
     version = f"review-{_stamp()}"
     ls = client.client_for(url, api_key)
-    client.push_predictions(ls, ls_pid, [{"task": task_of[s["id"]], "result": [config.region([s["suggested"]], s["score"])],
+    client.push_predictions(ls, ls_pid, [{"task": task_of[s["id"]], "result": [config.region(_as_list(s["suggested"]), s["score"])],
                                           "score": 1.0 - s["score"], "model_version": version} for s in top])
     view_id = client.create_task_view(ls, ls_pid, f"annotator: {len(top)} {title}",
                                       [task_of[s["id"]] for s in top])

@@ -207,6 +207,11 @@ def live_annotations(session: Session, *, project: Project, source: str = "human
             for item_id, values, created_by, key, at in rows]
 
 
+def is_multilabel(project: Project, labels: dict[int, list[str]]) -> bool:
+    """A multi-label project: its config says so, or some item carries several labels."""
+    return bool(project.multilabel or any(len(v) > 1 for v in labels.values()))
+
+
 def current_labels(session: Session, *, project: Project, source: str = "human") -> dict[int, list[str]]:
     """Item pk → its label: the consensus of its live labels of ``source`` (`annotator.consensus`:
     one annotation is its own consensus; several are voted on, or weighed by Dawid–Skene)."""

@@ -109,3 +109,26 @@ def test_simulation_and_retrain_train_the_same_model_for_the_same_data(store, se
     assert simulated.get_params() == served.get_params() and result.model
     used = {m: X[m] for m in served.modalities_}
     np.testing.assert_allclose(simulated.predict_proba(used), served.predict_proba(used), atol=1e-4)
+
+
+def test_errors_in_a_multi_label_project_check_every_tag(store, settings, encoders, tmp_path):
+    """A missing tag and a wrong extra tag are both found, with the tag set the model suggests."""
+    from itertools import combinations
+
+    from annotator.importer import import_manifest
+
+    rows = []
+    for n, (a, b) in enumerate(list(combinations(WORDS, 2)) * 5 + [(c, None) for c in WORDS] * 5):
+        wa, wb = WORDS[a][n % 8], WORDS[b][(n + 3) % 8] if b else None
+        text = f"a picture of a {wa} next to a {wb}" if b else f"a picture of a {wa} alone"
+        rows.append({"id": f"m{n}", "text": text, "label": sorted({a, b} - {None})})
+    truth = {r["id"]: r["label"] for r in rows}
+    wrong = {rows[0]["id"]: rows[0]["label"][:1],  # a tag left out
+             rows[-1]["id"]: sorted(rows[-1]["label"] + ["animal" if "animal" not in rows[-1]["label"] else "food"])}
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({**r, "label": wrong.get(r["id"], r["label"])}) for r in rows))
+    with store.session() as s:
+        import_manifest(s, project_name="tags", manifest=tmp_path / "m.jsonl")
+    found = find_label_errors(store, settings, project_name="tags", encoders=encoders, progress=False)
+    top = {e["id"]: e for e in found[:4]}
+    assert set(wrong) <= set(top)
+    assert all(top[i]["label"] == wrong[i] and top[i]["suggested"] == truth[i] for i in wrong)
