@@ -104,9 +104,10 @@ class Backend:
                 "loaded_versions": self.runtime.loaded_versions(), "encoders": self.runtime.encoders.describe()}
 
     def setup(self, *, project: Any, schema: str, hostname: str | None = None, access_token: str | None = None,
-              extra_params: dict | None = None) -> dict[str, str]:
+              extra_params: dict | None = None) -> dict[str, Any]:
         """Register (or update) the project, its label config and how to reach Label Studio; return
-        the serving model version. Cheap: no model is loaded here."""
+        the serving model version, the controls we predict and, when some are not, which (also
+        logged as a warning: the person wiring the backend sees it). Cheap: no model is loaded here."""
         pid = parse_project_id(project)
         config = parse_label_config(schema)
 
@@ -116,7 +117,11 @@ class Backend:
             active = repo.active_model_version(s, project=p)
             return active.version if active else serving_version(None, p.classes if config.choices else None)
 
-        return {"model_version": self.store.run(register)}
+        answer: dict[str, Any] = {"model_version": self.store.run(register), "predicted": config.predicted_controls}
+        if note := config.coverage_note():
+            log.warning("project %s: %s", pid, note)
+            answer["not_predicted"] = list(config.ignored_controls)
+        return answer
 
     def predict(self, *, tasks: list[dict], project: Any = None, label_config: str | None = None,
                 params: dict | None = None) -> dict[str, Any]:

@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None, *, store=None, runtime=None, st
         return JSONResponse(report, status_code=200 if report["status"] == "UP" else 503)
 
     @app.post("/setup")
-    async def setup(body: SetupRequest, request: Request) -> dict[str, str]:
+    async def setup(body: SetupRequest, request: Request) -> dict[str, Any]:
         return await run_in_threadpool(b(request).setup, project=body.project, schema=body.schema_,
                                        hostname=body.hostname, access_token=body.access_token,
                                        extra_params=body.extra_params)

@@ -55,8 +55,23 @@ class ChoicesControl:
 class LabelConfig:
     objects: tuple[ObjectTag, ...]
     choices: ChoicesControl | None
-    ignored_controls: tuple[str, ...] = ()
+    ignored_controls: tuple[str, ...] = ()  # "name (Tag)" of each control we do not predict
     digest: str = ""
+
+    @property
+    def predicted_controls(self) -> list[str]:
+        return [self.choices.name] if self.choices is not None else []
+
+    def coverage_note(self) -> str | None:
+        """What a person should know about which controls get pre-labels; None when all do."""
+        if self.choices is None:
+            found = f" (it has {', '.join(self.ignored_controls)})" if self.ignored_controls else ""
+            return ("nothing in this label config is predicted: annotator pre-labels a <Choices> control, and "
+                    f"the config has none{found}; tasks get empty predictions")
+        if self.ignored_controls:
+            return (f"predicting <Choices> {self.choices.name!r} only; not predicted: "
+                    f"{', '.join(self.ignored_controls)}")
+        return None
 
     def data_keys(self) -> dict[str, str]:
         """modality → task-data key (the first object tag of each modality)."""
@@ -120,7 +135,7 @@ def _parse(digest: str, xml: str) -> LabelConfig:
             objects.append(ObjectTag(el.get("name"), el.tag, OBJECT_MODALITIES[tag], el.get("value")[1:]))
         elif tag == "choices" and el.get("name"):
             if choices is not None:
-                ignored.append(el.get("name"))
+                ignored.append(f"{el.get('name')} ({el.tag})")
                 continue
             values, aliases, predicted = [], {}, {}
             for child in el.iter():
@@ -137,7 +152,7 @@ def _parse(digest: str, xml: str) -> LabelConfig:
                                      (el.get("choice") or "single") == "multiple", tuple(values), aliases, predicted)
         elif tag in ("labels", "textarea", "rectanglelabels", "polygonlabels", "brushlabels", "keypointlabels",
                      "taxonomy", "rating", "number"):
-            ignored.append(el.get("name") or el.tag)
+            ignored.append(f"{el.get('name')} ({el.tag})" if el.get("name") else el.tag)
     if not objects:
         raise LabelConfigError("label config has no Image, Text or Audio object tag with a $value")
     return LabelConfig(tuple(objects), choices, tuple(ignored), digest)

@@ -81,8 +81,32 @@ def test_health_and_setup(client):
         "text": "onnx", "image": "onnx", "audio": "ctranslate2-int8"}
     assert client.get("/").status_code == 200
     body = {"project": "7.1717000000", "schema": CONFIG, "hostname": "http://localhost:8080", "access_token": "t"}
-    assert client.post("/setup", json=body).json() == {"model_version": "zero-shot"}
-    assert client.post("/setup", json=body).json() == {"model_version": "zero-shot"}  # idempotent
+    assert client.post("/setup", json=body).json() == {"model_version": "zero-shot", "predicted": ["kind"]}
+    assert client.post("/setup", json=body).json() == {"model_version": "zero-shot", "predicted": ["kind"]}  # idempotent
+
+
+def test_setup_names_the_controls_that_get_no_predictions(client, caplog):
+    """A second <Choices> and a <Labels> are not predicted, and a config with no <Choices> gets
+    nothing: /setup says so, and so does the log, where the person wiring the backend looks."""
+    import logging
+
+    two = CONFIG.replace("</View>", '<Choices name="mood" toName="caption"><Choice value="calm"/></Choices>'
+                                    '<Labels name="ner" toName="caption"><Label value="PER"/></Labels></View>')
+    with caplog.at_level(logging.WARNING, logger="annotator.backend"):
+        answer = client.post("/setup", json={"project": "8.1", "schema": two}).json()
+    assert answer == {"model_version": "zero-shot", "predicted": ["kind"],
+                      "not_predicted": ["mood (Choices)", "ner (Labels)"]}
+    assert "project 8: predicting <Choices> 'kind' only; not predicted: mood (Choices), ner (Labels)" in caplog.text
+    none = """<View><Text name="caption" value="$text"/><Labels name="ner" toName="caption"><Label value="PER"/></Labels>
+              <TextArea name="notes" toName="caption"/></View>"""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="annotator.backend"):
+        answer = client.post("/setup", json={"project": "9.1", "schema": none}).json()
+    assert answer["predicted"] == [] and answer["not_predicted"] == ["ner (Labels)", "notes (TextArea)"]
+    assert "nothing in this label config is predicted" in caplog.text
+    predictions = client.post("/predict", json={"tasks": [{"id": 1, "data": {"text": "Ada"}}], "project": "9.1",
+                                                "label_config": none}).json()["results"]
+    assert len(predictions) == 1 and predictions[0]["result"] == []
 
 
 def test_bad_bodies_get_clear_errors(client):
@@ -137,7 +161,7 @@ def test_webhooks_record_idempotently_and_training_changes_the_version(client, b
         {"status": "ok", "action": "START_TRAINING", "training": "requested"}
     assert trainer.train_due_projects() == ["v1"]
     assert trainer.train_due_projects() == []  # nothing new since
-    assert client.post("/setup", json={"project": "7.1", "schema": CONFIG}).json() == {"model_version": "v1"}
+    assert client.post("/setup", json={"project": "7.1", "schema": CONFIG}).json()["model_version"] == "v1"
     results = client.post("/predict", json={"tasks": [pairs[0][0]], "project": "7.1", "label_config": CONFIG}).json()["results"]
     assert results[0]["model_version"] == "v1" and results[0]["result"][0]["value"]["choices"] == ["animal"]
     versions = client.get("/versions").json()

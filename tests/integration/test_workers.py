@@ -90,7 +90,7 @@ def test_three_workers_share_labels_training_models_and_label_studio_access(tmp_
         config = CONFIG.format("".join(f'<Choice value="{c}"/>' for c in labels))
         # only one worker hears how to reach Label Studio
         assert httpx.post(f"{url}/setup", json={"project": "4.17", "schema": config, "hostname": media_server,
-                                                "access_token": TOKEN}).json() == {"model_version": "zero-shot"}
+                                                "access_token": TOKEN}).json()["model_version"] == "zero-shot"
 
         # 1. a webhook storm over fresh connections, so the workers share it: no label is lost
         labelled = [(i, r) for i, r in enumerate(ROWS, start=1) if "label" in r]

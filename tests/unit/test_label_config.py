@@ -21,7 +21,9 @@ def test_objects_choices_aliases_and_ignored_controls():
     assert cfg.data_keys() == {"image": "image", "text": "text", "audio": "audio"}
     assert cfg.choices.name == "category" and cfg.choices.to_name == "image" and not cfg.choices.multiple
     assert cfg.choices.values == ("Cat", "Dog")
-    assert set(cfg.ignored_controls) == {"second", "ner"}
+    assert set(cfg.ignored_controls) == {"second (Choices)", "ner (Labels)"}
+    assert cfg.predicted_controls == ["category"]
+    assert cfg.coverage_note() == "predicting <Choices> 'category' only; not predicted: second (Choices), ner (Labels)"
     result = [{"from_name": "category", "type": "choices", "value": {"choices": ["dog"]}},
               {"from_name": "second", "type": "choices", "value": {"choices": ["x"]}}]
     assert cfg.labels_from_result(result) == ["Dog"]
