@@ -60,7 +60,7 @@ def flops_per_image(encoder) -> float:
 
     from annotator.encoders.image import _pooled_features
 
-    net = _pooled_features(encoder._load_net("cpu"))
+    net = _pooled_features(encoder._load_net())
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(torch.zeros(1, 3, 224, 224))
     return float(counter.get_total_flops())

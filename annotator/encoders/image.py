@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from annotator.encoders.base import batched_encode, forward_batch_size
+from annotator.encoders.onnx_runtime import INT8, network_forward
 
 if TYPE_CHECKING:
     import torch
@@ -54,39 +55,24 @@ class EfficientNetLiteEncoder:
 
     def __init__(self, *, device: str = "cpu", batch_size: int = 32, weights_path: str | None = None,
                  runtime: str = "torch", int8: bool = False, export_dir=None):
-        self.device, self.batch_size, self.runtime = device, batch_size, runtime
+        self.device, self.batch_size, self.runtime = device, batch_size, INT8 if int8 else runtime
         self.cpu_batch_size = self._cpu_batch_sizes[runtime]
         self._weights = weights_path or default_image_weights_path()
         if weights_path is not None:
             self.name = f"image:efficientnet-lite0:224:{weights_path}"
-        if runtime == "onnx":
-            from annotator.encoders.onnx_runtime import onnx_forward, weights_fingerprint
+        self._forward = network_forward(
+            runtime, self.name, lambda: _pooled_features(self._load_net()),
+            {"pixels": np.zeros((2, 3, 224, 224), np.float32)}, device=device, dynamic_axes={"pixels": {0: "batch"}},
+            export_dir=export_dir, int8=int8, weights_path=self._weights, calibration=self._calibration)
+        if int8:  # other vectors: their own cache entries
+            self.name += f":{INT8}"
 
-            self._forward = onnx_forward(
-                self.name, lambda: _pooled_features(self._load_net("cpu")),
-                {"pixels": np.zeros((2, 3, 224, 224), np.float32)}, dynamic_axes={"pixels": {0: "batch"}},
-                export_dir=export_dir, int8=int8, weights=weights_fingerprint(self._weights),
-                calibration=self._calibration)
-            if int8:  # other vectors: their own cache entries
-                self.name += ":onnx-int8"
-                self.runtime = "onnx-int8"
-        else:
-            import torch
-
-            net = _pooled_features(self._load_net(device))
-
-            def forward(pixels: np.ndarray) -> np.ndarray:
-                with torch.inference_mode():
-                    return net(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
-
-            self._forward = forward
-
-    def _load_net(self, device: str):
+    def _load_net(self):
         from efficientnet_lite_pytorch import EfficientNet
 
         with contextlib.redirect_stdout(sys.stderr):  # the loader prints a banner on stdout
             net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=self._weights)
-        return net.eval().to(device)
+        return net.eval()
 
     def _calibration(self) -> list[dict[str, np.ndarray]]:
         """Static int8 calibration inputs: the images shipped in ``annotator.sample_data``."""
@@ -140,7 +126,7 @@ class HFImageEncoder:
                  runtime: str = "torch", int8: bool = False, export_dir=None):
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-        self.device, self.batch_size, self.runtime = device, batch_size, "onnx-int8" if int8 else runtime
+        self.device, self.batch_size, self.runtime = device, batch_size, INT8 if int8 else runtime
         try:  # transformers >= 5 names the PIL path `backend`; older versions use `use_fast`
             self._processor = AutoImageProcessor.from_pretrained(model_name_or_path, backend="pil")
         except TypeError:
@@ -149,27 +135,14 @@ class HFImageEncoder:
         sizes = getattr(cfg, "hidden_sizes", None)
         self.dim = int(sizes[-1] if sizes else cfg.hidden_size)
         self.name = f"image:hf:{model_name_or_path}"
-        load = lambda: _pooled_output(AutoModel.from_pretrained(model_name_or_path))  # noqa: E731
-        if runtime == "onnx":
-            from annotator.encoders.onnx_runtime import onnx_forward, weights_fingerprint
-
-            example = self._pixels([_blank_image()] * 2)
-            self._forward = onnx_forward(self.name, load, {"pixel_values": example},
-                                         dynamic_axes={"pixel_values": {0: "batch"}}, export_dir=export_dir,
-                                         int8=int8, weights=weights_fingerprint(model_name_or_path), calibration=lambda: [{"pixel_values": self._pixels([image])}
-                                                                         for image in sample_images()])
-            if int8:
-                self.name += ":onnx-int8"
-        else:
-            import torch
-
-            net = load().to(device)
-
-            def forward(pixel_values: np.ndarray) -> np.ndarray:
-                with torch.inference_mode():
-                    return net(torch.from_numpy(pixel_values).to(device)).float().cpu().numpy()
-
-            self._forward = forward
+        self._forward = network_forward(
+            runtime, self.name, lambda: _pooled_output(AutoModel.from_pretrained(model_name_or_path)),
+            {"pixel_values": self._pixels([_blank_image()] * 2)}, device=device,
+            dynamic_axes={"pixel_values": {0: "batch"}}, export_dir=export_dir, int8=int8,
+            weights_path=model_name_or_path,
+            calibration=lambda: [{"pixel_values": self._pixels([image])} for image in sample_images()])
+        if int8:  # other vectors: their own cache entries
+            self.name += f":{INT8}"
 
     def _pixels(self, images: list) -> np.ndarray:
         batch = self._processor(images=[img.convert("RGB") for img in images], return_tensors="np")

@@ -1,4 +1,5 @@
-"""Run an encoder's torch network with ONNX Runtime on CPU: exported once, cached, optionally int8.
+"""How an encoder's network runs: on torch, or on ONNX Runtime on a CPU (exported once, cached,
+optionally int8). `network_forward` is the one place that chooses.
 
 Why: on a 2-core CPU ONNX Runtime's fused kernels run EfficientNet-Lite0 about 4× and MiniLM about
 1.1× faster than torch eager (measured in ``bench/bench_encode.py``), with vectors equal to the
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 OPSET = 17
 EXPORT_FORMAT = 1  # bump when the exported graphs change for the same encoder name
 RUNTIMES = ("auto", "torch", "onnx")
+INT8 = "onnx-int8"  # the runtime an int8 export reports, and the suffix of its encoder's name (other vectors)
 
 
 def onnx_available() -> bool:
@@ -73,12 +75,14 @@ def weights_fingerprint(name_or_path: str) -> str:
     return hashlib.sha1(stats.encode()).hexdigest()[:12]
 
 
-def _export_path(export_dir: Path, key: str, int8: bool, weights: str) -> Path:
-    import torch
+def _export_folder(export_dir: Path, key: str, weights: str) -> Path:
+    """Where the exports of one network live; the torch version is read from the package metadata,
+    so a cached export is used without importing torch."""
+    from importlib.metadata import version
 
-    full = f"{key}|weights={weights}|torch={torch.__version__}|opset={OPSET}|format={EXPORT_FORMAT}"
+    full = f"{key}|weights={weights}|torch={version('torch')}|opset={OPSET}|format={EXPORT_FORMAT}"
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-60:] + "-" + hashlib.sha1(full.encode()).hexdigest()[:12]
-    return Path(export_dir) / slug / ("model.int8.onnx" if int8 else "model.onnx")
+    return Path(export_dir) / slug
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -92,7 +96,7 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
-def _export(build_module: Callable[[], "torch.nn.Module"], example: dict[str, np.ndarray],
+def _export(build_module: Callable[[], torch.nn.Module], example: dict[str, np.ndarray],
             dynamic_axes: dict[str, dict[int, str]], path: Path) -> None:
     import warnings
 
@@ -165,7 +169,35 @@ class OnnxForward:
         return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
 
 
-def onnx_forward(key: str, build_module: Callable[[], "torch.nn.Module"], example: dict[str, np.ndarray],
+def torch_forward(module: torch.nn.Module, input_names: Sequence[str], device: str) -> Callable[..., np.ndarray]:
+    """``forward(**arrays) → (n, d) float32`` of a torch module (inputs in ``input_names`` order)."""
+    import torch
+
+    module = module.to(device)
+
+    def forward(**arrays: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(*(torch.from_numpy(arrays[name]).to(device) for name in input_names))
+        return out.float().cpu().numpy()
+
+    return forward
+
+
+def network_forward(runtime: str, key: str, build_module: Callable[[], torch.nn.Module],
+                    example: dict[str, np.ndarray], *, device: str = "cpu", dynamic_axes: dict[str, dict[int, str]],
+                    export_dir: Path | None = None, int8: bool = False, weights_path: str | None = None,
+                    calibration: Callable[[], Sequence[dict[str, np.ndarray]]] | None = None
+                    ) -> Callable[..., np.ndarray]:
+    """``forward(**arrays) → (n, d) float32`` of the network ``build_module()`` returns: on torch
+    (``runtime="torch"``, on ``device``) or on ONNX Runtime (`onnx_forward`, which takes the rest)."""
+    if runtime == "onnx":
+        return onnx_forward(key, build_module, example, dynamic_axes=dynamic_axes, export_dir=export_dir,
+                            int8=int8, weights=weights_fingerprint(weights_path) if weights_path else "",
+                            calibration=calibration)
+    return torch_forward(build_module(), list(example), device)
+
+
+def onnx_forward(key: str, build_module: Callable[[], torch.nn.Module], example: dict[str, np.ndarray],
                  *, dynamic_axes: dict[str, dict[int, str]], export_dir: Path | None = None,
                  int8: bool = False, weights: str = "",
                  calibration: Callable[[], Sequence[dict[str, np.ndarray]]] | None = None) -> OnnxForward:
@@ -176,7 +208,7 @@ def onnx_forward(key: str, build_module: Callable[[], "torch.nn.Module"], exampl
     key : str
         What identifies the network (the encoder's name).
     weights : str
-        Where its weights are (`weights_fingerprint`); an export of changed weights is not reused.
+        A fingerprint of its weights (`weights_fingerprint`); an export of changed weights is not reused.
     build_module : callable
         Returns the torch module whose ``forward(*example.values())`` gives the vectors; called
         only when no export is cached.
@@ -192,10 +224,11 @@ def onnx_forward(key: str, build_module: Callable[[], "torch.nn.Module"], exampl
     """
     from filelock import FileLock
 
-    fp32 = _export_path(export_dir or default_export_dir(), key, int8=False, weights=weights)
-    target = _export_path(export_dir or default_export_dir(), key, int8=int8, weights=weights)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.parent / ".lock", preserve_lock_file=True):
+    folder = _export_folder(export_dir or default_export_dir(), key, weights)
+    fp32 = folder / "model.onnx"
+    target = folder / "model.int8.onnx" if int8 else fp32
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / ".lock", preserve_lock_file=True):
         for attempt in (0, 1):
             if not fp32.exists():
                 log.info("exporting %s to ONNX (once) at %s", key, fp32)

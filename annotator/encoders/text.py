@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from annotator.encoders.base import l2_normalize
+from annotator.encoders.onnx_runtime import INT8, length_sorted_batches, onnx_forward, weights_fingerprint
 from annotator.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -75,16 +76,14 @@ class SentenceTransformerEncoder:
         self.dim = int(self._model.get_embedding_dimension() if hasattr(self._model, "get_embedding_dimension")
                        else self._model.get_sentence_embedding_dimension())
         self.name = name or f"text:st:{model_name_or_path}"
-        self.runtime = "onnx-int8" if int8 else runtime
+        self.runtime = INT8 if int8 else runtime
         self._forward = None
         if runtime == "onnx":
             self._forward = self._onnx_forward(export_dir, int8)
-            if int8:
-                self.name += ":onnx-int8"
+            if int8:  # other vectors: their own cache entries
+                self.name += f":{INT8}"
 
     def _onnx_forward(self, export_dir, int8: bool):
-        from annotator.encoders.onnx_runtime import onnx_forward, weights_fingerprint
-
         kinds = [type(m).__name__ for m in self._model]
         mode = _pooling_mode(self._model[1]) if kinds[:2] == ["Transformer", "Pooling"] else None
         if mode not in ("mean", "cls") or kinds[2:] not in ([], ["Normalize"]):
@@ -110,8 +109,6 @@ class SentenceTransformerEncoder:
             vectors = self._model.encode(list(inputs), batch_size=self.batch_size, convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
             return l2_normalize(vectors)
-        from annotator.encoders.onnx_runtime import length_sorted_batches
-
         out = np.empty((len(inputs), self.dim), dtype=np.float32)
         for rows in length_sorted_batches([len(t) for t in inputs], min(self.batch_size, self.onnx_batch_size)):
             out[rows] = self._forward(**self._tokens([inputs[i] for i in rows]))
