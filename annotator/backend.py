@@ -22,21 +22,29 @@ from typing import Any
 from sqlalchemy import text
 
 from annotator.config import Settings
-from annotator.embedding import embed_items
 from annotator.errors import AnnotatorError, NotAllowedError, RequestTooLargeError, UnauthenticatedError
 from annotator.labelstudio.label_config import LabelConfig, parse_label_config
 from annotator.labelstudio.tasks import (
+    annotation_keys,
     ensure_project,
     label_studio_settings,
     parse_id,
     parse_project_id,
+    project_config,
     project_name_for,
     record_annotations,
     remember_access,
     upsert_tasks,
 )
 from annotator.media import MediaFetcher
-from annotator.prediction import predict_cached, serving_version
+from annotator.labelstudio.prelabels import (
+    active_version,
+    prepare_items,
+    served_controls,
+    served_version,
+    task_predictions,
+    transcripts_for,
+)
 from annotator.runtime import Runtime
 from annotator.store import Store, repo
 from annotator.store.models import Project, as_utc, utcnow
@@ -114,8 +122,7 @@ class Backend:
         def register(s) -> str:
             p = ensure_project(s, pid, schema, config)
             remember_access(p, hostname, access_token)
-            active = repo.active_model_version(s, project=p)
-            return active.version if active else serving_version(None, p.classes if config.choices else None)
+            return active_version(s, p, config)
 
         answer: dict[str, Any] = {"model_version": self.store.run(register), "predicted": config.predicted_controls}
         if note := config.coverage_note():
@@ -167,15 +174,15 @@ class Backend:
             p = repo.get_project(s, name=project_name_for(pid))
             items = repo.items_by_task_ids(s, project=p, task_ids=task_ids)
             ordered = [items[tid] for tid in task_ids]
-            model = self.runtime.active_model(s, p)
-            classes = list(config.choices.values) if config.choices else None
-            predictions = predict_cached(ordered, encoders=self.runtime.encoders, model=model, classes=classes)
-        version = serving_version(model, classes)
+            served = served_controls(s, self.runtime, p, config)
+            predictions = task_predictions(ordered, served, encoders=self.runtime.encoders, config=config,
+                                           transcripts=transcripts_for(s, ordered, config,
+                                                                       encoders=self.runtime.encoders))
+        version = served_version(served)
         results, late = [], []
         for it, pred in zip(ordered, predictions):
-            if pred is not None and pred.labels:
-                results.append({"result": [config.region(pred.labels, pred.score)], "score": pred.score,
-                                "model_version": version})
+            if pred is not None:
+                results.append({**pred, "model_version": version})
             elif not finished and it.ls_task_id not in encoded:
                 late.append(it.ls_task_id)
                 results.append({"result": [], "score": 0.0, "model_version": f"{version}-pending"})
@@ -190,10 +197,13 @@ class Backend:
                 with self._encode_slots, self.store.session() as s:  # each chunk's content hashes commit
                     p = repo.get_project(s, name=project_name_for(job.ls_project_id))
                     items = list(repo.items_by_task_ids(s, project=p, task_ids=chunk).values())
-                    with MediaFetcher(label_studio_settings(self.settings, p)) as fetcher:
+                    settings = label_studio_settings(self.settings, p)
+                    with MediaFetcher(settings) as fetcher:
                         # every modality, not only the model's: the index, the next model choice and
-                        # active learning read these vectors too
-                        report = embed_items(items, encoders=self.runtime.encoders, fetcher=fetcher, progress=False)
+                        # active learning read these vectors too; and transcripts where the config
+                        # has a TextArea on audio (or no text)
+                        report = prepare_items(s, items, project_config(p), settings=settings,
+                                               encoders=self.runtime.encoders, fetcher=fetcher)
                 job.encoded.update(chunk)
                 for f in report.failed:
                     log.warning("task %s: %s", f["id"], f["error"])
@@ -309,7 +319,9 @@ class Backend:
             return {"status": "ok", "action": action, "recorded": n}
         if action in DELETE_EVENTS:
             raw = payload.get("annotations") or ([payload["annotation"]] if payload.get("annotation") else [])
-            keys = [f"ls:{parse_id(a['id'], 'annotation')}" for a in raw if isinstance(a, dict) and "id" in a]
+            config = config or project_config(p)
+            keys = [key for a in raw if isinstance(a, dict) and "id" in a
+                    for key in annotation_keys(parse_id(a["id"], "annotation"), config).values()]
             return {"status": "ok", "action": action, "deleted": repo.soft_delete_labels(s, project=p, annotation_keys=keys)}
         if action == "START_TRAINING":
             return {"status": "ok", "action": action, "training": request_training(s, p)}
@@ -332,6 +344,22 @@ class Backend:
                     stopping[p.name] = {"version": active.version, **active.metrics["stopping"]}
         return {"versions": out, "stopping": stopping}
 
-    def search(self, *, project: Any, k: int = 10, **query) -> list[dict[str, Any]]:
+    def search(self, *, project: Any, k: int = 10, to_labelstudio: bool = False,
+               **query) -> list[dict[str, Any]] | dict[str, Any]:
+        """The hits; with ``to_labelstudio``, ``{"hits", "label_studio"}``: the hits also become the
+        project's search tab in Label Studio (reached as /setup said), most similar first."""
         name = project_name_for(parse_project_id(project))
-        return [h.to_dict() for h in self.runtime.project_index(name).search(self.store, k=k, **query)]
+        hits = [h.to_dict() for h in self.runtime.project_index(name).search(self.store, k=k, **query)]
+        if not to_labelstudio:
+            return hits
+        from annotator.labelstudio.sync import push_search_tab
+
+        with self.store.session() as s:
+            settings = label_studio_settings(self.settings, repo.get_project(s, name=name))
+        if not (settings.label_studio_url and settings.label_studio_api_key):
+            raise NotAllowedError(f"project {name}: no way to reach Label Studio (its /setup sent no access token, and "
+                                  "LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are not set)")
+        what = next(f"{key} {value}" for key, value in query.items() if key in ("text", "image", "audio", "item"))
+        tab = push_search_tab(self.store, url=settings.label_studio_url, project_name=name, hits=hits, query=what,
+                              api_key=settings.label_studio_api_key.get_secret_value())
+        return {"hits": hits, "label_studio": tab}

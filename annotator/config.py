@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         entries, and models trained on fp32 vectors ask for a retrain).
     text_model, image_model, audio_model : str
         Hugging Face id or local path, or ``"default"`` for the offline model shipped in a package.
+    transcribe : {"auto", "off"}, default="auto"
+        ``auto``: audio items of a Label Studio project are transcribed with Whisper where its
+        label config has a ``<TextArea>`` on the audio (pre-filled with the transcript) or no text
+        object (the transcript becomes the item's text, for fusion, zero-shot and search).
+    transcribe_model : str, default="default"
+        A CTranslate2 Whisper model folder or faster-whisper name; ``"default"`` is the packaged
+        Whisper tiny.en (shared with the default audio encoder).
     model : str, default="auto"
         The model retraining fits: ``auto`` chooses it per project by cross-validation; a name
         (``logreg``, ``attention``, ``logreg [text]``…) forces it (`retrain`'s ``head``).
@@ -151,6 +158,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=32, ge=1, validation_alias=_env("batch_size"))
     runtime: Literal["auto", "torch", "onnx"] = Field(default="auto", validation_alias=_env("runtime"))
     int8: bool = Field(default=False, validation_alias=_env("int8"))
+    transcribe: Literal["auto", "off"] = Field(default="auto", validation_alias=_env("transcribe"))
+    transcribe_model: str = Field(default=DEFAULT_MODEL, validation_alias=_env("transcribe_model"))
 
     label_studio_url: str | None = Field(
         default=None, validation_alias=_env("label_studio_url", "LABEL_STUDIO_URL")

@@ -40,7 +40,7 @@ class EmbedReport:
         return out
 
 
-def _decode(modality: str, item: Item, fetcher: MediaFetcher,
+def decode_item(modality: str, item: Item, fetcher: MediaFetcher,
             prepare: Callable[[Any], Any] | None = None) -> tuple[Any, str]:
     """(decoded input, content hash) for one item's ``modality``; raises MediaError.
 
@@ -99,7 +99,7 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
         # encoders that split preprocessing from the forward pass get it done on the media threads
         prepared = hasattr(encoder, "prepare") and hasattr(encoder, "encode_prepared")
         encode = encoder.encode_prepared if prepared else encoder.encode
-        decode = partial(_decode, modality, fetcher=fetcher, prepare=encoder.prepare if prepared else None)
+        decode = partial(decode_item, modality, fetcher=fetcher, prepare=encoder.prepare if prepared else None)
         sha_attr = f"{modality}_sha"
         todo = [it for it in having if getattr(it, sha_attr) is None or getattr(it, sha_attr) not in cache]
         report.cached[modality] = len(having) - len(todo)

@@ -47,20 +47,21 @@ class Runtime:
     def __init__(self, settings: Settings, *, encoders: Encoders | None = None):
         self.settings = settings
         self.encoders = encoders or Encoders(settings)
-        self._models: dict[str, ActiveModel] = {}
+        self._models: dict[tuple[str, str | None], ActiveModel] = {}
         self._indexes: dict[str, ProjectIndex] = {}
         self._lock = threading.Lock()
 
-    def active_model(self, session, project) -> ActiveModel | None:
-        """The project's promoted model, or None before its first training.
+    def active_model(self, session, project, control: str | None = None) -> ActiveModel | None:
+        """The project's promoted model for ``control`` (None: the primary one), or None before its
+        first training.
 
         Raises `ConfigError` when it was trained on other encoders than the settings give: its
         scores on these vectors would mean nothing."""
-        active = repo.active_model_version(session, project=project)
+        active = repo.active_model_version(session, project=project, control=control)
         if active is None:
             return None
         with self._lock:
-            cached = self._models.get(project.name)
+            cached = self._models.get((project.name, control))
             if cached is not None and cached.version == active.version:
                 return cached
         clf, trained_on = load_version(self.settings, active)
@@ -71,13 +72,15 @@ class Runtime:
                     f"{self.encoders.get(modality).name!r}; retrain, or set ANNOTATOR_{modality.upper()}_MODEL back")
         loaded = ActiveModel(active.version, clf)
         with self._lock:
-            self._models[project.name] = loaded
+            self._models[(project.name, control)] = loaded
         return loaded
 
     def loaded_versions(self) -> dict[str, str]:
-        """Model version per project loaded in this process (for /health)."""
+        """Model version per project (and ``project:control`` for its other controls) loaded in this
+        process (for /health)."""
         with self._lock:
-            return {name: m.version for name, m in self._models.items()}
+            return {name if control is None else f"{name}:{control}": m.version
+                    for (name, control), m in self._models.items()}
 
     def project_index(self, project_name: str) -> ProjectIndex:
         """The project's `ProjectIndex`, kept across calls (it reloads what another process rewrote)."""

@@ -20,7 +20,6 @@ from annotator.active.registry import get_strategy
 from annotator.config import Settings
 from annotator.errors import ConfigError, NotEnoughLabelsError, UnknownNameError
 from annotator.fusion.selection import AUTO, Candidate
-from annotator.indexing import embed_project
 from annotator.labelstudio.tasks import label_studio_settings
 from annotator.runtime import Runtime
 from annotator.store import Store, repo
@@ -174,7 +173,11 @@ class Trainer:
         self.trainings += 1
         log.info("project %s: trained %s, %s (promoted: %s; %s; chosen because: %s)", name, result.model_version,
                  result.model, result.promoted, result.reason, result.metrics.get("why"))
-        if result.promoted:
+        for sub in result.controls:
+            log.info("project %s, control %s: %s", name, sub.control,
+                     f"trained {sub.model_version}, {sub.model} (promoted: {sub.promoted}; {sub.reason})"
+                     if sub.model_version else f"not trained: {sub.reason}")
+        if result.any_promoted:
             self.refresh_label_studio(name)
         return result.model_version
 
@@ -189,6 +192,7 @@ class Trainer:
         the scores also put that strategy's next batch first. Needs Label Studio's URL and a key
         (configured, or stored by /setup); returns predictions sent."""
         from annotator.labelstudio.client import client_for, list_tasks
+        from annotator.labelstudio.prelabels import prepare_project
         from annotator.labelstudio.sync import publish_predictions, sync
 
         with self.store.session() as s:
@@ -201,8 +205,7 @@ class Trainer:
             ls = client_for(url, key)
             tasks = list_tasks(ls, pid)
             sync(self.store, url=url, api_key=key, ls_project_id=pid, ls=ls, tasks=tasks)
-            embed_project(self.store, settings, project_name=name, encoders=self.runtime.encoders, progress=False,
-                          index=False)
+            prepare_project(self.store, settings, project_name=name, encoders=self.runtime.encoders)
             if settings.next_batch_strategy:
                 sent = self._push_next_batch(name, settings)
                 if sent:

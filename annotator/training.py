@@ -41,6 +41,13 @@ class RetrainResult:
     previous: dict[str, Any] | None = None
     reason: str = ""
     skipped: list[dict[str, str]] = field(default_factory=list)
+    control: str | None = None  # None: the primary control
+    controls: list[RetrainResult] = field(default_factory=list)  # the project's other controls, trained after it
+
+    @property
+    def any_promoted(self) -> bool:
+        """Whether this round changed what serves any control."""
+        return self.promoted or any(c.promoted for c in self.controls)
 
     @property
     def model(self) -> str:
@@ -49,12 +56,15 @@ class RetrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         keys = ("accuracy", "macro_f1", "ece")
-        return {"model_version": self.model_version, "promoted": self.promoted,
-                "metrics": {k: self.metrics.get(k) for k in keys}, "n_labels": self.n_labels,
-                "stopping": self.metrics.get("stopping"),
-                "model": self.model, "why": self.metrics.get("why"), "candidates": self.metrics.get("candidates", []),
-                "details": {"metrics": self.metrics, "previous": self.previous, "reason": self.reason,
-                            "skipped": self.skipped}}
+        out = {"model_version": self.model_version, "promoted": self.promoted,
+               "metrics": {k: self.metrics.get(k) for k in keys}, "n_labels": self.n_labels,
+               "stopping": self.metrics.get("stopping"),
+               "model": self.model, "why": self.metrics.get("why"), "candidates": self.metrics.get("candidates", []),
+               "details": {"metrics": self.metrics, "previous": self.previous, "reason": self.reason,
+                           "skipped": self.skipped}}
+        if self.control is None:
+            out["controls"] = {c.control: c.to_dict() for c in self.controls}
+        return out
 
 
 def unlabelled_features(items: Sequence, encoders: Encoders, modalities: Sequence[str],
@@ -85,7 +95,11 @@ def training_lock(store: Store, project_name: str):
 def retrain(store: Store, settings: Settings, *, project_name: str, head: str = AUTO, force: bool = False,
             trigger: str = "cli", encoders: Encoders | None = None, params: dict[str, Any] | None = None,
             progress: bool = True, lock_held: bool = False) -> RetrainResult:
-    """Choose the project's model on its labels, fit it on every label, promote it if it is not worse.
+    """Choose the project's model on its labels, fit it on every label, promote it if it is not worse;
+    then the same for each other control the project has labels for (each `<Choices>` and
+    `<Taxonomy>` of a Label Studio config has its own model and versions, over the same cached
+    vectors). The result is the primary control's, with the others' in ``controls``; a control
+    with too few labels is skipped with the reason, and the primary's lack of labels is an error.
 
     ``head="auto"`` compares the candidates of `ModelSearch` (fusion heads, logistic regression,
     single modalities) by cross-validated macro-F1; a model name (``attention``, ``logreg``,
@@ -117,81 +131,106 @@ def retrain(store: Store, settings: Settings, *, project_name: str, head: str = 
 def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head: str, force: bool, trigger: str,
                     encoders: Encoders | None, params: dict[str, Any] | None, progress: bool) -> RetrainResult:
     encoders = encoders or Encoders(settings)
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with store.session() as s:
         project = repo.get_project(s, name=project_name)
         run_id = repo.start_training_run(s, project=project, trigger=trigger).id
     try:
+        kwargs = dict(head=head, force=force, encoders=encoders, params=params, progress=progress)
+        result, timings = _train_control(store, settings, project_name, None, **kwargs)
         with store.session() as s:
-            project = repo.get_project(s, name=project_name)
-            labels = repo.current_labels(s, project=project)
-            all_items = repo.list_items(s, project=project)
-            items = [it for it in all_items if it.id in labels]
-            pool = [it for it in all_items if it.id not in labels]
-            if len(items) < 4:
-                raise NotEnoughLabelsError(f"project {project_name!r} has {len(items)} labelled item(s); need at least 4")
-            with MediaFetcher(settings) as fetcher:
-                report = embed_items(items, encoders=encoders, fetcher=fetcher, progress=progress)
-            multilabel = repo.is_multilabel(project, labels)
-        timings["embed_s"] = time.perf_counter() - t0
-
-        X = load_features(items, encoders=encoders)
-        usable = usable_rows(X, len(items))
-        skipped = [{"id": it.external_id, "error": "no usable modality"} for it, ok in zip(items, usable) if not ok]
-        skipped += [{"id": f["id"], "error": f["error"]} for f in report.failed]
-        items = [it for it, ok in zip(items, usable) if ok]
-        X = {m: a[usable] for m, a in X.items()}
-        y = [labels[it.id] if multilabel else labels[it.id][0] for it in items]
-        unlabelled = unlabelled_features(pool, encoders, list(X)) if settings.self_training != "off" else None
-
-        t1 = time.perf_counter()
+            controls = repo.label_controls(s, project=repo.get_project(s, name=project_name))
+        for control in controls:
+            try:
+                sub, sub_timings = _train_control(store, settings, project_name, control, **kwargs)
+            except NotEnoughLabelsError as exc:
+                sub, sub_timings = RetrainResult("", False, {}, 0, reason=str(exc), control=control), {}
+            result.controls.append(sub)
+            timings.update({f"{control}.{k}": v for k, v in sub_timings.items()})
         with store.session() as s:
-            active = repo.active_model_version(s, project=repo.get_project(s, name=project_name))
-            active_snapshot = (active.version, active.head) if active else None
-        active_model = _comparable_model(settings, active, encoders) if active else None
-        reference = (f"active {active.version}: {active.head}", active_model.clone(), list(active_model.modalities_)) \
-            if active_model is not None else None
-        search = ModelSearch(head, self_training=settings.self_training, multilabel=multilabel, params=params,
-                             reference=reference, random_state=0, device=resolve_device(settings.device))
-        search.fit(X, y, unlabelled=unlabelled)
-        clf = search.best_estimator_
-        timings["train_s"] = time.perf_counter() - t1
-        metrics = dict(search.metrics_)
-        metrics["pseudo_labels"] = clf.n_pseudo_labels_
-        previous = metrics.get("reference")
-
-        promoted, reason = _decide(search, force, active_snapshot)
-        with store.session() as s:
-            project = repo.get_project(s, name=project_name)
-            earlier = repo.list_model_versions(s, project=project)
-            version = f"v{len(earlier) + 1}"
-            history = [(mv.n_labels, mv.metrics.get("macro_f1"), (mv.metrics.get("stopping") or {}).get("kappa"))
-                       for mv in earlier]
-        metrics["stopping"] = _stopping(active, active_model, encoders, clf, pool, history,
-                                        (len(items), metrics.get("macro_f1")))
-        artifact = save_version(settings, version_dir(settings, project_name, version), clf, encoders.names(),
-                                _jsonable(metrics), len(items))
-        with store.session() as s:
-            project = repo.get_project(s, name=project_name)
-            s.add(ModelVersion(project_id=project.id, version=version, head=search.best_.name,
-                               metrics=_jsonable(metrics), artifact_path=artifact, n_labels=len(items),
-                               status="candidate"))
-            s.flush()
-            if promoted:
-                repo.promote_model_version(s, project=project, version=version)
             run = s.get(repo.TrainingRun, run_id)
-            run.status, run.model_version, run.finished_at = "succeeded", version, utcnow()
+            run.status, run.model_version, run.finished_at = "succeeded", result.model_version, utcnow()
             run.timings = {**timings, "total_s": time.perf_counter() - t0}
-        with store.session() as s:  # after the commit: a failed prune never costs the new version
+        with store.session() as s:  # after the commit: a failed prune never costs the new versions
             prune_versions(settings, s, repo.get_project(s, name=project_name))
-        return RetrainResult(version, promoted, _jsonable(metrics), len(items), _jsonable(previous), reason, skipped)
+        return result
     except BaseException as exc:
         with store.session() as s:
             run = s.get(repo.TrainingRun, run_id)
             run.status, run.finished_at = "failed", utcnow()
             run.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
         raise
+
+
+def _train_control(store: Store, settings: Settings, project_name: str, control: str | None, *, head: str,
+                   force: bool, encoders: Encoders, params: dict[str, Any] | None,
+                   progress: bool) -> tuple[RetrainResult, dict[str, float]]:
+    """One control's model (None: the primary): chosen, fitted, saved as a version, promoted if not
+    worse. Versions are ``v<n>`` for the primary and ``<control>.v<n>`` for the others."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    what = project_name if control is None else f"{project_name}, control {control!r},"
+    with store.session() as s:
+        project = repo.get_project(s, name=project_name)
+        labels = repo.current_labels(s, project=project, control=control)
+        all_items = repo.list_items(s, project=project)
+        items = [it for it in all_items if it.id in labels]
+        pool = [it for it in all_items if it.id not in labels]
+        if len(items) < 4:
+            raise NotEnoughLabelsError(f"project {what} has {len(items)} labelled item(s); need at least 4")
+        with MediaFetcher(settings) as fetcher:
+            report = embed_items(items, encoders=encoders, fetcher=fetcher, progress=progress)
+        multilabel = repo.is_multilabel(project, labels) if control is None else \
+            any(len(v) > 1 for v in labels.values())
+    timings["embed_s"] = time.perf_counter() - t0
+
+    X = load_features(items, encoders=encoders)
+    usable = usable_rows(X, len(items))
+    skipped = [{"id": it.external_id, "error": "no usable modality"} for it, ok in zip(items, usable) if not ok]
+    skipped += [{"id": f["id"], "error": f["error"]} for f in report.failed]
+    items = [it for it, ok in zip(items, usable) if ok]
+    X = {m: a[usable] for m, a in X.items()}
+    y = [labels[it.id] if multilabel else labels[it.id][0] for it in items]
+    unlabelled = unlabelled_features(pool, encoders, list(X)) if settings.self_training != "off" else None
+
+    t1 = time.perf_counter()
+    with store.session() as s:
+        active = repo.active_model_version(s, project=repo.get_project(s, name=project_name), control=control)
+        active_snapshot = (active.version, active.head) if active else None
+    active_model = _comparable_model(settings, active, encoders) if active else None
+    reference = (f"active {active.version}: {active.head}", active_model.clone(), list(active_model.modalities_)) \
+        if active_model is not None else None
+    search = ModelSearch(head, self_training=settings.self_training, multilabel=multilabel, params=params,
+                         reference=reference, random_state=0, device=resolve_device(settings.device))
+    search.fit(X, y, unlabelled=unlabelled)
+    clf = search.best_estimator_
+    timings["train_s"] = time.perf_counter() - t1
+    metrics = dict(search.metrics_)
+    metrics["pseudo_labels"] = clf.n_pseudo_labels_
+    previous = metrics.get("reference")
+
+    promoted, reason = _decide(search, force, active_snapshot)
+    with store.session() as s:
+        project = repo.get_project(s, name=project_name)
+        earlier = repo.list_model_versions(s, project=project, control=control)
+        version = f"v{len(earlier) + 1}" if control is None else f"{control}.v{len(earlier) + 1}"
+        history = [(mv.n_labels, mv.metrics.get("macro_f1"), (mv.metrics.get("stopping") or {}).get("kappa"))
+                   for mv in earlier]
+    metrics["stopping"] = _stopping(active, active_model, encoders, clf, pool, history,
+                                    (len(items), metrics.get("macro_f1")))
+    artifact = save_version(settings, version_dir(settings, project_name, version), clf, encoders.names(),
+                            _jsonable(metrics), len(items))
+    with store.session() as s:
+        project = repo.get_project(s, name=project_name)
+        s.add(ModelVersion(project_id=project.id, version=version, head=search.best_.name, control=control,
+                           metrics=_jsonable(metrics), artifact_path=artifact, n_labels=len(items),
+                           status="candidate"))
+        s.flush()
+        if promoted:
+            repo.promote_model_version(s, project=project, version=version)
+    result = RetrainResult(version, promoted, _jsonable(metrics), len(items), _jsonable(previous), reason, skipped,
+                           control=control)
+    return result, timings
 
 
 def _comparable_model(settings: Settings, active: ModelVersion, encoders: Encoders):

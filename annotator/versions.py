@@ -10,6 +10,7 @@ it the first time it serves that version. `prune_versions` removes all but the n
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from annotator.store.models import ModelVersion, Project
 
 
 def version_dir(settings: Settings, project_name: str, version: str) -> Path:
-    return settings.project_dir(project_name) / "models" / version
+    """A version's folder; a control's name in the version (``mood.v2``) is made safe for a path."""
+    return settings.project_dir(project_name) / "models" / re.sub(r"[^\w.-]", "_", version)
 
 
 def save_version(settings: Settings, path: Path, clf, encoder_names: dict[str, str], metrics: dict[str, Any],
@@ -53,13 +55,15 @@ def load_version(settings: Settings, mv: ModelVersion) -> tuple[Any, dict[str, s
 
 def prune_versions(settings: Settings, session, project: Project) -> list[str]:
     """Remove the folders of all but the active version and the ``settings.keep_versions`` newest
-    others; their rows stay, marked ``pruned`` (their metrics remain in the history). Returns the
-    versions pruned."""
+    others, per control; their rows stay, marked ``pruned`` (their metrics remain in the history).
+    Returns the versions pruned."""
     from annotator.store import repo
 
     kept = [mv for mv in repo.list_model_versions(session, project=project) if mv.status != "pruned"]
-    others = [mv for mv in kept if mv.status != "active"]
-    pruned = others[:max(0, len(others) - settings.keep_versions)]
+    pruned = []
+    for control in {mv.control for mv in kept}:
+        others = [mv for mv in kept if mv.status != "active" and mv.control == control]
+        pruned += others[:max(0, len(others) - settings.keep_versions)]
     shared = SharedArtifacts.for_settings(settings)
     for mv in pruned:
         path = Path(mv.artifact_path)

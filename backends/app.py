@@ -165,9 +165,10 @@ def create_app(settings: Settings | None = None, *, store=None, runtime=None, st
         return {"trainings": request.app.state.trainer.trainings}
 
     @app.post("/search")
-    async def search(body: SearchRequest, request: Request) -> list[dict[str, Any]]:
-        query = body.model_dump(exclude={"project", "k"}, exclude_none=True)
-        return await run_in_threadpool(b(request).search, project=body.project, k=body.k, **query)
+    async def search(body: SearchRequest, request: Request) -> list[dict[str, Any]] | dict[str, Any]:
+        query = body.model_dump(exclude={"project", "k", "to_labelstudio"}, exclude_none=True)
+        return await run_in_threadpool(b(request).search, project=body.project, k=body.k,
+                                       to_labelstudio=body.to_labelstudio, **query)
 
     return app
 

@@ -36,3 +36,4 @@ class SearchRequest(_Body):
     modality: Optional[str] = None
     label: Optional[str] = None
     has_label: Optional[bool] = None
+    to_labelstudio: bool = False  # also make the hits the project's search tab in Label Studio

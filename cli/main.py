@@ -159,7 +159,11 @@ def retrain(
           f"ECE {_fmt(m['ece'])} on {result.n_labels} labels ({m.get('evaluation')}); "
           f"{'promoted' if result.promoted else 'not promoted'}: {result.reason}\n"
           f"chosen because: {m.get('why')}\n{_candidate_table(m.get('candidates', []))}\n"
-          f"labelling: {m['stopping']['signal']} ({m['stopping']['why']})")
+          f"labelling: {m['stopping']['signal']} ({m['stopping']['why']})" + "".join(
+              f"\ncontrol {c.control}: " + (f"{c.model_version}: {c.model} — macro-F1 {_fmt(c.metrics.get('macro_f1'))} "
+                                            f"on {c.n_labels} labels; {'promoted' if c.promoted else 'not promoted'}: "
+                                            f"{c.reason}" if c.model_version else f"not trained: {c.reason}")
+              for c in result.controls))
 
 
 def _fmt(value) -> str:
@@ -204,6 +208,9 @@ def search(
     modality: Annotated[Optional[str], typer.Option(help="Only this modality's vectors (text|image|audio).")] = None,
     label: Annotated[Optional[str], typer.Option(help="Only items labelled LABEL.")] = None,
     has_label: Annotated[Optional[bool], typer.Option("--has-label/--no-label", help="Only (un)labelled items.")] = None,
+    to_labelstudio: Annotated[bool, typer.Option(
+        help="Put the hits into the project's search tab in Label Studio, most similar first (replacing the last "
+             "search's tab).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Cross-modal search: text→image, image→text, item→similar, audio→anything."""
@@ -212,6 +219,16 @@ def search(
     hits = ProjectIndex(_settings(), project).search(
         _store(), text=text, image=image, audio=audio, item=item, k=k, modality=modality, label=label,
         has_label=has_label, trusted=True)
+    if to_labelstudio:
+        from annotator.labelstudio.sync import push_search_tab
+
+        url, key = _ls_credentials(None, None)
+        query = next(f"{name} {value}" for name, value in
+                     (("text", text), ("image", image), ("audio", audio), ("like item", item)) if value)
+        tab = push_search_tab(_store(), url=url, api_key=key, project_name=project, hits=[h.to_dict() for h in hits],
+                              query=query)
+        typer.echo(f"Label Studio tab {tab['view_id']} '{tab['title']}': {tab['tasks']} task(s), most similar first",
+                   err=True)
     _emit([h.to_dict() for h in hits], as_json,
           "\n".join(f"{h.score:.3f}  {h.modality:<5}  {h.id}" for h in hits) or "no results")
 
@@ -438,11 +455,13 @@ def ls_sync(project: LsProjectOpt, url: UrlOpt = None, api_key: KeyOpt = None, a
 
 @models_app.command("list")
 def models_list(project: ProjectOpt, as_json: JsonOpt = False) -> None:
-    """Model versions of a project, oldest first."""
+    """Model versions of a project, oldest first; each classification control has its own (``v3`` is
+    the primary control's, ``mood.v2`` the control ``mood``'s)."""
     from annotator.store import repo
 
     with _store().session() as s:
-        versions = [{"version": v.version, "model": v.head, "status": v.status, "n_labels": v.n_labels,
+        versions = [{"version": v.version, "control": v.control, "model": v.head, "status": v.status,
+                     "n_labels": v.n_labels,
                      "accuracy": v.metrics.get("accuracy"), "macro_f1": v.metrics.get("macro_f1"),
                      "evaluation": v.metrics.get("evaluation"), "why": v.metrics.get("why"),
                      "candidates": v.metrics.get("candidates", []), "stopping": v.metrics.get("stopping"),
@@ -450,7 +469,7 @@ def models_list(project: ProjectOpt, as_json: JsonOpt = False) -> None:
                     for v in repo.list_model_versions(s, project=repo.get_project(s, name=project))]
     lines = []
     for v in versions:
-        lines.append(f"{v['version']:>6} {v['status']:<9} {v['model']:<28} accuracy {_fmt(v['accuracy'])} "
+        lines.append(f"{v['version']:>12} {v['status']:<9} {v['model']:<28} accuracy {_fmt(v['accuracy'])} "
                      f"macro-F1 {_fmt(v['macro_f1'])} ({v['n_labels']} labels, {v['evaluation']})")
         if v["status"] == "active" and v["candidates"]:
             lines.append(f"       chosen because: {v['why']}\n{_candidate_table(v['candidates'])}")

@@ -133,6 +133,8 @@ class CountingEncoder:
         self.encode = self._counting(inner.encode)
         if hasattr(inner, "encode_prepared"):
             self.prepare, self.encode_prepared = inner.prepare, self._counting(inner.encode_prepared)
+        if getattr(inner, "shareable", False):  # the Whisper encoder lends its model to the transcriber
+            self.shareable, self.whisper_model = True, inner.whisper_model
 
     def _counting(self, encode):
         def counted(inputs):

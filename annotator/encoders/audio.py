@@ -46,6 +46,7 @@ class WhisperEncoder:
         path = model_path or default_audio_model_path()
         default_type = "int8" if device == "cpu" else "float16"
         compute_type = compute_type or default_type
+        self.shareable = model_path is None and compute_type == default_type  # a transcriber may use it
         self._model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
         self._fe = self._model.feature_extractor
         self.window = self._fe.n_samples  # 30 s
@@ -57,6 +58,11 @@ class WhisperEncoder:
         self.runtime = f"ctranslate2-{compute_type}"
         if compute_type != default_type:  # other vectors: their own cache entries
             self.name += f":{compute_type}"
+
+    @property
+    def whisper_model(self):
+        """The loaded faster-whisper model (the transcriber shares it rather than load it twice)."""
+        return self._model
 
     def _padded_length(self, n_samples: int) -> int:
         if self.pad_to_window:

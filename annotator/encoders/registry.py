@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from annotator.config import Settings
+from annotator.config import DEFAULT_MODEL, Settings
 from annotator.encoders.base import Encoder
 from annotator.encoders.cache import EmbeddingCache
 
@@ -28,6 +28,7 @@ class Encoders:
         self.settings = settings
         self._encoders: dict[str, Encoder] = dict(overrides or {})
         self._caches: dict[str, EmbeddingCache] = {}
+        self._transcriber = None
         self._lock = threading.Lock()
 
     def model_name(self, modality: str) -> str:
@@ -49,6 +50,28 @@ class Encoders:
             if modality not in self._caches:
                 self._caches[modality] = EmbeddingCache(self.settings.cache_dir, encoder.name, encoder.dim)
             return self._caches[modality]
+
+    def transcriber(self):
+        """The Whisper transcriber (`annotator.encoders.transcribe`); the packaged model is shared
+        with the default audio encoder (one that says it is ``shareable``) rather than loaded twice."""
+        from annotator.encoders.base import resolve_device
+        from annotator.encoders.transcribe import WhisperTranscriber
+
+        path = None if self.settings.transcribe_model == DEFAULT_MODEL else self.settings.transcribe_model
+        audio = self.get("audio") if path is None and self.model_name("audio") == DEFAULT_MODEL else None
+        with self._lock:
+            if self._transcriber is None:
+                shared = audio.whisper_model if getattr(audio, "shareable", False) else None
+                self._transcriber = WhisperTranscriber(path, model=shared, device=resolve_device(self.settings.device))
+            return self._transcriber
+
+    def transcriber_name(self) -> str:
+        """The transcriber's name (its transcripts' cache key) without loading it."""
+        from annotator.encoders.base import resolve_device
+        from annotator.encoders.transcribe import transcriber_name
+
+        path = None if self.settings.transcribe_model == DEFAULT_MODEL else self.settings.transcribe_model
+        return transcriber_name(path, resolve_device(self.settings.device))
 
     def names(self) -> dict[str, str]:
         """Encoder name per modality loaded so far (recorded with every model version)."""

@@ -71,6 +71,40 @@ def create_task_view(ls, ls_project_id: int, title: str, task_ids: list[int]) ->
     return view.id
 
 
+def replace_task_view(ls, ls_project_id: int, title_prefix: str, title: str, task_ids: list[int],
+                      order_by_data_key: str) -> tuple[int, list[int]]:
+    """Make the project's one tab whose title starts with ``title_prefix`` list ``task_ids``, ordered
+    by the numeric task-data field ``order_by_data_key``, highest first: an existing such tab is
+    updated (any others with the prefix are removed), else one is created. Returns (its id, the task
+    ids the replaced tabs listed)."""
+    column = f"tasks:data.{order_by_data_key}"
+    data = {"title": title,
+            "filters": {"conjunction": "and", "items": [{"filter": "filter:tasks:id", "operator": "in_list",
+                                                         "type": "Number", "value": task_ids}]},
+            "ordering": [f"-{column}"], "columnsDisplayType": {column: "Number"}}
+    ours = [v for v in ls.views.list(project=ls_project_id) if str((v.data or {}).get("title", "")).startswith(title_prefix)]
+    listed = [int(t) for v in ours for item in ((v.data or {}).get("filters") or {}).get("items", [])
+              if item.get("filter") == "filter:tasks:id" for t in item.get("value") or []]
+    for extra in ours[1:]:
+        ls.views.delete(id=str(extra.id))
+    if ours:
+        return ls.views.update(id=str(ours[0].id), project=ls_project_id, data=data).id, listed
+    return ls.views.create(project=ls_project_id, data=data).id, listed
+
+
+def set_task_data_values(ls, values: dict[int, Any], key: str) -> None:
+    """Write ``values[task]`` into each task's data under ``key`` (None removes the key)."""
+    for task_id, value in values.items():
+        data = dict(as_dict(ls.tasks.get(id=str(task_id))).get("data") or {})
+        if value is None and key not in data:
+            continue
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = value
+        ls.tasks.update(id=str(task_id), data=data)
+
+
 def find_backend(ls, ls_project_id: int, backend_url: str) -> int | None:
     """The id of the ML backend at ``backend_url`` in the project's Model settings, if registered."""
     found = [b for b in ls.ml.list(project=ls_project_id) if (b.url or "").rstrip("/") == backend_url.rstrip("/")]

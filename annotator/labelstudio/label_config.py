@@ -1,5 +1,5 @@
-"""Parse a Label Studio label config: which data fields are text/image/audio, and the Choices
-control the fusion model predicts.
+"""Parse a Label Studio label config: which data fields are text/image/audio, and the
+classification controls (each ``<Choices>`` and ``<Taxonomy>``) the fusion models predict.
 
 A small XML reader rather than the SDK's LabelInterface: /setup must answer in well under 3 s and
 this runs on every call.
@@ -31,46 +31,121 @@ class ObjectTag:
     value: str  # the task-data key, without "$"
 
 
+PATH_SEPARATOR = " / "  # a Taxonomy path as one class name: "Animals / Mammal"
+
+
 @dataclass(frozen=True)
-class ChoicesControl:
+class ClassificationControl:
+    """A ``<Choices>`` or ``<Taxonomy>`` control: one classification question of the task.
+
+    ``values`` are the class names a model learns (a Taxonomy node is its path joined by
+    `PATH_SEPARATOR`); ``written`` maps a value to what a result holds for it (a Choice's alias, a
+    Taxonomy path as a list); ``predicted`` maps what a result may hold back to the value.
+    """
+
     name: str
     to_name: str
+    tag: str  # "Choices" or "Taxonomy"
     multiple: bool
     values: tuple[str, ...]
-    aliases: dict[str, str] = field(default_factory=dict)  # value -> alias written in results
-    predicted: dict[str, str] = field(default_factory=dict)  # model label / alias -> value
+    written: dict[str, Any] = field(default_factory=dict)
+    predicted: dict[str, str] = field(default_factory=dict)
 
-    def canonical(self, label: str) -> str | None:
-        """The Choice value for a label read from a result (value, alias or predicted value)."""
+    @property
+    def result_type(self) -> str:
+        return self.tag.lower()
+
+    def canonical(self, label: Any) -> str | None:
+        """The value for a label read from a result (value, alias, predicted value, Taxonomy path)."""
+        if isinstance(label, (list, tuple)):
+            label = PATH_SEPARATOR.join(str(part) for part in label)
+        label = str(label)
         if label in self.values:
             return label
         return self.predicted.get(label)
 
-    def result_value(self, value: str) -> str:
-        """What a prediction should write for Choice ``value`` (its alias when it has one)."""
-        return self.aliases.get(value, value)
+    def result_value(self, value: str) -> Any:
+        """What a prediction should write for ``value``."""
+        return self.written.get(value, value)
+
+    def labels_from_result(self, result: list[dict[str, Any]]) -> list[str]:
+        """This control's values in an annotation's result (aliases and paths mapped back)."""
+        found = []
+        for region in result or []:
+            if not (isinstance(region, dict) and region.get("from_name") == self.name
+                    and region.get("type") == self.result_type):
+                continue
+            for label in (region.get("value") or {}).get(self.result_type) or []:
+                value = self.canonical(label)
+                if value is not None and value not in found:
+                    found.append(value)
+        return found
+
+    def region(self, labels: list[str], score: float) -> dict[str, Any]:
+        """One prediction region for this control."""
+        return {"from_name": self.name, "to_name": self.to_name, "type": self.result_type,
+                "value": {self.result_type: [self.result_value(v) for v in labels]}, "score": float(score)}
+
+
+@dataclass(frozen=True)
+class TranscriptControl:
+    """A ``<TextArea>`` on an audio object: pre-filled with the audio's Whisper transcript."""
+
+    name: str
+    to_name: str
+
+    def region(self, text: str) -> dict[str, Any]:
+        return {"from_name": self.name, "to_name": self.to_name, "type": "textarea", "value": {"text": [text]}}
 
 
 @dataclass(frozen=True)
 class LabelConfig:
+    """What a label config asks: its data objects and the classification controls we predict.
+
+    The first control (in document order) is the project's *primary* question: its labels drive
+    active learning, label errors, agreement and search filters. Every control gets its own model;
+    a control's labels and versions are stored under `control_key` (None for the primary).
+    """
+
     objects: tuple[ObjectTag, ...]
-    choices: ChoicesControl | None
+    controls: tuple[ClassificationControl, ...] = ()
+    transcripts: tuple[TranscriptControl, ...] = ()
     ignored_controls: tuple[str, ...] = ()  # "name (Tag)" of each control we do not predict
     digest: str = ""
 
     @property
+    def primary(self) -> ClassificationControl | None:
+        return self.controls[0] if self.controls else None
+
+    def control_key(self, control: ClassificationControl) -> str | None:
+        """Where a control's labels and model versions are kept: None (the primary slot, shared with
+        labels imported from a manifest) for the first control, else its name."""
+        return None if self.primary is not None and control.name == self.primary.name else control.name
+
+    @property
     def predicted_controls(self) -> list[str]:
-        return [self.choices.name] if self.choices is not None else []
+        return [c.name for c in self.controls] + [t.name for t in self.transcripts]
+
+    @property
+    def transcript_as_text(self) -> bool:
+        """Audio without a text object: the transcript is the item's text (fusion, zero-shot, search)."""
+        keys = self.data_keys()
+        return "audio" in keys and "text" not in keys
+
+    @property
+    def wants_transcripts(self) -> bool:
+        return bool(self.transcripts) or self.transcript_as_text
 
     def coverage_note(self) -> str | None:
         """What a person should know about which controls get pre-labels; None when all do."""
-        if self.choices is None:
+        if not self.predicted_controls:
             found = f" (it has {', '.join(self.ignored_controls)})" if self.ignored_controls else ""
-            return ("nothing in this label config is predicted: annotator pre-labels a <Choices> control, and "
-                    f"the config has none{found}; tasks get empty predictions")
+            return ("nothing in this label config is predicted: annotator pre-labels <Choices> and <Taxonomy> "
+                    f"controls and <TextArea>s on audio, and the config has none{found}; tasks get empty predictions")
         if self.ignored_controls:
-            return (f"predicting <Choices> {self.choices.name!r} only; not predicted: "
-                    f"{', '.join(self.ignored_controls)}")
+            predicted = ", ".join([f"{c.name} ({c.tag})" for c in self.controls] +
+                                  [f"{t.name} (TextArea: transcript)" for t in self.transcripts])
+            return f"predicting {predicted}; not predicted: {', '.join(self.ignored_controls)}"
         return None
 
     def data_keys(self) -> dict[str, str]:
@@ -90,26 +165,18 @@ class LabelConfig:
         return out
 
     def labels_from_result(self, result: list[dict[str, Any]]) -> list[str]:
-        """Choice values of our control in an annotation's result (aliases mapped back)."""
-        if self.choices is None:
-            return []
-        found = []
-        for label in choice_values(result, control=self.choices.name):
-            value = self.choices.canonical(str(label))
-            if value is not None and value not in found:
-                found.append(value)
-        return found
+        """The primary control's values in an annotation's result."""
+        return self.primary.labels_from_result(result) if self.primary else []
 
     def region(self, labels: list[str], score: float) -> dict[str, Any]:
-        """One prediction region for our Choices control."""
-        assert self.choices is not None
-        return {"from_name": self.choices.name, "to_name": self.choices.to_name, "type": "choices",
-                "value": {"choices": [self.choices.result_value(v) for v in labels]}, "score": float(score)}
+        """One prediction region for the primary control."""
+        assert self.primary is not None
+        return self.primary.region(labels, score)
 
 
 def choice_values(result: list[dict[str, Any]], *, control: str | None = None) -> list[str]:
     """The chosen values in an annotation's result, from every ``choices`` region (or only from the
-    control named ``control``); the one place that reads Label Studio's result format."""
+    control named ``control``): how a manifest import reads an exported annotation."""
     return [str(value) for region in result or [] if isinstance(region, dict) and region.get("type") == "choices"
             and (control is None or region.get("from_name") == control)
             for value in (region.get("value") or {}).get("choices", [])]
@@ -128,31 +195,73 @@ def _parse(digest: str, xml: str) -> LabelConfig:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise LabelConfigError(f"label config is not valid XML: {exc}") from None
-    objects, choices, ignored = [], None, []
+    objects, controls, ignored, textareas = [], [], [], []
     for el in root.iter():
         tag = el.tag.lower()
         if tag in OBJECT_MODALITIES and el.get("name") and (el.get("value") or "").startswith("$"):
             objects.append(ObjectTag(el.get("name"), el.tag, OBJECT_MODALITIES[tag], el.get("value")[1:]))
         elif tag == "choices" and el.get("name"):
-            if choices is not None:
-                ignored.append(f"{el.get('name')} ({el.tag})")
-                continue
-            values, aliases, predicted = [], {}, {}
-            for child in el.iter():
-                if child.tag.lower() == "choice" and child.get("value") is not None:
-                    value = child.get("value")
-                    values.append(value)
-                    if child.get("alias"):
-                        aliases[value] = child.get("alias")
-                        predicted[child.get("alias")] = value
-                    for alt in (child.get("predicted_values") or "").split(","):
-                        if alt.strip():
-                            predicted[alt.strip()] = value
-            choices = ChoicesControl(el.get("name"), (el.get("toName") or "").split(",")[0],
-                                     (el.get("choice") or "single") == "multiple", tuple(values), aliases, predicted)
+            controls.append(_choices(el))
+        elif tag == "taxonomy" and el.get("name"):
+            controls.append(_taxonomy(el))
+        elif tag == "textarea" and el.get("name"):
+            textareas.append(el)
         elif tag in ("labels", "textarea", "rectanglelabels", "polygonlabels", "brushlabels", "keypointlabels",
-                     "taxonomy", "rating", "number"):
+                     "ellipselabels", "relations", "rating", "number", "datetime", "ranker"):
             ignored.append(f"{el.get('name')} ({el.tag})" if el.get("name") else el.tag)
     if not objects:
         raise LabelConfigError("label config has no Image, Text or Audio object tag with a $value")
-    return LabelConfig(tuple(objects), choices, tuple(ignored), digest)
+    names = [c.name for c in controls]
+    if len(set(names)) != len(names):
+        raise LabelConfigError(f"label config has two controls with the same name: {names}")
+    audio = {o.name for o in objects if o.modality == "audio"}
+    transcripts = [TranscriptControl(el.get("name"), _to_name(el)) for el in textareas if _to_name(el) in audio]
+    ignored += [f"{el.get('name')} ({el.tag})" for el in textareas if _to_name(el) not in audio]
+    return LabelConfig(tuple(objects), tuple(controls), tuple(transcripts), tuple(ignored), digest)
+
+
+def _to_name(el: ET.Element) -> str:
+    return (el.get("toName") or "").split(",")[0]
+
+
+def _choices(el: ET.Element) -> ClassificationControl:
+    values, written, predicted = [], {}, {}
+    for child in el.iter():
+        if child.tag.lower() == "choice" and child.get("value") is not None:
+            value = child.get("value")
+            values.append(value)
+            if child.get("alias"):
+                written[value] = child.get("alias")
+                predicted[child.get("alias")] = value
+            for alt in (child.get("predicted_values") or "").split(","):
+                if alt.strip():
+                    predicted[alt.strip()] = value
+    return ClassificationControl(el.get("name"), _to_name(el), el.tag, (el.get("choice") or "single") == "multiple",
+                                 tuple(values), written, predicted)
+
+
+def _taxonomy(el: ET.Element) -> ClassificationControl:
+    """Every node of the tree is a class (its path); with ``leafsOnly`` only the leaves. Several
+    paths per task only where ``maxUsages`` allows more than one (the data may still show several,
+    and training then goes multi-label)."""
+    values, written, predicted = [], {}, {}
+    leafs_only = (el.get("leafsOnly") or "").lower() == "true"
+
+    def walk(node: ET.Element, path: tuple[str, ...], shown: tuple[str, ...]) -> None:
+        for child in node:
+            if child.tag.lower() != "choice" or child.get("value") is None:
+                continue
+            here, here_shown = path + (child.get("value"),), shown + (child.get("alias") or child.get("value"),)
+            value = PATH_SEPARATOR.join(here)
+            if not (leafs_only and any(c.tag.lower() == "choice" for c in child)):
+                values.append(value)
+                written[value] = list(here_shown)
+                predicted[PATH_SEPARATOR.join(here_shown)] = value
+            walk(child, here, here_shown)
+
+    walk(el, (), ())
+    try:
+        multiple = int(el.get("maxUsages") or 0) > 1
+    except ValueError:
+        multiple = False
+    return ClassificationControl(el.get("name"), _to_name(el), el.tag, multiple, tuple(values), written, predicted)

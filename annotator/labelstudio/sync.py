@@ -3,7 +3,8 @@
 In: `sync` pulls tasks and annotations (works without webhooks, and recovers events missed while
 the backend was down). Out: `publish_predictions` pushes the serving model's pre-labels in bulk from
 cached vectors and sets the project's ``model_version`` to ours; `push_next_batch` and
-`push_review_queue` turn active-learning results into what Label Studio serves next.
+`push_review_queue` turn active-learning results into what Label Studio serves next, and
+`push_search_tab` puts search hits into a tab, most similar first.
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ from tqdm import tqdm
 
 from annotator.config import Settings
 from annotator.errors import NotFoundError
-from annotator.indexing import embed_project
 from annotator.labelstudio import client
 from annotator.labelstudio.label_config import LabelConfig, parse_label_config
 from annotator.labelstudio.tasks import mirror_project, project_name_for, remember_access
-from annotator.prediction import predict_cached, serving_version
-from annotator.runtime import ActiveModel, Runtime
+from annotator.labelstudio.prelabels import (
+    ServedControl,
+    prepare_project,
+    served_controls,
+    served_version,
+    task_predictions,
+    transcripts_for,
+)
+from annotator.runtime import Runtime
 from annotator.store import Store, repo
 from annotator.store.models import Item, utcnow
 
@@ -55,8 +62,8 @@ def publish_predictions(store: Store, runtime: Runtime, ls, *, project_name: str
     that already hold one of that version; then make it the project's model version. Returns
     (predictions sent, version)."""
     ls_pid, config, items, _ = _task_items(store, project_name)
-    model, classes = _serving_model(store, runtime, project_name)
-    version = serving_version(model, classes)
+    served = _served(store, runtime, project_name, config)
+    version = served_version(served)
     done = {int(t["id"]) for t in tasks or [] if client.has_prediction(t, version)}
     wanted = set(task_ids) if task_ids is not None else None
     items = [it for it in items if it.ls_task_id not in done and (wanted is None or it.ls_task_id in wanted)]
@@ -64,10 +71,12 @@ def publish_predictions(store: Store, runtime: Runtime, ls, *, project_name: str
     bar = tqdm(total=len(items), desc="publish", unit="task", file=sys.stderr, disable=not progress)
     for start in range(0, len(items), PUBLISH_CHUNK):
         chunk = items[start:start + PUBLISH_CHUNK]
-        out = [{"task": it.ls_task_id, "result": [config.region(pred.labels, pred.score)], "score": pred.score,
-                "model_version": version}
-               for it, pred in zip(chunk, predict_cached(chunk, encoders=runtime.encoders, model=model, classes=classes))
-               if pred is not None and pred.labels]
+        with store.session() as s:
+            transcripts = transcripts_for(s, chunk, config, encoders=runtime.encoders)
+        out = [{"task": it.ls_task_id, **pred, "model_version": version}
+               for it, pred in zip(chunk, task_predictions(chunk, served, encoders=runtime.encoders, config=config,
+                                                           transcripts=transcripts))
+               if pred is not None]
         sent += client.push_predictions(ls, ls_pid, out)
         bar.update(len(chunk))
     bar.close()
@@ -99,8 +108,8 @@ def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_proj
     secret = store.run(lambda s: _connect_project(s, settings, name, url, api_key))
     webhook_id = client.secure_webhook(ls, ls_project_id, backend_url, secret) if backend_url else None
     runtime = runtime or Runtime(settings)
-    report = embed_project(store, settings.with_label_studio(url, api_key), project_name=name,
-                           encoders=runtime.encoders, progress=progress, index=False)
+    report = prepare_project(store, settings.with_label_studio(url, api_key), project_name=name,
+                             encoders=runtime.encoders, progress=progress)
     pushed, version = publish_predictions(store, runtime, ls, project_name=name, tasks=tasks, progress=progress)
     return {**synced, "ml_backend_id": ml_id, "webhook_id": webhook_id, "predictions": pushed,
             "model_version": version, "failed": report.failed}
@@ -133,11 +142,9 @@ def _task_items(store: Store, project_name: str) -> tuple[int, LabelConfig, list
     return ls_pid, config, items, {it.external_id: it.ls_task_id for it in items}
 
 
-def _serving_model(store: Store, runtime: Runtime, project_name: str) -> tuple[ActiveModel | None, list[str]]:
-    """The project's active model (None before its first training) and its classes (for zero-shot)."""
+def _served(store: Store, runtime: Runtime, project_name: str, config: LabelConfig) -> list[ServedControl]:
     with store.session() as s:
-        p = repo.get_project(s, name=project_name)
-        return runtime.active_model(s, p), list(p.classes or [])
+        return served_controls(s, runtime, repo.get_project(s, name=project_name), config)
 
 
 def _stamp() -> str:
@@ -154,16 +161,18 @@ def push_next_batch(store: Store, runtime: Runtime, *, url: str, api_key: str, p
     sorting by prediction score) follow our strategy.
     """
     ls_pid, config, items, _ = _task_items(store, project_name)
-    model, classes = _serving_model(store, runtime, project_name)
-    version = f"{serving_version(model, classes)}-next-{strategy}-{_stamp()}"
+    served = _served(store, runtime, project_name, config)
+    version = f"{served_version(served)}-next-{strategy}-{_stamp()}"
     rank = {p["id"]: i for i, p in enumerate(picks)}
     out = []
-    for it, pred in zip(items, predict_cached(items, encoders=runtime.encoders, model=model, classes=classes)):
-        if pred is None or not pred.labels:
+    with store.session() as s:
+        transcripts = transcripts_for(s, items, config, encoders=runtime.encoders)
+    for it, pred in zip(items, task_predictions(items, served, encoders=runtime.encoders, config=config,
+                                                transcripts=transcripts)):
+        if pred is None:
             continue
-        score = 1e-4 * (rank[it.external_id] + 1) if it.external_id in rank else 0.5 + 0.5 * pred.score
-        out.append({"task": it.ls_task_id, "result": [config.region(pred.labels, pred.score)], "score": score,
-                    "model_version": version})
+        score = 1e-4 * (rank[it.external_id] + 1) if it.external_id in rank else 0.5 + 0.5 * pred["score"]
+        out.append({"task": it.ls_task_id, "result": pred["result"], "score": score, "model_version": version})
     ls = client.client_for(url, api_key)
     client.push_predictions(ls, ls_pid, out)
     client.set_model_version(ls, ls_pid, version, sampling="Uncertainty sampling")
@@ -190,3 +199,27 @@ def push_review_queue(store: Store, *, url: str, api_key: str, project_name: str
     view_id = client.create_task_view(ls, ls_pid, f"annotator: {len(top)} {title}",
                                       [task_of[s["id"]] for s in top])
     return {"model_version": version, "tasks": len(top), "view_id": view_id}
+
+
+SEARCH_TAB = "annotator search"
+SIMILARITY_KEY = "annotator_similarity"  # the task-data field a search tab is ordered by
+
+
+def push_search_tab(store: Store, *, url: str, api_key: str, project_name: str, hits: list[dict[str, Any]],
+                    query: str) -> dict[str, Any]:
+    """Search hits become the project's search tab in Label Studio, most similar first, so an
+    annotator can label them together; a new search replaces the tab rather than adding one.
+
+    Label Studio orders a tab by a column, and no column of its own can hold our similarity (its
+    prediction score only averages the project's model version), so each hit's similarity is
+    written into its task data as ``annotator_similarity``: the tab sorts by it, and annotators see
+    it. The previous search's hits that are not hits now lose the field again.
+    """
+    ls_pid, _, _, task_of = _task_items(store, project_name)
+    scores = {task_of[h["id"]]: round(float(h["score"]), 4) for h in hits if task_of.get(h["id"]) is not None}
+    ls = client.client_for(url, api_key)
+    client.set_task_data_values(ls, scores, SIMILARITY_KEY)
+    title = f"{SEARCH_TAB}: {query}"[:120]
+    view_id, before = client.replace_task_view(ls, ls_pid, SEARCH_TAB, title, list(scores), SIMILARITY_KEY)
+    client.set_task_data_values(ls, {t: None for t in before if t not in scores}, SIMILARITY_KEY)
+    return {"view_id": view_id, "tasks": len(scores), "title": title}

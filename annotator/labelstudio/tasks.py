@@ -1,7 +1,9 @@
 """Label Studio tasks and annotations into the store: plain functions over a session.
 
 Used by the backend (/setup, /predict, webhooks) and by ``annotator ls sync``; Label Studio's task
-id is the item's external id, and an annotation's key is ``ls:<annotation id>``.
+id is the item's external id. An annotation answers each classification control of the config
+separately: its primary answer's key is ``ls:<annotation id>``, another control's
+``ls:<annotation id>#<control>`` (`annotation_keys`).
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ def ensure_project(session, ls_project_id: int, schema: str | None, config: Labe
     p.ls_project_id = ls_project_id
     if schema and p.label_config != schema:
         p.label_config = schema
-    if config is not None and config.choices is not None:
-        if p.classes != list(config.choices.values):
-            p.classes = list(config.choices.values)
-        p.multilabel = config.choices.multiple
+    if config is not None and config.primary is not None:
+        if p.classes != list(config.primary.values):
+            p.classes = list(config.primary.values)
+        p.multilabel = config.primary.multiple
     return p
 
 
@@ -77,7 +79,8 @@ def project_config(project: Project) -> LabelConfig | None:
 
 
 def upsert_tasks(session, project: Project, config: LabelConfig, tasks: list[dict]) -> dict[int, Item]:
-    """Tasks → items (external id = task id), by task id. Unchanged tasks keep their content hashes."""
+    """Tasks → items (external id = task id), by task id. Unchanged tasks keep their content hashes
+    (and a transcript adopted as their text, while their audio is the same)."""
     ids = []
     for t in tasks:
         if "id" not in t or not isinstance(t.get("data"), dict):
@@ -88,6 +91,9 @@ def upsert_tasks(session, project: Project, config: LabelConfig, tasks: list[dic
     for task_id, t in zip(ids, tasks):
         data = config.item_data(t["data"])
         old = existing.get(task_id)
+        if old is not None and old.data.get("transcript_of") and old.data["transcript_of"] == data.get("audio") \
+                and "text" not in data:  # the transcript that stands in for text stays with its audio
+            data.update(text=old.data["text"], transcript_of=old.data["transcript_of"])
         if old is not None and old.data == data:
             continue
         text = data.get("text")
@@ -108,10 +114,24 @@ def _annotator(annotation: dict) -> str:
     return str(who or "")
 
 
+def annotation_keys(annotation_id: int, config: LabelConfig | None) -> dict[str | None, str]:
+    """Control key (None: the primary) → the label key of one annotation's answer to it."""
+    keys: dict[str | None, str] = {None: f"ls:{annotation_id}"}
+    for control in (config.controls if config else ())[1:]:
+        keys[control.name] = f"ls:{annotation_id}#{control.name}"
+    return keys
+
+
+def _annotation_of(key: str) -> str:
+    """The annotation a label key belongs to (``ls:12#mood`` → ``ls:12``)."""
+    return key.split("#", 1)[0]
+
+
 def record_annotations(session, project: Project, config: LabelConfig | None, annotations: list[dict],
                        tasks: list[dict]) -> int:
-    """Store annotations as labels (``tasks`` carrying them are upserted first); a skipped task, an
-    empty result or a cancelled annotation removes that annotation's label. Returns labels stored."""
+    """Store each annotation's answer to each classification control as a label (``tasks`` carrying
+    them are upserted first); a skipped task, a cancelled annotation or a control left unanswered
+    removes that answer's label. Returns the annotations with at least one answer stored."""
     config = config or project_config(project)
     if config is None:
         raise AnnotatorError(f"project {project.ls_project_id}: annotation arrived before any label config")
@@ -120,19 +140,23 @@ def record_annotations(session, project: Project, config: LabelConfig | None, an
         upsert_tasks(session, project, config, list(by_task.values()))
     items = repo.items_by_task_ids(session, project=project,
                                    task_ids=[parse_id(a.get("task")) for a in annotations if a.get("task") is not None])
-    records, skipped = [], []
+    records, skipped, answered = [], [], set()
     for a in annotations:
-        key = f"ls:{parse_id(a.get('id'), 'annotation')}"
+        keys = annotation_keys(parse_id(a.get("id"), "annotation"), config)
         item = items.get(parse_id(a["task"])) if a.get("task") is not None else None
-        labels = [] if a.get("was_cancelled") else config.labels_from_result(a.get("result") or [])
-        if item is None or not labels:
-            skipped.append(key)  # a skip, an empty result, or a task we never saw
-            continue
-        records.append(repo.LabelRecord(item.id, labels, key, created_by=_annotator(a)))
+        for control in config.controls or (None,):
+            control_key = config.control_key(control) if control is not None else None
+            labels = [] if a.get("was_cancelled") or control is None else control.labels_from_result(a.get("result") or [])
+            if item is None or not labels:
+                skipped.append(keys[control_key])  # a skip, no answer, or a task we never saw
+                continue
+            records.append(repo.LabelRecord(item.id, labels, keys[control_key], created_by=_annotator(a),
+                                            control=control_key))
+            answered.add(keys[None])
     repo.upsert_labels(session, project=project, records=records)
     if skipped:
         repo.soft_delete_labels(session, project=project, annotation_keys=skipped)
-    return len(records)
+    return len(answered)
 
 
 def mirror_project(session, ls_project_id: int, schema: str, tasks: list[dict[str, Any]], *,
@@ -148,7 +172,8 @@ def mirror_project(session, ls_project_id: int, schema: str, tasks: list[dict[st
     recorded = record_annotations(session, p, config, annotations, [])
     live = {f"ls:{a['id']}" for a in annotations}
     pks = [it.id for it in items.values()]
-    stale = [k for k in repo.live_annotation_keys(session, project=p, item_pks=pks, prefix="ls:") if k not in live]
+    stale = [k for k in repo.live_annotation_keys(session, project=p, item_pks=pks, prefix="ls:")
+             if _annotation_of(k) not in live]
     deleted = repo.soft_delete_labels(session, project=p, annotation_keys=stale)
     gone = []
     if listed_at is not None:

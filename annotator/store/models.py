@@ -86,6 +86,9 @@ class Label(Base):
     source: Mapped[str] = mapped_column(String(20))  # human | model
     annotation_key: Mapped[str] = mapped_column(String(100))
     created_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    # the classification control the label answers: None for the project's primary one (and for
+    # manifest labels), else the control's name (its key is then ``ls:<annotation id>#<control>``)
+    control: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -99,6 +102,7 @@ class ModelVersion(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     version: Mapped[str] = mapped_column(String(100))
     head: Mapped[str] = mapped_column(String(50))
+    control: Mapped[str | None] = mapped_column(String(200), default=None)  # as Label.control
     status: Mapped[str] = mapped_column(String(20), default="candidate")  # candidate|active|retired|pruned
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     artifact_path: Mapped[str] = mapped_column(String(1000))
@@ -118,6 +122,20 @@ class Prediction(Base):
     label: Mapped[list[Any]] = mapped_column(JSON)
     score: Mapped[float] = mapped_column(Float)
     modality_weights: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Transcript(Base):
+    """A Whisper transcript of some audio, by content hash and model: shared by every project and
+    worker, made once."""
+
+    __tablename__ = "transcripts"
+    __table_args__ = (UniqueConstraint("audio_sha", "model"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    audio_sha: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(300))
+    text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from annotator.config import check_project_name
 from annotator.consensus import Annotation, consensus
 from annotator.errors import NotFoundError
-from annotator.store.models import Item, Label, ModelVersion, Prediction, Project, TrainingRun, as_utc, utcnow
+from annotator.store.models import Item, Label, ModelVersion, Prediction, Project, TrainingRun, Transcript, as_utc, utcnow
 
 
 
@@ -141,6 +141,12 @@ class LabelRecord:
     annotation_key: str
     source: str = "human"
     created_by: str | None = None
+    control: str | None = None  # None: the primary control (`Label.control`)
+
+
+def _of_control(column, control: str | None):
+    """A filter on a ``control`` column: None is the primary control."""
+    return column.is_(None) if control is None else column == control
 
 
 def upsert_labels(session: Session, *, project: Project, records: Sequence[LabelRecord]) -> None:
@@ -155,18 +161,19 @@ def upsert_labels(session: Session, *, project: Project, records: Sequence[Label
     existing: dict[str, tuple] = {}
     for chunk_start in range(0, len(keys), 500):
         chunk = keys[chunk_start:chunk_start + 500]
-        for key, pk, item_id, values, source, created_by, deleted_at in session.execute(
+        for key, pk, item_id, values, source, created_by, control, deleted_at in session.execute(
                 select(Label.annotation_key, Label.id, Label.item_id, Label.values, Label.source, Label.created_by,
-                       Label.deleted_at).where(Label.project_id == project.id, Label.annotation_key.in_(chunk))):
-            existing[key] = (pk, (item_id, list(values), source, created_by, deleted_at))
+                       Label.control, Label.deleted_at).where(Label.project_id == project.id,
+                                                              Label.annotation_key.in_(chunk))):
+            existing[key] = (pk, (item_id, list(values), source, created_by, control, deleted_at))
     now = utcnow()
     new_rows, changed_rows = [], []
     for r in records:
         row = {"item_id": r.item_pk, "values": list(r.values), "source": r.source,
-               "created_by": r.created_by, "updated_at": now, "deleted_at": None}
+               "created_by": r.created_by, "control": r.control, "updated_at": now, "deleted_at": None}
         if r.annotation_key in existing:
             pk, stored = existing[r.annotation_key]
-            if stored != (r.item_pk, list(r.values), r.source, r.created_by, None):
+            if stored != (r.item_pk, list(r.values), r.source, r.created_by, r.control, None):
                 changed_rows.append({"id": pk, **row})
         else:
             new_rows.append({"project_id": project.id, "annotation_key": r.annotation_key,
@@ -196,11 +203,14 @@ def live_annotation_keys(session: Session, *, project: Project, item_pks: Sequen
         Label.annotation_key.like(f"{prefix}%"))))
 
 
-def live_annotations(session: Session, *, project: Project, source: str = "human") -> list[Annotation]:
-    """Every live label of ``source`` as an `Annotation` (annotator: who made it, else its key)."""
+def live_annotations(session: Session, *, project: Project, source: str = "human",
+                     control: str | None = None) -> list[Annotation]:
+    """Every live label of ``source`` for ``control`` (None: the primary one) as an `Annotation`
+    (annotator: who made it, else its key)."""
     rows = session.execute(
         select(Label.item_id, Label.values, Label.created_by, Label.annotation_key, Label.updated_at)
-        .where(Label.project_id == project.id, Label.source == source, Label.deleted_at.is_(None))
+        .where(Label.project_id == project.id, Label.source == source, Label.deleted_at.is_(None),
+               _of_control(Label.control, control))
         .order_by(Label.updated_at, Label.id)
     )
     return [Annotation(item_id, created_by or key, tuple(sorted(str(v) for v in values)), at)
@@ -212,23 +222,39 @@ def is_multilabel(project: Project, labels: dict[int, list[str]]) -> bool:
     return bool(project.multilabel or any(len(v) > 1 for v in labels.values()))
 
 
-def current_labels(session: Session, *, project: Project, source: str = "human") -> dict[int, list[str]]:
-    """Item pk → its label: the consensus of its live labels of ``source`` (`annotator.consensus`:
-    one annotation is its own consensus; several are voted on, or weighed by Dawid–Skene)."""
-    return consensus(live_annotations(session, project=project, source=source))
+def current_labels(session: Session, *, project: Project, source: str = "human",
+                   control: str | None = None) -> dict[int, list[str]]:
+    """Item pk → its label for ``control`` (None: the primary one): the consensus of its live labels
+    of ``source`` (`annotator.consensus`: one annotation is its own consensus; several are voted on,
+    or weighed by Dawid–Skene)."""
+    return consensus(live_annotations(session, project=project, source=source, control=control))
+
+
+def label_controls(session: Session, *, project: Project) -> list[str]:
+    """The named (non-primary) controls the project has live human labels for."""
+    return sorted(session.scalars(select(Label.control).distinct().where(
+        Label.project_id == project.id, Label.control.is_not(None), Label.deleted_at.is_(None),
+        Label.source == "human")))
 
 
 # --- model versions and training runs --------------------------------------------------------
 
-def list_model_versions(session: Session, *, project: Project) -> list[ModelVersion]:
-    return list(session.scalars(
-        select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.id)
-    ))
+ALL_CONTROLS = "*"  # list_model_versions(control=ALL_CONTROLS): every control's versions
 
 
-def active_model_version(session: Session, *, project: Project) -> ModelVersion | None:
+def list_model_versions(session: Session, *, project: Project, control: str | None = ALL_CONTROLS) -> list[ModelVersion]:
+    """The project's model versions, oldest first: of every control, or of one (None: the primary)."""
+    query = select(ModelVersion).where(ModelVersion.project_id == project.id)
+    if control != ALL_CONTROLS:
+        query = query.where(_of_control(ModelVersion.control, control))
+    return list(session.scalars(query.order_by(ModelVersion.id)))
+
+
+def active_model_version(session: Session, *, project: Project, control: str | None = None) -> ModelVersion | None:
+    """The serving version of ``control`` (None: the primary one)."""
     return session.scalar(
-        select(ModelVersion).where(ModelVersion.project_id == project.id, ModelVersion.status == "active")
+        select(ModelVersion).where(ModelVersion.project_id == project.id, ModelVersion.status == "active",
+                                   _of_control(ModelVersion.control, control))
     )
 
 
@@ -242,7 +268,8 @@ def get_model_version(session: Session, *, project: Project, version: str) -> Mo
 
 
 def promote_model_version(session: Session, *, project: Project, version: str) -> ModelVersion:
-    """Make ``version`` the active one; the previously active version is retired (kept for rollback)."""
+    """Make ``version`` the active one of its control; the previously active version of that control
+    is retired (kept for rollback)."""
     target = get_model_version(session, project=project, version=version)
     if target.status == "pruned":
         raise NotFoundError(f"project {project.name!r}: version {version!r} was pruned (only the newest "
@@ -250,7 +277,7 @@ def promote_model_version(session: Session, *, project: Project, version: str) -
     session.execute(
         update(ModelVersion)
         .where(ModelVersion.project_id == project.id, ModelVersion.status == "active",
-               ModelVersion.id != target.id)
+               ModelVersion.id != target.id, _of_control(ModelVersion.control, target.control))
         .values(status="retired")
     )
     target.status = "active"
@@ -284,6 +311,26 @@ def add_predictions(session: Session, *, project: Project, records: Sequence[Pre
              "model_version": r.model_version, "modality_weights": r.modality_weights, "created_at": now}
             for r in records
         ])
+
+
+# --- transcripts -----------------------------------------------------------------------------
+
+def transcripts(session: Session, *, shas: Iterable[str], model: str) -> dict[str, str]:
+    """Audio content hash → cached transcript by ``model``, for those that have one."""
+    wanted, found = sorted(set(shas)), {}
+    for start in range(0, len(wanted), 500):
+        found.update(session.execute(select(Transcript.audio_sha, Transcript.text).where(
+            Transcript.model == model, Transcript.audio_sha.in_(wanted[start:start + 500]))).all())
+    return found
+
+
+def add_transcripts(session: Session, *, model: str, texts: dict[str, str]) -> None:
+    """Cache transcripts (audio content hash → text); ones already cached are left as they are."""
+    new = {sha: text for sha, text in texts.items() if sha not in transcripts(session, shas=texts, model=model)}
+    if new:
+        now = utcnow()
+        session.execute(insert(Transcript), [{"audio_sha": sha, "model": model, "text": text, "created_at": now}
+                                             for sha, text in new.items()])
 
 
 # --- training requests (backend) ---------------------------------------------------------------

@@ -86,7 +86,7 @@ def test_health_and_setup(client):
 
 
 def test_setup_names_the_controls_that_get_no_predictions(client, caplog):
-    """A second <Choices> and a <Labels> are not predicted, and a config with no <Choices> gets
+    """Every <Choices> and <Taxonomy> is predicted; a <Labels> is not, and a config with neither gets
     nothing: /setup says so, and so does the log, where the person wiring the backend looks."""
     import logging
 
@@ -94,9 +94,8 @@ def test_setup_names_the_controls_that_get_no_predictions(client, caplog):
                                     '<Labels name="ner" toName="caption"><Label value="PER"/></Labels></View>')
     with caplog.at_level(logging.WARNING, logger="annotator.backend"):
         answer = client.post("/setup", json={"project": "8.1", "schema": two}).json()
-    assert answer == {"model_version": "zero-shot", "predicted": ["kind"],
-                      "not_predicted": ["mood (Choices)", "ner (Labels)"]}
-    assert "project 8: predicting <Choices> 'kind' only; not predicted: mood (Choices), ner (Labels)" in caplog.text
+    assert answer == {"model_version": "zero-shot", "predicted": ["kind", "mood"], "not_predicted": ["ner (Labels)"]}
+    assert "project 8: predicting kind (Choices), mood (Choices); not predicted: ner (Labels)" in caplog.text
     none = """<View><Text name="caption" value="$text"/><Labels name="ner" toName="caption"><Label value="PER"/></Labels>
               <TextArea name="notes" toName="caption"/></View>"""
     caplog.clear()
@@ -107,6 +106,60 @@ def test_setup_names_the_controls_that_get_no_predictions(client, caplog):
     predictions = client.post("/predict", json={"tasks": [{"id": 1, "data": {"text": "Ada"}}], "project": "9.1",
                                                 "label_config": none}).json()["results"]
     assert len(predictions) == 1 and predictions[0]["result"] == []
+
+
+THREE = CONFIG.replace("</View>", """<Choices name="mood" toName="caption"><Choice value="calm"/><Choice value="busy"/></Choices>
+<Taxonomy name="topic" toName="caption"><Choice value="Living"><Choice value="Pet"/><Choice value="Wild"/></Choice>
+<Choice value="Object"/></Taxonomy></View>""")
+MOOD = {"animal": "calm", "food": "calm", "vehicle": "busy"}
+
+
+def _topic(label: str, word: str) -> list[str]:
+    return ["Object"] if label != "animal" else ["Living", "Pet" if word in ("dog", "cat") else "Wild"]
+
+
+def test_every_choices_and_taxonomy_control_gets_its_own_model_and_region(client, backend, trainer):
+    """Two <Choices> and a <Taxonomy>: each answer is stored under its control, one retrain trains
+    a model per control, and a prediction carries one region per control under one version that
+    names them all; deleting the annotation removes all three answers."""
+    pairs = []
+    for i, (t, label) in enumerate(tasks_for_all()):
+        word = t["data"]["text"].rsplit(" ", 1)[1]
+        t = {**t, "project": 11}
+        result = [{"from_name": "kind", "to_name": "image", "type": "choices", "value": {"choices": [label]}},
+                  {"from_name": "mood", "to_name": "caption", "type": "choices", "value": {"choices": [MOOD[label]]}},
+                  {"from_name": "topic", "to_name": "caption", "type": "taxonomy",
+                   "value": {"taxonomy": [_topic(label, word)]}}]
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": 11, "label_config": THREE}, "task": t,
+                 "annotation": {"id": 500 + i, "task": t["id"], "completed_by": 1, "result": result}}
+        assert client.post("/webhook", headers=SECRET, json=event).json()["recorded"] == 1
+        pairs.append((t, label, word))
+    with backend.store.session() as s:
+        p = repo.get_project(s, name="ls-11")
+        assert repo.label_controls(s, project=p) == ["mood", "topic"]
+        topics = repo.current_labels(s, project=p, control="topic")
+        assert sorted({v[0] for v in topics.values()}) == ["Living / Pet", "Living / Wild", "Object"]
+        assert len(repo.current_labels(s, project=p)) == len(pairs)
+    assert client.post("/setup", json={"project": "11.1", "schema": THREE}).json()["predicted"] == ["kind", "mood", "topic"]
+
+    client.post("/webhook", headers=SECRET, json={"action": "START_TRAINING", "project": {"id": 11, "label_config": THREE}})
+    assert trainer.train_due_projects() == ["v1"]
+    assert set(client.get("/versions").json()["versions"]) == {"v1", "mood.v1", "topic.v1"}
+    assert client.post("/setup", json={"project": "11.1", "schema": THREE}).json()["model_version"] == "v1+mood.v1+topic.v1"
+    bus = next(t for t, _, word in pairs if word == "bus")
+    dog = next(t for t, _, word in pairs if word == "dog")
+    results = client.post("/predict", json={"tasks": [bus, dog], "project": "11.1", "label_config": THREE}).json()["results"]
+    assert [r["model_version"] for r in results] == ["v1+mood.v1+topic.v1"] * 2
+    regions = [{r["from_name"]: r for r in res["result"]} for res in results]
+    assert regions[0]["kind"]["value"] == {"choices": ["car-like"]} and regions[0]["mood"]["value"] == {"choices": ["busy"]}
+    assert regions[0]["topic"]["type"] == "taxonomy" and regions[0]["topic"]["value"] == {"taxonomy": [["Object"]]}
+    assert regions[1]["mood"]["value"] == {"choices": ["calm"]} and regions[1]["topic"]["value"] == {"taxonomy": [["Living", "Pet"]]}
+    assert all(res["score"] == min(r["score"] for r in res["result"]) for res in results)
+    assert set(backend.runtime.loaded_versions()) == {"ls-11", "ls-11:mood", "ls-11:topic"}
+
+    gone = client.post("/webhook", headers=SECRET, json={"action": "ANNOTATION_DELETED", "annotation": {"id": 500},
+                                                         "project": {"id": 11}}).json()
+    assert gone["deleted"] == 3
 
 
 def test_bad_bodies_get_clear_errors(client):
@@ -563,3 +616,37 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(settings, backen
         small = b'{"action": "PROJECT_UPDATED", "project": {"id": 7}}'
         r = c.post("/webhook", content=iter([small[:10], small[10:]]), headers={**SECRET, "content-type": "application/json"})
         assert r.status_code == 200  # a chunked body under the limit is read as usual
+
+
+AUDIO_TEXTAREA = """<View><Audio name="audio" value="$audio"/><TextArea name="transcript" toName="audio"/>
+<Choices name="topic" toName="audio"><Choice value="cat"/><Choice value="coffee"/></Choices></View>"""
+
+
+def test_an_audio_project_gets_transcripts_in_its_textarea_and_as_its_text(client, backend, monkeypatch):
+    """A <TextArea> on audio is pre-filled with the Whisper transcript; with no text object the
+    transcript is also the item's text, so zero-shot reads what was said. Transcripts are made once."""
+    tasks = [{"id": 1, "data": {"audio": str(DATA / "cat_speech.wav")}},
+             {"id": 2, "data": {"audio": str(DATA / "coffee_speech.wav")}},
+             {"id": 3, "data": {"audio": str(DATA / "tone.wav")}},
+             {"id": 4, "data": {"audio": str(DATA / "truncated.png")}}]
+    assert client.post("/setup", json={"project": "12.1", "schema": AUDIO_TEXTAREA}).json()["predicted"] == \
+        ["topic", "transcript"]
+    results = client.post("/predict", json={"tasks": tasks, "project": "12.1",
+                                            "label_config": AUDIO_TEXTAREA}).json()["results"]
+    regions = [{r["from_name"]: r for r in res["result"]} for res in results]
+    said = [r.get("transcript", {}).get("value", {}).get("text", [""])[0].lower() for r in regions]
+    assert "sofa" in said[0] and "coffee" in said[1]
+    assert regions[0]["transcript"]["type"] == "textarea" and regions[0]["transcript"]["to_name"] == "audio"
+    assert "transcript" not in regions[2] and regions[3] == {}  # a tone says nothing; a broken file fails alone
+    assert regions[0]["topic"]["value"] == {"choices": ["cat"]} and regions[1]["topic"]["value"] == {"choices": ["coffee"]}
+    with backend.store.session() as s:
+        items = repo.items_by_task_ids(s, project=repo.get_project(s, name="ls-12"), task_ids=[1, 3])
+        assert "sofa" in items[1].data["text"].lower() and items[1].data["transcript_of"] == tasks[0]["data"]["audio"]
+        assert items[1].text_sha and "text" not in items[3].data
+
+    transcriber = backend.runtime.encoders.transcriber()
+    monkeypatch.setattr(transcriber, "transcribe", lambda clips: pytest.fail("transcribed twice"))
+    again = client.post("/predict", json={"tasks": tasks[:2], "project": "12.1",
+                                          "label_config": AUDIO_TEXTAREA}).json()["results"]
+    assert [{r["from_name"]: r for r in res["result"]}["transcript"]["value"] for res in again] == \
+        [regions[0]["transcript"]["value"], regions[1]["transcript"]["value"]]

@@ -33,7 +33,7 @@ def test_the_wheel_claims_one_top_level_name(wheel):
     assert {n.split("/")[0] for n in names} == {"annotator", dist_info}
     assert "annotator = annotator.cli.main:main" in entry_points
     for needed in ("annotator/cli/main.py", "annotator/backends/app.py", "annotator/migrations/env.py",
-                   "annotator/migrations/script.py.mako", "annotator/migrations/versions/0003_webhook_trust.py",
+                   "annotator/migrations/script.py.mako", "annotator/migrations/versions/0004_controls.py",
                    "annotator/sample_data/items.jsonl"):
         assert needed in names
 
@@ -62,4 +62,4 @@ def test_the_installed_wheel_runs_from_a_clean_venv(wheel, tmp_path):
     usage = run(script, "select")
     assert usage.returncode == 2 and "Missing option '--project'" in usage.stderr and "Traceback" not in usage.stderr
     upgraded = run(script, "db", "upgrade")  # the migrations travel inside the package
-    assert upgraded.returncode == 0 and "database at revision 0003" in upgraded.stderr, upgraded.stderr
+    assert upgraded.returncode == 0 and "database at revision 0004" in upgraded.stderr, upgraded.stderr

@@ -76,19 +76,29 @@ def retrieve_predictions(ls_client, project_id):
                              selected_items={"all": True, "excluded": []})
 
 
-def test_image_and_text_project_full_loop(label_studio, ls_client, backend_server):
+def category(item_id: str) -> str:
+    """A sample item's category: the Unicode block of its emoji, as in the sample set."""
+    from bench.datasets import CATEGORY_RANGES
+
+    cp = int(item_id, 16)
+    return next(c for c, ranges in CATEGORY_RANGES.items() if any(lo <= cp <= hi for lo, hi in ranges))
+
+
+def upload_sample_images(label_studio, ls_client, *, every_third_from: int, n: int) -> tuple[list[dict], dict[str, str]]:
+    """``n`` rows of the packaged sample set (every third, from ``every_third_from``) and the Label
+    Studio URL of each row's uploaded image, by row id."""
     rows = [json.loads(line) for line in (SAMPLE_DIR / "items.jsonl").read_text().splitlines()]
-    from bench.datasets import CATEGORY_RANGES  # category = Unicode block, as in the sample set
-
-    def category(item_id):
-        cp = int(item_id, 16)
-        return next(c for c, ranges in CATEGORY_RANGES.items() if any(lo <= cp <= hi for lo, hi in ranges))
-
-    rows = [r for i, r in enumerate(rows) if i % 3 == 0][:16]
+    rows = [r for i, r in enumerate(rows) if i % 3 == every_third_from][:n]
     files = [(f"{r['id']}.png", (SAMPLE_DIR / r["image"]).read_bytes(), "image/png") for r in rows]
-    _, uploaded = upload(label_studio, ls_client, files, "image", '<View><Image name="image" value="$image"/></View>')
+    _, uploaded = upload(label_studio, ls_client, files, f"image{every_third_from}",
+                         '<View><Image name="image" value="$image"/></View>')
     urls = {t["data"]["image"].rsplit("-", 1)[-1].removesuffix(".png"): t["data"]["image"] for t in uploaded}
     assert len(urls) == len(rows) and all(u.startswith("/data/upload/") for u in urls.values())
+    return rows, urls
+
+
+def test_image_and_text_project_full_loop(label_studio, ls_client, backend_server):
+    rows, urls = upload_sample_images(label_studio, ls_client, every_third_from=0, n=16)
 
     project = ls_client.projects.create(title="annotator-mm", label_config=MM_CONFIG)
     ls_client.projects.import_tasks(id=project.id, request=[{"image": urls[r["id"]], "text": r["text"]} for r in rows])
@@ -211,8 +221,11 @@ def test_audio_project_trains_from_annotations(label_studio, ls_client, backend_
     pid, tasks = upload(label_studio, ls_client, files, "audio", config)
     ml = ls_client.ml.create(project=pid, url=backend_server.url, title="annotator-audio", is_interactive=False)
     retrieve_predictions(ls_client, pid)
-    # no text to compare label names with: no zero-shot guess, and nothing is saved for empty results
-    assert all(not p["result"] for p in predictions_of(ls_client, pid))
+    # no text object: the Whisper transcript is the items' text, so speech gets a zero-shot guess from
+    # what was said; a tone says nothing, has no text to compare label names with, and gets no prediction
+    speech_tasks = {t["id"] for t in tasks if "speech" in t["data"]["audio"]}
+    guessed = {p["task"] for p in predictions_of(ls_client, pid) if p["result"]}
+    assert guessed == speech_tasks
     for t in tasks:
         label = "speech" if "speech" in t["data"]["audio"] else "tone"
         ls_client.annotations.create(id=t["id"], result=[{"from_name": "kind", "to_name": "audio", "type": "choices",
@@ -345,3 +358,134 @@ def test_three_annotators_who_disagree_land_in_the_review_tab(label_studio, ls_c
                               suspects=report["disagreements"], title="annotators disagree")
     in_view = [t.id for t in ls_client.tasks.list(project=project.id, view=queue["view_id"])]
     assert set(in_view) == set(contested) and tasks["a dog in the park"] not in in_view
+
+
+THREE_CONFIG = MM_CONFIG.replace("</View>", """  <Choices name="alive" toName="caption"><Choice value="living"/><Choice value="made"/></Choices>
+  <Taxonomy name="topic" toName="caption">
+    <Choice value="Nature"><Choice value="Animal"/><Choice value="Plant"/></Choice>
+    <Choice value="Human-made"><Choice value="Food"/><Choice value="Transport"/></Choice>
+  </Taxonomy>
+</View>""")
+TOPIC = {"animal": ["Nature", "Animal"], "plant": ["Nature", "Plant"], "food": ["Human-made", "Food"],
+         "transport": ["Human-made", "Transport"]}
+
+
+def test_two_choices_and_a_taxonomy_are_each_trained_and_predicted(label_studio, ls_client, backend_server):
+    """#19 part 1: annotate three questions per task in Label Studio → webhooks → Start Training →
+    a model per control → the backend pushes predictions with one region per control."""
+    rows, urls = upload_sample_images(label_studio, ls_client, every_third_from=1, n=14)
+    project = ls_client.projects.create(title="annotator-three-questions", label_config=THREE_CONFIG)
+    ls_client.projects.import_tasks(id=project.id, request=[{"image": urls[r["id"]], "text": r["text"]} for r in rows])
+    tasks = [t if isinstance(t, dict) else t.model_dump() for t in ls_client.tasks.list(project=project.id, fields="all")]
+    truth = {t["id"]: category(next(r["id"] for r in rows if r["text"] == t["data"]["text"])) for t in tasks}
+    ml = ls_client.ml.create(project=project.id, url=backend_server.url, title="annotator-three", is_interactive=False)
+
+    for t in tasks[:12]:
+        c = truth[t["id"]]
+        ls_client.annotations.create(id=t["id"], result=[
+            {"from_name": "category", "to_name": "image", "type": "choices", "value": {"choices": [c]}},
+            {"from_name": "alive", "to_name": "caption", "type": "choices",
+             "value": {"choices": ["living" if c in ("animal", "plant") else "made"]}},
+            {"from_name": "topic", "to_name": "caption", "type": "taxonomy", "value": {"taxonomy": [TOPIC[c]]}}])
+
+    def controls_labelled():
+        with backend_server.store.session() as s:
+            p = repo.get_project(s, name=project_name_for(project.id))
+            return [len(repo.current_labels(s, project=p, control=c)) for c in (None, "alive", "topic")]
+
+    wait_for(lambda: controls_labelled() == [12, 12, 12], what="12 labels per control from webhooks")
+    ls_client.ml.train(id=ml.id)
+    version = "v1+alive.v1+topic.v1"
+    wait_for(lambda: len([p for p in predictions_of(ls_client, project.id) if p["model_version"] == version]) == 14,
+             timeout_s=300, what=f"{version} predictions for all 14 tasks, pushed by the backend")
+    preds = [p for p in predictions_of(ls_client, project.id) if p["model_version"] == version]
+    for p in preds:
+        regions = {r["from_name"]: r for r in p["result"]}
+        assert set(regions) == {"category", "alive", "topic"}
+        assert regions["topic"]["type"] == "taxonomy" and regions["topic"]["value"]["taxonomy"][0] in TOPIC.values()
+        assert regions["alive"]["value"]["choices"][0] in ("living", "made")
+    topic_right = np.mean([{r["from_name"]: r for r in p["result"]}["topic"]["value"]["taxonomy"] == [TOPIC[truth[p["task"]]]]
+                           for p in preds])
+    assert topic_right >= 0.75, topic_right
+    retrieve_predictions(ls_client, project.id)  # Label Studio already holds this version for every task: no re-predict
+    assert len([p for p in predictions_of(ls_client, project.id) if p["model_version"] == version]) == 14
+
+
+def test_an_audio_project_gets_whisper_transcripts_in_its_textarea(label_studio, ls_client, backend_server):
+    """#19 part 2: espeak-made speech uploaded to Label Studio comes back as transcripts in the
+    project's <TextArea>, with the words spoken."""
+    config = """<View><Audio name="audio" value="$audio"/><TextArea name="transcript" toName="audio" editable="true"/></View>"""
+    files = [("cat.wav", (DATA / "cat_speech.wav").read_bytes(), "audio/wav"),
+             ("coffee.wav", (DATA / "coffee_speech.wav").read_bytes(), "audio/wav")]
+    pid, tasks = upload(label_studio, ls_client, files, "speech", config)
+    ls_client.ml.create(project=pid, url=backend_server.url, title="annotator-speech", is_interactive=False)
+    retrieve_predictions(ls_client, pid)
+    said = {}
+    for p in predictions_of(ls_client, pid):
+        [region] = p["result"]
+        assert (region["from_name"], region["to_name"], region["type"]) == ("transcript", "audio", "textarea")
+        said[p["task"]] = region["value"]["text"][0].lower()
+    by_name = {("cat" if "cat" in t["data"]["audio"] else "coffee"): said[t["id"]] for t in tasks}
+    assert "sleeping" in by_name["cat"] and "sofa" in by_name["cat"], by_name
+    assert "coffee" in by_name["coffee"], by_name
+
+
+def test_search_hits_become_one_tab_in_label_studio_most_similar_first(label_studio, ls_client, backend_server):
+    """#19 part 3: /search with to_labelstudio makes a Data Manager tab holding the hits in order of
+    similarity; a second search replaces the tab (and the first search's field) instead of adding one."""
+    from annotator.indexing import embed_project
+
+    config = """<View><Text name="text" value="$text"/><Choices name="topic" toName="text">
+      <Choice value="dogs"/><Choice value="cooking"/></Choices></View>"""
+    texts = ["a puppy chasing a ball in the park", "my dog sleeps on the couch all day", "the old hound barked at the mailman",
+             "knead the dough and bake the bread", "simmer the tomato sauce for an hour", "whisk eggs and sugar for the cake"]
+    project = ls_client.projects.create(title="annotator-search-tab", label_config=config)
+    ls_client.projects.import_tasks(id=project.id, request=[{"text": t} for t in texts])
+    ls_client.ml.create(project=project.id, url=backend_server.url, title="annotator-search", is_interactive=False)
+    retrieve_predictions(ls_client, project.id)  # /predict registers and encodes the tasks
+    name = project_name_for(project.id)
+    embed_project(backend_server.backend.store, backend_server.settings, project_name=name,
+                  encoders=backend_server.backend.runtime.encoders, progress=False)
+    task_of = {t.data["text"]: t.id for t in ls_client.tasks.list(project=project.id)}
+
+    def search(text, k):
+        r = httpx.post(f"{backend_server.url}/search", json={"project": project.id, "text": text, "k": k,
+                                                             "to_labelstudio": True}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def tabs():
+        return [v for v in ls_client.views.list(project=project.id) if v.data["title"].startswith("annotator search")]
+
+    def tab_tasks(view_id):
+        return [t.id for t in ls_client.tasks.list(project=project.id, view=view_id)]
+
+    first = search("a dog playing", 3)
+    hits = [int(h["id"]) for h in first["hits"]]
+    assert set(hits) == {task_of[t] for t in texts[:3]}
+    [tab] = tabs()
+    assert tab.id == first["label_studio"]["view_id"] and tab.data["title"] == "annotator search: text a dog playing"
+    assert tab_tasks(tab.id) == hits  # most similar first, as the search ranked them
+    similarity = {t: ls_client.tasks.get(id=t).data.get("annotator_similarity") for t in hits}
+    assert all(similarity[a] >= similarity[b] for a, b in zip(hits, hits[1:]))
+
+    second = search("baking a cake", 2)
+    hits2 = [int(h["id"]) for h in second["hits"]]
+    assert set(hits2) <= {task_of[t] for t in texts[3:]}
+    [tab2] = tabs()
+    assert tab2.id == tab.id and tab_tasks(tab2.id) == hits2  # replaced, not piled up
+    assert hits2[0] == task_of[texts[5]] and hits2 != sorted(hits2)  # the cake first: the tab's order is not the ids'
+    assert all("annotator_similarity" not in ls_client.tasks.get(id=t).data for t in hits)  # the old hits are clean
+
+    # the same from the command line: "label all items like this one"
+    from tests.cli.test_cli import run_cli
+
+    proc = run_cli("search", "--project", name, "--item", str(task_of[texts[0]]), "-k", "2", "--to-labelstudio", "--json",
+                   env_extra={"ANNOTATOR_DATA_DIR": str(backend_server.settings.data_dir),
+                              "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token})
+    assert proc.returncode == 0, proc.stderr
+    like_first = [int(h["id"]) for h in json.loads(proc.stdout)]
+    assert set(like_first) == {task_of[t] for t in texts[1:3]}
+    [tab3] = tabs()
+    assert tab3.id == tab.id and tab_tasks(tab3.id) == like_first
+    assert tab3.data["title"] == f"annotator search: like item {task_of[texts[0]]}"

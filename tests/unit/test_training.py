@@ -315,3 +315,39 @@ def test_retrains_report_when_labelling_can_stop(store, settings, encoders, tmp_
     done = retrain(store, settings, project_name="p", head="logreg", encoders=encoders, progress=False, force=True)
     assert done.metrics["stopping"]["signal"] == "stop" and done.metrics["stopping"]["why"] == "every item is labelled"
     assert done.metrics["stopping"]["f1_per_100_labels"] is not None
+
+
+def test_each_control_gets_its_own_versions_and_a_control_with_few_labels_is_skipped(store, settings, encoders, tmp_path):
+    """A Label Studio config with several questions: each control with labels is trained after the
+    primary, versioned and promoted on its own; one with under 4 labels is reported, not fatal."""
+    make_project(store, tmp_path, n_per_class=8)
+    with store.session() as s:
+        p = repo.get_project(s, name="p")
+        items = repo.list_items(s, project=p)
+        alive = [repo.LabelRecord(it.id, ["living" if it.external_id.startswith("animal") else "thing"],
+                                  f"ls:{it.id}#alive", control="alive") for it in items]
+        few = [repo.LabelRecord(it.id, ["x"], f"ls:{it.id}#few", control="few") for it in items[:2]]
+        repo.upsert_labels(s, project=p, records=alive + few)
+    first = retrain(store, settings, project_name="p", head="logreg", encoders=encoders, progress=False)
+    assert first.model_version == "v1" and first.control is None
+    by_control = {c.control: c for c in first.controls}
+    assert set(by_control) == {"alive", "few"}
+    assert by_control["alive"].model_version == "alive.v1" and by_control["alive"].promoted
+    assert by_control["alive"].metrics["accuracy"] >= 0.75  # a third are animals: 0.67 by always saying "thing"
+    assert by_control["few"].model_version == "" and "need at least 4" in by_control["few"].reason
+    summary = first.to_dict()
+    assert summary["controls"]["alive"]["model_version"] == "alive.v1" and "controls" not in summary["controls"]["alive"]
+
+    second = retrain(store, settings, project_name="p", head="logreg", encoders=encoders, progress=False)
+    assert second.model_version == "v2" and second.controls[0].model_version == "alive.v2"
+    with store.session() as s:
+        p = repo.get_project(s, name="p")
+        assert repo.active_model_version(s, project=p).version == "v2"  # promoting alive.v2 left v2 active
+        assert repo.active_model_version(s, project=p, control="alive").version == "alive.v2"
+        assert [v.version for v in repo.list_model_versions(s, project=p, control="alive")] == ["alive.v1", "alive.v2"]
+    runtime = Runtime(settings, encoders=encoders)
+    with store.session() as s:
+        p = repo.get_project(s, name="p")
+        model = runtime.active_model(s, p, "alive")
+    assert model.version == "alive.v2" and set(model.classifier.classes_) == {"living", "thing"}
+    assert (settings.project_dir("p") / "models" / "alive.v2" / "meta.json").exists()
