@@ -92,6 +92,10 @@ class Settings(BaseSettings):
         entries, and models trained on fp32 vectors ask for a retrain).
     text_model, image_model, audio_model : str
         Hugging Face id or local path, or ``"default"`` for the offline model shipped in a package.
+    align_adversarial : float, default=0.0
+        Weight of adversarial alignment (a modality discriminator against the projections, through
+        gradient reversal) added to InfoNCE when the cross-modal aligner is fitted; 0 is InfoNCE
+        alone (``bench_search_index`` compares them).
     transcribe : {"auto", "off"}, default="auto"
         ``auto``: audio items of a Label Studio project are transcribed with Whisper where its
         label config has a ``<TextArea>`` on the audio (pre-filled with the transcript) or no text
@@ -158,6 +162,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=32, ge=1, validation_alias=_env("batch_size"))
     runtime: Literal["auto", "torch", "onnx"] = Field(default="auto", validation_alias=_env("runtime"))
     int8: bool = Field(default=False, validation_alias=_env("int8"))
+    align_adversarial: float = Field(default=0.0, ge=0, validation_alias=_env("align_adversarial"))
     transcribe: Literal["auto", "off"] = Field(default="auto", validation_alias=_env("transcribe"))
     transcribe_model: str = Field(default=DEFAULT_MODEL, validation_alias=_env("transcribe_model"))
 

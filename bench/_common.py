@@ -45,11 +45,23 @@ def machine() -> dict:
             "processor": platform.processor() or platform.machine(), "libraries": libs}
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, sections: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """``--smoke`` and ``--out``; with ``sections``, also ``--sections`` (read it with `chosen_sections`)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI: checks the benchmark runs")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    if sections:
+        p.add_argument("--sections", default=",".join(sections),
+                       help="comma-separated sections to run; the others keep their figures from the last results file")
     return p
+
+
+def chosen_sections(p: argparse.ArgumentParser, args: argparse.Namespace, sections: tuple[str, ...]) -> list[str]:
+    """The sections ``--sections`` names; an unknown one is a usage error."""
+    chosen = [x.strip() for x in args.sections.split(",") if x.strip()]
+    if unknown := set(chosen) - set(sections):
+        p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(sections)}")
+    return chosen
 
 
 def write_results(name: str, results: dict, out: Path = RESULTS) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import parser, timer, write_results
+from bench._common import chosen_sections, parser, timer, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_HEADER = {"X-Annotator-Secret": "bench-webhook-secret"}
@@ -256,13 +256,9 @@ SECTIONS = ("prelabel", "bulk_upload", "webhook_storm", "kill_during_retrain")
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--sections", default=",".join(SECTIONS),
-                   help="comma-separated sections to run; the others keep their figures from the last results file")
+    p = parser(__doc__, SECTIONS)
     args = p.parse_args()
-    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
-    if unknown := set(sections) - set(SECTIONS):
-        p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    sections = chosen_sections(p, args, SECTIONS)
     from annotator.config import Settings
     from tests.integration.label_studio import LabelStudioServer
 

@@ -6,16 +6,19 @@ Measured side by side in one run:
 - IVF + exact re-rank at 1M: recall@10 against exact and latency p50/p95 over an nprobe sweep (PNG);
 - add 10,000 items then query (time until searchable), delete one item;
 - retrieval quality on held-out OpenMoji image↔caption pairs, R@1/5/10 and mAP both ways, for the
-  learned aligner vs the ridge-projection baseline (fitted here on the same split).
+  learned aligner vs the ridge-projection baseline (fitted here on the same split), and InfoNCE
+  alone vs InfoNCE + adversarial alignment at weights 1 and 3 (3 seeds; with the modality gap).
+``--sections`` runs some of these; the others keep their figures from the last results file.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 
-from bench._common import parser, timer, write_results
+from bench._common import chosen_sections, parser, timer, write_results
 
 
 def clustered(n: int, d: int, seed: int, clusters: int = 1000) -> np.ndarray:
@@ -189,10 +192,35 @@ def openmoji_section(smoke: bool) -> dict:
         aligner = CrossModalAligner(random_state=0).fit({"image": images[train], "text": texts[train]})
     zi, zt = aligner.transform("image", images[test]), aligner.transform("text", texts[test])
     ours = {"image_to_text": retrieval_metrics(zi @ zt.T), "text_to_image": retrieval_metrics(zt @ zi.T)}
+    adversarial = adversarial_comparison(images, texts, train, test, seeds=1 if smoke else 3)
     return {"pairs": len(pairs), "train": len(train), "test": n_test, "image_encode_s": t_img(),
-            "aligner_fit_s": t_fit(), "aligner": ours, "ridge_baseline": ridge,
+            "aligner_fit_s": t_fit(), "aligner": ours, "ridge_baseline": ridge, "adversarial": adversarial,
             "reference_ridge_from_docs": {"R@1": 0.147, "R@5": 0.397, "R@10": 0.553},
             "beats_ridge_R@1_image_to_text": ours["image_to_text"]["R@1"] > ridge["image_to_text"]["R@1"]}
+
+
+ADVERSARIAL_WEIGHTS = (0.0, 1.0, 3.0)
+
+
+def adversarial_comparison(images, texts, train, test, seeds: int) -> dict:
+    """InfoNCE alone vs InfoNCE + adversarial alignment (modality discriminator through gradient
+    reversal) at a few weights: R@1/R@5/mAP both ways on the held-out pairs, mean over seeds, and
+    the modality gap (distance between the two modalities' centroids in the shared space)."""
+    from annotator.fusion.align import CrossModalAligner
+
+    out = {}
+    for weight in ADVERSARIAL_WEIGHTS:
+        runs = []
+        for seed in range(seeds):
+            al = CrossModalAligner(adversarial=weight, random_state=seed).fit({"image": images[train], "text": texts[train]})
+            zi, zt = al.transform("image", images[test]), al.transform("text", texts[test])
+            runs.append({"image_to_text": retrieval_metrics(zi @ zt.T), "text_to_image": retrieval_metrics(zt @ zi.T),
+                         "modality_gap": float(np.linalg.norm(zi.mean(0) - zt.mean(0)))})
+        out[f"adversarial {weight}"] = {
+            direction: {k: float(np.mean([r[direction][k] for r in runs])) for k in ("R@1", "R@5", "mAP")}
+            for direction in ("image_to_text", "text_to_image")} | {
+            "modality_gap": float(np.mean([r["modality_gap"] for r in runs])), "seeds": seeds}
+    return out
 
 
 def plot(ivf: dict, path) -> None:
@@ -219,36 +247,54 @@ def plot(ivf: dict, path) -> None:
     fig.savefig(path, dpi=110)
 
 
+SECTIONS = ("exact", "ivf", "incremental", "openmoji_retrieval")
+
+
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__, SECTIONS)
+    args = p.parse_args()
+    sections = chosen_sections(p, args, SECTIONS)
     d = 384
-    sizes = [20_000] if args.smoke else [100_000, 1_000_000]
-    bw = read_bandwidth_gbs(1 << 28 if args.smoke else 1 << 30)
-    exact = [exact_section(n, d, bw, args.smoke) for n in sizes]
-    ivf = ivf_section(50_000 if args.smoke else 1_000_000, d, args.smoke)
-    incremental = incremental_section(20_000 if args.smoke else 1_000_000, d)
-    moji = openmoji_section(args.smoke)
-    out = {"read_bandwidth_gb_s": bw, "exact": exact, "ivf": ivf, "incremental": incremental,
-           "openmoji_retrieval": moji,
-           "not_run": "10M x 384: 15 GB of raw vectors plus the index do not fit this 24 GB machine with headroom"}
     name = "bench_search_index" + ("_smoke" if args.smoke else "")
+    previous = args.out / f"{name}.json"
+    out = {k: v for k, v in json.loads(previous.read_text()).items()
+           if k not in ("benchmark", "date", "machine")} if previous.exists() else {}
+    if {"exact", "ivf", "incremental"} & set(sections):
+        out["read_bandwidth_gb_s"] = read_bandwidth_gbs(1 << 28 if args.smoke else 1 << 30)
+    bw = out.get("read_bandwidth_gb_s", 0.0)
+    if "exact" in sections:
+        out["exact"] = [exact_section(n, d, bw, args.smoke) for n in ([20_000] if args.smoke else [100_000, 1_000_000])]
+    if "ivf" in sections:
+        out["ivf"] = ivf_section(50_000 if args.smoke else 1_000_000, d, args.smoke)
+    if "incremental" in sections:
+        out["incremental"] = incremental_section(20_000 if args.smoke else 1_000_000, d)
+    if "openmoji_retrieval" in sections:
+        out["openmoji_retrieval"] = openmoji_section(args.smoke)
+    out["not_run"] = "10M x 384: 15 GB of raw vectors plus the index do not fit this 24 GB machine with headroom"
     write_results(name, out, args.out)
-    plot(ivf, args.out / f"{name}.png")
+    exact, ivf, incremental, moji = (out.get(k) for k in SECTIONS)
+    if "ivf" in sections:
+        plot(ivf, args.out / f"{name}.png")
     print(f"memory read bandwidth: {bw:.1f} GB/s")
-    for e in exact:
+    for e in exact or []:
         o = e["one_query"]
         print(f"exact {e['n']:>9,} x {d}: one query {o['ours']['p50_ms']:.2f} ms (faiss flat {o['faiss_flat']['p50_ms']:.2f}, "
               f"numpy {o['numpy_baseline']['p50_ms']:.2f}; {e['percent_of_bandwidth_limit_one_query']:.0f}% of the "
               f"bandwidth limit); batch of 100: {e['batch100_ms']['ours']:.0f} ms (faiss flat "
               f"{e['batch100_ms']['faiss_flat']:.0f}, numpy {e['batch100_ms']['numpy']:.0f})")
-    print(f"IVF {ivf['n']:,}: recall@10 {ivf['recall_at_10']:.3f} at nprobe {ivf['tuned_nprobe']}, "
-          f"p50 {ivf['p50_ms']:.2f} ms p95 {ivf['p95_ms']:.2f} ms, {ivf['speedup_vs_exact']:.0f}x faster than exact; "
-          f"build {ivf['build_s']:.0f} s")
-    print(f"add 10k then searchable: {incremental['add_then_searchable_s']:.3f} s (target 1 s); delete one: "
-          f"{incremental['delete_one_ms_p50']:.3f} ms (target 10 ms)")
-    for name_, res in (("aligner", moji["aligner"]), ("ridge", moji["ridge_baseline"])):
-        print(f"OpenMoji {name_:<8} image→text " + " ".join(f"{k} {v:.3f}" for k, v in res["image_to_text"].items())
-              + " | text→image " + " ".join(f"{k} {v:.3f}" for k, v in res["text_to_image"].items()))
+    if ivf:
+        print(f"IVF {ivf['n']:,}: recall@10 {ivf['recall_at_10']:.3f} at nprobe {ivf['tuned_nprobe']}, "
+              f"p50 {ivf['p50_ms']:.2f} ms p95 {ivf['p95_ms']:.2f} ms, {ivf['speedup_vs_exact']:.0f}x faster than exact; "
+              f"build {ivf['build_s']:.0f} s")
+    if incremental:
+        print(f"add 10k then searchable: {incremental['add_then_searchable_s']:.3f} s (target 1 s); delete one: "
+              f"{incremental['delete_one_ms_p50']:.3f} ms (target 10 ms)")
+    if moji:
+        rows = [("aligner", moji["aligner"]), ("ridge", moji["ridge_baseline"]), *moji.get("adversarial", {}).items()]
+        for name_, res in rows:
+            gap = f" | modality gap {res['modality_gap']:.3f}" if "modality_gap" in res else ""
+            print(f"OpenMoji {name_:<16} image→text " + " ".join(f"{k} {v:.3f}" for k, v in res["image_to_text"].items())
+                  + " | text→image " + " ".join(f"{k} {v:.3f}" for k, v in res["text_to_image"].items()) + gap)
 
 
 if __name__ == "__main__":

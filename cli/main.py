@@ -300,6 +300,27 @@ def errors(
                                     for e in found))
 
 
+@app.command()
+def explain(
+    project: ProjectOpt,
+    item: Annotated[str, typer.Option(help="The item to explain.")],
+    out: Annotated[Optional[Path], typer.Option(help="Draw it: F.png, or F.html (shaded words, the figure embedded).")] = None,
+    control: Annotated[Optional[str], typer.Option(help="Another classification control's model (default: the primary).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why the active model predicted what it did for ITEM: the image regions, words and audio segments
+    whose hiding costs the prediction most (occlusion), the modality weights and the top classes."""
+    from annotator.explain import explain_item
+
+    explanation = explain_item(_store(), _settings(), project_name=project, item_id=item, control=control)
+    if out is not None:
+        from annotator.report import draw_explanation
+
+        draw_explanation(explanation, out)
+        typer.echo(f"wrote {out}", err=True)
+    _emit(explanation.to_dict(), as_json, explanation.summary())
+
+
 def _tags(labels: str | list[str]) -> str:
     """One label as it is; a multi-label set as ``a+b`` (``-`` when empty)."""
     return labels if isinstance(labels, str) else "+".join(labels) or "-"

@@ -4,6 +4,12 @@ Used when no CLIP-like model is configured (the offline default): each modality 
 projection trained with a symmetric InfoNCE loss on items that carry two modalities, so a text
 query lands near the images (and audio) of items described by similar text. Unlabelled items are
 enough: alignment needs pairs, not labels.
+
+With ``adversarial`` > 0 a third kind of alignment joins the subspace one (InfoNCE here) and the
+semantic one (CLIP): a modality discriminator learns to tell which modality a projected vector came
+from, and the projections learn to fool it through a gradient-reversal layer (Ganin & Lempitsky,
+"Unsupervised domain adaptation by backpropagation", 2015), closing the gap between the modalities'
+regions of the shared space.
 """
 
 from __future__ import annotations
@@ -19,6 +25,22 @@ from annotator.encoders.base import modality_order
 from annotator.errors import NotEnoughLabelsError, NotFittedError, UnknownNameError
 
 
+def reverse_gradient(x, scale: float = 1.0):
+    """Identity forward; the gradient multiplied by ``-scale`` backward (a gradient-reversal layer)."""
+    import torch
+
+    class _Reverse(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, inputs):
+            return inputs.view_as(inputs)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return -scale * grad
+
+    return _Reverse.apply(x)
+
+
 class CrossModalAligner:
     """Project each modality's embeddings into one ``dim``-wide L2-normalised space.
 
@@ -32,6 +54,9 @@ class CrossModalAligner:
         InfoNCE softmax temperature.
     min_pairs : int, default=8
         Fewer co-occurring pairs than this for a modality pair and alignment is refused.
+    adversarial : float, default=0.0
+        Weight of the adversarial loss (0: InfoNCE alone): a modality discriminator trained against
+        the projections through `reverse_gradient`.
     random_state : int, default=0
 
     Attributes
@@ -41,9 +66,10 @@ class CrossModalAligner:
     """
 
     def __init__(self, dim: int = 256, epochs: int = 80, batch_size: int = 256, lr: float = 1e-3,
-                 temperature: float = 0.07, min_pairs: int = 8, random_state: int = 0):
+                 temperature: float = 0.07, min_pairs: int = 8, adversarial: float = 0.0, random_state: int = 0):
         self.dim, self.epochs, self.batch_size, self.lr = dim, epochs, batch_size, lr
         self.temperature, self.min_pairs, self.random_state = temperature, min_pairs, random_state
+        self.adversarial = adversarial
 
     def fit(self, X: Mapping[str, np.ndarray]) -> CrossModalAligner:
         """Learn projections from ``X`` ({modality: (n, d)}, NaN rows = missing; rows are items)."""
@@ -64,6 +90,10 @@ class CrossModalAligner:
         self.projections_ = {m: torch.nn.Linear(self.dims_[m], self.dim, bias=False) for m in self.modalities_}
         params = [p for lin in self.projections_.values() for p in lin.parameters()]
         log_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / self.temperature))))
+        discriminator = torch.nn.Sequential(torch.nn.Linear(self.dim, 64), torch.nn.ReLU(),
+                                            torch.nn.Linear(64, len(self.modalities_)))
+        if self.adversarial > 0:
+            params += list(discriminator.parameters())
         opt = torch.optim.AdamW(params + [log_scale], lr=self.lr, weight_decay=1e-4)
         data = {m: torch.from_numpy(np.nan_to_num(np.asarray(X[m], dtype=np.float32))) for m in self.modalities_}
         pair_rows = {p: torch.from_numpy(np.flatnonzero(present[p[0]] & present[p[1]])) for p in pairs}
@@ -80,6 +110,10 @@ class CrossModalAligner:
                     target = torch.arange(len(batch))
                     loss = (torch.nn.functional.cross_entropy(logits, target)
                             + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+                    if self.adversarial > 0:  # the discriminator learns the modality; the projections unlearn it
+                        which = torch.tensor([self.modalities_.index(a)] * len(batch) + [self.modalities_.index(b)] * len(batch))
+                        guess = discriminator(reverse_gradient(torch.cat([za, zb]), self.adversarial))
+                        loss = loss + torch.nn.functional.cross_entropy(guess, which)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

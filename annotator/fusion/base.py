@@ -15,7 +15,7 @@ import numpy as np
 
 from annotator.artifacts import atomic_directory
 from annotator.encoders.base import modality_order
-from annotator.errors import DimensionMismatchError, NotFittedError
+from annotator.errors import DimensionMismatchError, NotEnoughLabelsError, NotFittedError
 
 
 class EstimatorParams:
@@ -72,6 +72,35 @@ class EstimatorParams:
             mask[:, j] = ~np.isnan(a.sum(axis=1))
             arrays.append(a)
         return arrays, mask
+
+
+class SingleLabelMixin:
+    """Label handling of the single-label models that calibrate on their own out-of-fold scores
+    (`LinearClassifier`, `KernelFusionClassifier`)."""
+
+    def _fit_targets(self, y, mask: np.ndarray) -> np.ndarray:
+        """Each row's class index; sets ``classes_``. Refuses a row without any modality, a label
+        count that does not match the rows, and fewer than two classes."""
+        if len(y) != len(mask):
+            raise ValueError(f"X has {len(mask)} rows and y has {len(y)} labels")
+        if (mask.sum(axis=1) == 0).any():
+            raise ValueError(f"row {int(np.flatnonzero(mask.sum(axis=1) == 0)[0])} has no modality at all")
+        labels = np.array([str(v[0]) if isinstance(v, (list, tuple)) else str(v) for v in y])
+        self.classes_ = sorted(set(labels.tolist()))
+        if len(self.classes_) < 2:
+            raise NotEnoughLabelsError(f"need at least 2 classes to train; got {len(self.classes_)}: {self.classes_}")
+        return np.searchsorted(self.classes_, labels)
+
+    def _calibration_splits(self, targets: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Stratified folds for fitting the temperature on out-of-fold scores; none (temperature 1)
+        when calibration is off, labels are fewer than ``min_calibration`` or a class is a singleton."""
+        from sklearn.model_selection import StratifiedKFold
+
+        counts = np.bincount(targets, minlength=len(self.classes_))
+        folds = int(min(self.calibration_folds, counts.min()))
+        if not self.calibrate or len(targets) < self.min_calibration or folds < 2:
+            return []
+        return list(StratifiedKFold(folds, shuffle=True, random_state=self.random_state).split(targets, targets))
 
 
 def write_folder(path: Path, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:

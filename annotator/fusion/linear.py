@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import softmax
 
-from annotator.errors import NotEnoughLabelsError
-from annotator.fusion.base import EstimatorParams, read_folder, write_folder
+from annotator.fusion.base import EstimatorParams, SingleLabelMixin, read_folder, write_folder
 from annotator.fusion.calibration import fit_temperature
 
 FORMAT_VERSION = 1
@@ -33,7 +32,7 @@ def concat_embeddings(features: Mapping[str, np.ndarray], modalities: Sequence[s
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-class LinearClassifier(EstimatorParams):
+class LinearClassifier(SingleLabelMixin, EstimatorParams):
     """Multinomial logistic regression over every modality's embedding, concatenated.
 
     Parameters
@@ -100,15 +99,7 @@ class LinearClassifier(EstimatorParams):
         """Fit on ``X`` ({modality: (n, d)}, NaN rows = missing) and labels ``y``; ``unlabelled``
         is accepted for interface parity and not used (this model does not self-train)."""
         Z, mask = self._design(X, fitting=True)
-        if len(y) != len(Z):
-            raise ValueError(f"X has {len(Z)} rows and y has {len(y)} labels")
-        if (mask.sum(axis=1) == 0).any():
-            raise ValueError(f"row {int(np.flatnonzero(mask.sum(axis=1) == 0)[0])} has no modality at all")
-        labels = np.array([str(v[0]) if isinstance(v, (list, tuple)) else str(v) for v in y])
-        self.classes_ = sorted(set(labels.tolist()))
-        if len(self.classes_) < 2:
-            raise NotEnoughLabelsError(f"need at least 2 classes to train; got {len(self.classes_)}: {self.classes_}")
-        targets = np.searchsorted(self.classes_, labels)
+        targets = self._fit_targets(y, mask)
         model = self._logistic().fit(Z, targets)
         self.coef_ = model.coef_.astype(np.float32)
         self.intercept_ = model.intercept_.astype(np.float32)
@@ -120,14 +111,11 @@ class LinearClassifier(EstimatorParams):
         return self
 
     def _out_of_fold_temperature(self, Z: np.ndarray, targets: np.ndarray) -> float:
-        from sklearn.model_selection import StratifiedKFold
-
-        counts = np.bincount(targets, minlength=len(self.classes_))
-        folds = int(min(self.calibration_folds, counts.min()))
-        if not self.calibrate or len(targets) < self.min_calibration or folds < 2:
+        splits = self._calibration_splits(targets)
+        if not splits:
             return 1.0
         logits = np.zeros((len(targets), len(self.classes_)), dtype=np.float64)
-        for train, test in StratifiedKFold(folds, shuffle=True, random_state=self.random_state).split(Z, targets):
+        for train, test in splits:
             fold = self._logistic().fit(Z[train], targets[train])
             decision = fold.decision_function(Z[test])
             if decision.ndim == 1:

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 from annotator.fusion.classifier import FusionClassifier
+from annotator.fusion.kernel import KernelFusionClassifier
 from annotator.fusion.linear import LinearClassifier
 
-ESTIMATORS = {"FusionClassifier": FusionClassifier, "LinearClassifier": LinearClassifier}
+ESTIMATORS = {"FusionClassifier": FusionClassifier, "LinearClassifier": LinearClassifier,
+              "KernelFusionClassifier": KernelFusionClassifier}
 
 
-def load_classifier(path: Path, device: str | None = None) -> FusionClassifier | LinearClassifier:
+def load_classifier(path: Path, device: str | None = None) -> FusionClassifier | LinearClassifier | KernelFusionClassifier:
     """The estimator saved in folder ``path`` (folders written before the key existed are fusion heads)."""
     kind = json.loads((Path(path) / "config.json").read_text()).get("estimator", "FusionClassifier")
     if kind not in ESTIMATORS:

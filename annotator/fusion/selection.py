@@ -1,7 +1,8 @@
 """Choose a project's model by cross-validation on its own labels.
 
 Defaults tuned on our benchmark data are no evidence for a user's data. `ModelSearch` compares the
-candidates — the fusion heads, logistic regression on the concatenated embeddings, each modality
+candidates — the fusion heads, logistic regression on the concatenated embeddings, multiple-kernel
+fusion with kernel ridge, each modality
 alone (and, with three or more modalities, each set that leaves one out) — on the *same* stratified
 folds of the project's labels, repeated when labels are few. It picks by macro-F1 with the
 one-standard-error rule (the simplest candidate whose mean is within one standard error of the
@@ -24,10 +25,13 @@ from annotator.encoders.base import modality_order
 from annotator.errors import NotEnoughLabelsError, UnknownNameError
 from annotator.fusion.calibration import expected_calibration_error, fit_temperature
 from annotator.fusion.classifier import HEADS, FusionClassifier
+from annotator.fusion.kernel import KernelFusionClassifier
 from annotator.fusion.linear import LinearClassifier
 
 LINEAR = "logreg"
-MODELS = (LINEAR, *HEADS)  # simplest first: the order the one-standard-error rule prefers
+KERNEL = "kernel"
+SINGLE_LABEL_ONLY = (LINEAR, KERNEL)
+MODELS = (LINEAR, KERNEL, *HEADS)  # simplest first: the order the one-standard-error rule prefers
 AUTO = "auto"
 SELF_TRAINING_CHOICES = ("auto", "on", "off")
 
@@ -81,10 +85,11 @@ class Candidate:
     def build(self, *, multilabel: bool = False, random_state: int = 0, device: str = "cpu",
               params: Mapping[str, Any] | None = None):
         """An unfitted estimator for this configuration. ``params`` go to the fusion heads."""
-        if self.model == LINEAR:
+        if self.model in SINGLE_LABEL_ONLY:
             if multilabel:
                 raise UnknownNameError("model for a multi-label project", self.model, HEADS)
-            return LinearClassifier(random_state=random_state, device=device)
+            estimator = LinearClassifier if self.model == LINEAR else KernelFusionClassifier
+            return estimator(random_state=random_state, device=device)
         params = dict(params or {})
         if not self.self_training:
             params["pseudo_label_ratio"] = 0.0
@@ -396,7 +401,7 @@ class ModelSearch:
                                  n_reference=int(self.reference is not None))
             scored = list(zip(candidates, results[: len(candidates)]))
             self.best_, self.reason_ = self._choose(scored, len(available))
-            if self.self_training != "off" and has_pool and self.best_.model != LINEAR and not self.multilabel \
+            if self.self_training != "off" and has_pool and self.best_.model not in SINGLE_LABEL_ONLY and not self.multilabel \
                     and not self.best_.self_training:
                 with_st = Candidate(self.best_.model, self.best_.modalities, True)
                 st_result = self._run([(with_st.name, with_st.build(**self._build_options()), with_st.modalities_in(available), True)],

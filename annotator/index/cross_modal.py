@@ -168,7 +168,7 @@ class ProjectIndex:
         if self.aligner is not None and n_pairs < fitted_on * REFIT_GROWTH:
             return False
         try:
-            aligner = CrossModalAligner(random_state=0).fit(features)
+            aligner = CrossModalAligner(adversarial=self.settings.align_adversarial, random_state=0).fit(features)
         except NotEnoughLabelsError as exc:
             report.note = f"no shared space yet: {exc}"
             return False

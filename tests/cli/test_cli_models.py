@@ -44,3 +44,13 @@ def test_demo_then_retrain_predict_and_rollback(tmp_path):
 
     bad = run_cli("retrain", "--project", "demo", "--head", "mlp", env_extra=env)
     assert bad.returncode == 1 and "unknown model 'mlp'" in bad.stderr and "auto" in bad.stderr
+
+    item = predictions[0]["id"]
+    picture = tmp_path / "why.png"
+    why = json.loads(run_cli("explain", "--project", "demo", "--item", item, "--out", str(picture), "--json",
+                             env_extra=env, check=True).stdout)
+    assert why["model_version"] == "v1" and why["item"] == item and why["label"] == why["top_classes"][0]["label"]
+    assert picture.stat().st_size > 10_000
+    uses = set(why["modality_weights"])  # the modalities v1 was chosen on: each one it uses is explained
+    assert (why["image_heatmap"] is not None) == ("image" in uses) and bool(why["words"]) == ("text" in uses)
+    assert why["image_heatmap"] is None or len(why["image_heatmap"]) == 7

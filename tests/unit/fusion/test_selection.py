@@ -29,12 +29,12 @@ def test_candidate_names_round_trip_and_bad_names_are_refused():
 
 def test_default_candidates_cover_heads_baseline_single_modalities_and_leave_one_out():
     names = {c.name for c in default_candidates(["text", "image", "audio"])}
-    assert {"logreg", "concat", "weighted", "attention", "gated", "tensor"} <= names
+    assert {"logreg", "kernel", "concat", "weighted", "attention", "gated", "tensor"} <= names
     assert {"logreg [text]", "concat [text]", "logreg [audio]", "concat [image]"} <= names
     assert {"logreg [text+image]", "logreg [text+audio]", "logreg [image+audio]"} <= names
-    assert {c.name for c in default_candidates(["text"])} == {"logreg", "concat", "weighted", "attention", "gated",
-                                                               "tensor"}
-    assert all(c.model != "logreg" for c in default_candidates(["text", "image"], multilabel=True))
+    assert {c.name for c in default_candidates(["text"])} == {"logreg", "kernel", "concat", "weighted", "attention",
+                                                               "gated", "tensor"}
+    assert all(c.model not in ("logreg", "kernel") for c in default_candidates(["text", "image"], multilabel=True))
 
 
 def test_splits_are_stratified_shared_and_repeated_only_when_labels_are_few():
