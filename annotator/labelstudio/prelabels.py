@@ -19,7 +19,7 @@ from annotator.encoders.registry import Encoders
 from annotator.labelstudio.label_config import ClassificationControl, LabelConfig
 from annotator.labelstudio.tasks import project_config
 from annotator.media import MediaFetcher
-from annotator.prediction import UNTRAINED, ZERO_SHOT, predict_cached
+from annotator.prediction import UNTRAINED, predict_cached, serving_version
 from annotator.runtime import ActiveModel, Runtime
 from annotator.store import repo
 from annotator.store.models import Item, Project
@@ -58,7 +58,7 @@ def _compose(versions: Sequence[tuple[ClassificationControl, str | None]]) -> st
     if not versions:
         return UNTRAINED
     (primary, version), *others = versions
-    head = version or (ZERO_SHOT if primary.values else UNTRAINED)
+    head = version or serving_version(None, primary.values)
     return head + "".join(f"+{v}" for _, v in others if v is not None)
 
 
