@@ -96,6 +96,15 @@ class Settings(BaseSettings):
         Weight of adversarial alignment (a modality discriminator against the projections, through
         gradient reversal) added to InfoNCE when the cross-modal aligner is fitted; 0 is InfoNCE
         alone (``bench_search_index`` compares them).
+    vector_store : str, default="faiss"
+        Where project indexes live: ``faiss`` (in-process, files under ``data_dir``), or Milvus for
+        projects that outgrow one machine's memory: ``milvus://host:19530`` (``milvus+https://…``
+        for TLS) or a Milvus Lite file (``milvus-lite:///path/vectors.db``; one process at a time).
+    milvus_token : str, optional
+        Milvus credentials (``user:password`` or an API key).
+    milvus_index : str, default="auto"
+        Milvus index type: ``auto`` chooses by size (FLAT while exact search is cheap, then HNSW on
+        a server, IVF_FLAT on Milvus Lite); any Milvus type (``IVF_SQ8``, ``GPU_CAGRA``…) forces it.
     transcribe : {"auto", "off"}, default="auto"
         ``auto``: audio items of a Label Studio project are transcribed with Whisper where its
         label config has a ``<TextArea>`` on the audio (pre-filled with the transcript) or no text
@@ -163,6 +172,9 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "torch", "onnx"] = Field(default="auto", validation_alias=_env("runtime"))
     int8: bool = Field(default=False, validation_alias=_env("int8"))
     align_adversarial: float = Field(default=0.0, ge=0, validation_alias=_env("align_adversarial"))
+    vector_store: str = Field(default="faiss", validation_alias=_env("vector_store"))
+    milvus_token: SecretStr | None = Field(default=None, validation_alias=_env("milvus_token"))
+    milvus_index: str = Field(default="auto", validation_alias=_env("milvus_index"))
     transcribe: Literal["auto", "off"] = Field(default="auto", validation_alias=_env("transcribe"))
     transcribe_model: str = Field(default=DEFAULT_MODEL, validation_alias=_env("transcribe_model"))
 

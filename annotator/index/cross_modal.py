@@ -32,6 +32,7 @@ from annotator.encoders.base import MODALITIES
 from annotator.errors import AnnotatorError, NotEnoughLabelsError, NotFoundError, UnknownNameError
 from annotator.fusion.align import CrossModalAligner
 from annotator.index.choose import plan_index
+from annotator.index.engines import index_engine, stored_engine
 from annotator.index.vector_index import VectorIndex
 from annotator.media import MediaFetcher, load_audio, load_image
 from annotator.encoders.registry import Encoders
@@ -71,7 +72,8 @@ class ProjectIndex:
         self.settings, self.project_name = settings, project_name
         self.encoders = encoders or Encoders(settings)
         self.root = settings.project_dir(project_name) / "index"
-        self._indexes: dict[tuple[str, str], VectorIndex] = {}
+        self.engine = index_engine(settings)
+        self._indexes: dict[tuple[str, str], VectorIndex] = {}  # or MilvusIndex: the same calls
         self._generations: dict[Any, str | None] = {}  # what was loaded, by its link's target
         self._shared = SharedArtifacts.for_settings(settings)
         self._checked: dict[Path, float] = {}  # when the shared artifacts were last asked about a path
@@ -127,7 +129,7 @@ class ProjectIndex:
         if self._stale(key, path / "current"):
             self._indexes.pop(key, None)
             if (path / "current").exists():
-                self._indexes[key] = VectorIndex.load(path)
+                self._indexes[key] = self.engine.load(path)
         return self._indexes.get(key)
 
     # --- keeping the indexes in step with the store ----------------------------------------
@@ -152,6 +154,7 @@ class ProjectIndex:
             elif self._path("shared", modality).exists():
                 if self._shared is not None:
                     self._shared.remove(self._path("shared", modality) / "current")
+                self.engine.drop(self._path("shared", modality))
                 shutil.rmtree(self._path("shared", modality))
                 self._indexes.pop(("shared", modality), None)
                 self._generations.pop(("shared", modality), None)
@@ -181,16 +184,18 @@ class ProjectIndex:
         return True
 
     def _sync(self, space: str, modality: str, ids: np.ndarray, vectors: np.ndarray, *, rebuild: bool) -> None:
-        index = None if rebuild else self.index(space, modality)
+        path = self._path(space, modality)
+        other_engine = stored_engine(path) not in (None, self.engine.name)  # the vector store was switched
+        index = None if rebuild or other_engine else self.index(space, modality)
         if index is not None and (index.dim != vectors.shape[1] or index.needs_retrain
                                   or plan_index(len(ids), vectors.shape[1]).kind != index.plan.kind):
             index = None  # layout or encoder changed: rebuild from the cache
         if index is None:
-            index = VectorIndex.build(ids, vectors) if len(ids) else VectorIndex(vectors.shape[1])
+            index = self.engine.build(path, ids, vectors)
         else:
-            wanted = set(ids.tolist())
-            index.remove([i for i in index.ids().tolist() if i not in wanted])
-            new = np.array([i not in index for i in ids.tolist()], dtype=bool)
+            wanted, present = set(ids.tolist()), set(index.ids().tolist())
+            index.remove(sorted(present - wanted))
+            new = np.array([i not in present for i in ids.tolist()], dtype=bool)
             if new.any():
                 index.add(ids[new], vectors[new])
         index.save(self._path(space, modality))
@@ -327,7 +332,7 @@ class ProjectIndex:
             min_score: dict[int, float] = {}
             for start in range(0, len(ids), 4096):
                 chunk = ids[start:start + 4096]
-                vectors = np.stack([index.vector(i) for i in chunk])
+                vectors = index.vectors(chunk)
                 scores, neighbours = index.search(vectors, min(k + 1, index.ntotal))
                 for a, row_s, row_n in zip(chunk, scores, neighbours):
                     for sc, b in zip(row_s, row_n):

@@ -222,6 +222,10 @@ class VectorIndex:
             raise NotFoundError(f"id {item_id} is not in the index")
         return np.array(self._all_vectors()[row])
 
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """(n, dim) vectors of ``ids`` in that order; raises `NotFoundError` for an id not present."""
+        return np.stack([self.vector(i) for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
+
     def compact(self) -> None:
         """Drop dead rows for good (rebuilds the faiss structure; IVF keeps its training)."""
         if self._dead() == 0:
