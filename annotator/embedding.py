@@ -51,14 +51,19 @@ def decode_item(modality: str, item: Item, fetcher: MediaFetcher,
         return ref[:fetcher.settings.max_text_chars], item.text_sha or sha256(ref.encode("utf-8"))
     # the operator's own imports may name any local file; Label Studio tasks only inside the media roots
     data = fetcher.fetch(ref, task_id=item.ls_task_id, trusted=item.ls_task_id is None)
-    decoded = load_image(data, ref) if modality == "image" else load_audio(
-        data, ref, max_seconds=fetcher.settings.max_audio_s)
+    return decode_media(modality, data, ref, max_audio_s=fetcher.settings.max_audio_s, prepare=prepare), sha256(data)
+
+
+def decode_media(modality: str, data: bytes, ref: str, *, max_audio_s: float,
+                 prepare: Callable[[Any], Any] | None = None) -> Any:
+    """Fetched image or audio bytes → the encoder's input; raises MediaError naming ``ref``."""
+    decoded = load_image(data, ref) if modality == "image" else load_audio(data, ref, max_seconds=max_audio_s)
     if prepare is not None:
         try:
             decoded = prepare(decoded)
         except Exception as exc:  # a decodable file the model cannot take (e.g. an odd image mode)
             raise MediaError(ref, f"cannot prepare for the encoder: {exc}") from exc
-    return decoded, sha256(data)
+    return decoded
 
 
 def _chunks_ahead(chunks: list[list[Item]], decode: Callable[[Item], tuple[Any, str]],
@@ -76,6 +81,15 @@ def _chunks_ahead(chunks: list[list[Item]], decode: Callable[[Item], tuple[Any, 
             if k + 1 < len(chunks):
                 pending = ahead.submit(fetcher.map, decode, chunks[k + 1])
             yield chunk, decoded
+
+
+def uncached_items(items: Sequence[Item], modality: str, cache) -> list[Item]:
+    """The items whose ``modality`` content has no vector in ``cache`` yet (or is not hashed yet:
+    remote media are hashed when fetched); the cache is re-read first, so vectors another process
+    (a worker, a cluster's actors) added count."""
+    sha_attr = f"{modality}_sha"
+    missing = set(cache.missing([getattr(it, sha_attr) for it in items if getattr(it, sha_attr) is not None]))
+    return [it for it in items if getattr(it, sha_attr) is None or getattr(it, sha_attr) in missing]
 
 
 def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetcher,
@@ -101,7 +115,7 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
         encode = encoder.encode_prepared if prepared else encoder.encode
         decode = partial(decode_item, modality, fetcher=fetcher, prepare=encoder.prepare if prepared else None)
         sha_attr = f"{modality}_sha"
-        todo = [it for it in having if getattr(it, sha_attr) is None or getattr(it, sha_attr) not in cache]
+        todo = uncached_items(having, modality, cache)
         report.cached[modality] = len(having) - len(todo)
         report.encoded[modality] = 0
         bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="item", file=sys.stderr,
@@ -140,7 +154,8 @@ def load_features(items: Sequence[Item], *, encoders: Encoders,
         if not any(shas):
             continue
         cache = encoders.cache(modality)
-        present = [i for i, s in enumerate(shas) if s is not None and s in cache]
+        missing = set(cache.missing([s for s in shas if s is not None]))  # re-reads what other processes added
+        present = [i for i, s in enumerate(shas) if s is not None and s not in missing]
         matrix = np.full((len(items), cache.dim), np.nan, dtype=np.float32)
         if present:
             matrix[present] = cache.get([shas[i] for i in present])

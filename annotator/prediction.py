@@ -9,15 +9,17 @@ from typing import Any
 
 import numpy as np
 
+from annotator.batch import BatchEngine, LocalEngine
 from annotator.config import Settings
-from annotator.embedding import embed_items, load_features, usable_rows
+from annotator.embedding import load_features, usable_rows
 from annotator.encoders.registry import Encoders
 from annotator.errors import NotFoundError
-from annotator.media import MediaFetcher
 from annotator.runtime import ActiveModel, Runtime
+from annotator.scoring import Scored, score_cached
 from annotator.store import Store, repo
 from annotator.store.models import Item
 
+SAVE_CHUNK = 5000  # predictions written per statement batch
 ZERO_SHOT = "zero-shot"
 UNTRAINED = "untrained"
 # Zero-shot compares the item's text with each class name in this prompt. The softmax is sharp
@@ -50,23 +52,6 @@ def serving_version(model: ActiveModel | None, classes: Sequence[str] | None) ->
     return ZERO_SHOT if classes else UNTRAINED
 
 
-def score_items(clf, features: dict[str, np.ndarray]) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, scores (n,), probabilities (n, k), modality shares (n, M)) for feature matrices.
-
-    The score is the calibrated probability of the predicted label (multi-label: the mean
-    confidence over classes), so low means "worth a human look".
-    """
-    X = {m: a for m, a in features.items() if m in clf.modalities_}
-    probs, shares = clf.predict_proba_and_contributions(X)
-    if clf.multilabel:
-        labels = [[c for c, p in zip(clf.classes_, row) if p >= 0.5] for row in probs]
-        scores = np.maximum(probs, 1 - probs).mean(axis=1)
-    else:
-        labels = [clf.classes_[i] for i in probs.argmax(axis=1)]
-        scores = probs.max(axis=1)
-    return labels, scores, probs, shares
-
-
 def zero_shot(encoders: Encoders, classes: Sequence[str], text: np.ndarray) -> tuple[list[list[str]], np.ndarray]:
     """Cold start: each class name, as text, against the items' text vectors (one space).
     Items without text get no label."""
@@ -78,56 +63,61 @@ def zero_shot(encoders: Encoders, classes: Sequence[str], text: np.ndarray) -> t
     return labels, ZERO_SHOT_MAX_SCORE * probs.max(axis=1)
 
 
-def predict_cached(items: Sequence[Item], *, encoders: Encoders, model: ActiveModel | None,
-                   classes: Sequence[str] | None) -> list[Prediction | None]:
-    """One prediction per item from cached vectors (nothing is fetched or encoded), or None for an
-    item with no vector the model can use (or, zero-shot, no text). A multi-label prediction may
-    have no label."""
-    out: list[Prediction | None] = [None] * len(items)
-    if model is None and not classes:
-        return out
-    features = load_features(items, encoders=encoders, modalities=model.modalities if model else ["text"])
-    rows = np.flatnonzero(usable_rows(features, len(items)))
-    if not len(rows):
-        return out
-    sub = {m: a[rows] for m, a in features.items()}
-    version = serving_version(model, classes)
-    if model is None:
-        labels, scores = zero_shot(encoders, list(classes), sub["text"])
-        shares = np.ones((len(rows), 1))
-        modalities = ["text"]
-    else:
-        labels, scores, _, shares = score_items(model.classifier, sub)
-        modalities = model.modalities
-    for r, lab, sc, share in zip(rows, labels, scores, shares):
+def as_predictions(scored: Scored, n: int, *, version: str, modalities: Sequence[str]) -> list[Prediction | None]:
+    """One `Prediction` per item (None where ``scored`` has no row for it)."""
+    out: list[Prediction | None] = [None] * n
+    for r, lab, sc, share in zip(scored.rows, scored.labels, scored.scores, scored.shares):
         out[r] = Prediction(lab if isinstance(lab, list) else [lab], float(sc), version,
                             {m: round(float(w), 4) for m, w in zip(modalities, share)})
     return out
 
 
+def predict_cached(items: Sequence[Item], *, encoders: Encoders, model: ActiveModel | None,
+                   classes: Sequence[str] | None) -> list[Prediction | None]:
+    """One prediction per item from cached vectors (nothing is fetched or encoded), or None for an
+    item with no vector the model can use (or, zero-shot, no text). A multi-label prediction may
+    have no label."""
+    if model is not None:
+        return as_predictions(score_cached(items, encoders=encoders, model=model), len(items),
+                              version=model.version, modalities=model.modalities)
+    out: list[Prediction | None] = [None] * len(items)
+    if not classes:
+        return out
+    text = load_features(items, encoders=encoders, modalities=["text"]).get("text")
+    rows = np.flatnonzero(usable_rows({"text": text} if text is not None else {}, len(items)))
+    if not len(rows):
+        return out
+    labels, scores = zero_shot(encoders, list(classes), text[rows])
+    return as_predictions(Scored(rows, labels, scores, np.zeros((len(rows), 0)), np.ones((len(rows), 1))),
+                          len(items), version=serving_version(None, classes), modalities=["text"])
+
+
 def predict(store: Store, settings: Settings, *, project_name: str, item_ids: Sequence[str] | None = None,
-            runtime: Runtime | None = None, save: bool = True, progress: bool = True) -> PredictResult:
+            runtime: Runtime | None = None, save: bool = True, progress: bool = True,
+            engine: BatchEngine | None = None) -> PredictResult:
     """Predict every item (or ``item_ids``) of a project with its active model version.
 
     Items not encoded yet are encoded first; items whose media cannot be read are listed in
-    ``failed`` with the reason, the others are predicted. Predictions are stored with the model
-    version unless ``save`` is False.
+    ``failed`` with the reason, the others are predicted. Encoding and scoring run on ``engine``
+    (this process by default, or a Ray cluster). Predictions are stored with the model version
+    unless ``save`` is False, in batches.
     """
     runtime = runtime or Runtime(settings)
+    engine = engine or LocalEngine(settings)
     with store.session() as s:
         project = repo.get_project(s, name=project_name)
         model = runtime.active_model(s, project)
         if model is None:
             raise NotFoundError(f"project {project_name!r} has no active model yet; run `annotator retrain --project {project_name}`")
         items: list[Item] = repo.list_items(s, project=project, external_ids=item_ids)
-        with MediaFetcher(settings) as fetcher:
-            report = embed_items(items, encoders=runtime.encoders, fetcher=fetcher, modalities=model.modalities,
-                                 progress=progress)
+        report = engine.embed(items, encoders=runtime.encoders, modalities=model.modalities, progress=progress)
         failed = [{"id": f["id"], "error": f["error"]} for f in report.failed]
         failed_ids = {f["id"] for f in failed}
         results: list[dict[str, Any]] = []
         records = []
-        for it, p in zip(items, predict_cached(items, encoders=runtime.encoders, model=model, classes=None)):
+        scored = engine.score(items, encoders=runtime.encoders, model=model, progress=progress)
+        predictions = as_predictions(scored, len(items), version=model.version, modalities=model.modalities)
+        for it, p in zip(items, predictions):
             if p is None:
                 if it.external_id not in failed_ids:
                     failed.append({"id": it.external_id, "error": f"no {'/'.join(model.modalities)} input the model can use"})
@@ -136,6 +126,8 @@ def predict(store: Store, settings: Settings, *, project_name: str, item_ids: Se
             results.append({"id": it.external_id, "label": label, "score": p.score, "model_version": p.model_version,
                             "modality_weights": p.modality_weights})
             records.append(repo.PredictionRecord(it.id, p.labels, p.score, p.model_version, p.modality_weights))
-        if save and records:
-            repo.add_predictions(s, project=project, records=records)
+        if save:
+            for start in range(0, len(records), SAVE_CHUNK):
+                repo.add_predictions(s, project=project, records=records[start:start + SAVE_CHUNK])
+                s.flush()
     return PredictResult(results, failed, model.version)

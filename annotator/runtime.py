@@ -28,6 +28,7 @@ class ActiveModel:
 
     version: str
     classifier: Any
+    artifact_path: str = ""  # where the version is stored (a cluster's workers load it from there)
 
     @property
     def modalities(self) -> list[str]:
@@ -70,7 +71,7 @@ class Runtime:
                 raise ConfigError(
                     f"model {active.version} was trained on {modality} encoder {name!r} but the settings give "
                     f"{self.encoders.get(modality).name!r}; retrain, or set ANNOTATOR_{modality.upper()}_MODEL back")
-        loaded = ActiveModel(active.version, clf)
+        loaded = ActiveModel(active.version, clf, active.artifact_path)
         with self._lock:
             self._models[(project.name, control)] = loaded
         return loaded

@@ -44,7 +44,12 @@ def save_version(settings: Settings, path: Path, clf, encoder_names: dict[str, s
 def load_version(settings: Settings, mv: ModelVersion) -> tuple[Any, dict[str, str]]:
     """The classifier of a model version (a fusion head or the linear model) and the encoder names
     it was trained on; fetched from the shared artifacts when this host does not have it yet."""
-    path = Path(mv.artifact_path)
+    return load_artifact(settings, mv.artifact_path)
+
+
+def load_artifact(settings: Settings, artifact_path: str) -> tuple[Any, dict[str, str]]:
+    """`load_version` by the version's ``artifact_path`` alone (a cluster worker has no database row)."""
+    path = Path(artifact_path)
     path = path if path.is_absolute() else settings.data_dir / path  # absolute: written before 0.2
     shared = SharedArtifacts.for_settings(settings)
     if not path.exists() and shared is not None:

@@ -106,7 +106,7 @@ def run_dataset(name: str, features: dict, y: np.ndarray, seeds: list[int], head
 
 def rescoring_throughput(features: dict, y: np.ndarray, n_rows: int, text_encode_rate: float) -> dict:
     from annotator.fusion import FusionClassifier
-    from annotator.prediction import score_items
+    from annotator.scoring import score_items
 
     clf = FusionClassifier(head="attention").fit(features, y)
     reps = -(-n_rows // len(y))

@@ -5,6 +5,8 @@ Measured side by side in one run:
   memory-read bandwidth (measured here; % of the limit for one query, which must stream the data);
 - IVF + exact re-rank at 1M: recall@10 against exact and latency p50/p95 over an nprobe sweep (PNG);
 - add 10,000 items then query (time until searchable), delete one item;
+- Milvus Lite (the embedded Milvus) vs our FAISS index at 100k and 1M: build time, recall@10 against
+  exact search, single-query latency p50/p95 (the index types each engine chooses for that size);
 - retrieval quality on held-out OpenMoji image↔caption pairs, R@1/5/10 and mAP both ways, for the
   learned aligner vs the ridge-projection baseline (fitted here on the same split), and InfoNCE
   alone vs InfoNCE + adversarial alignment at weights 1 and 3 (3 seeds; with the modality gap).
@@ -247,7 +249,38 @@ def plot(ivf: dict, path) -> None:
     fig.savefig(path, dpi=110)
 
 
-SECTIONS = ("exact", "ivf", "incremental", "openmoji_retrieval")
+def milvus_section(n: int, d: int, smoke: bool, folder) -> dict:
+    """Milvus Lite vs FAISS (`VectorIndex`) on the same vectors, each with the index type it picks
+    for ``n`` (FAISS: flat, then IVF + exact re-rank; Milvus Lite: FLAT, then IVF_FLAT)."""
+    from annotator.index import VectorIndex
+    from annotator.index.milvus_index import MilvusIndex, connect, disconnect
+
+    data = clustered(n + 200, d, seed=6)
+    x, q = data[:n], data[n:]
+    truth = VectorIndex.build(np.arange(n), x, exact_threshold=n).search(q, 10)[1]
+    uri = str(folder / f"milvus-{n}.db")
+    engines = {}
+    with timer() as t:
+        faiss_index = VectorIndex.build(np.arange(n), x)
+    engines["faiss"] = (faiss_index, t(), faiss_index.plan.factory)
+    with timer() as t:
+        milvus_index = MilvusIndex.build(connect(uri), f"bench_{n}", np.arange(n), x, uri=uri)
+        milvus_index.client.flush(milvus_index.collection)
+    engines["milvus_lite"] = (milvus_index, t(), milvus_index.index_type)
+    out = {"n": n, "dim": d}
+    for name, (index, build_s, kind) in engines.items():
+        index.search(q[:1], 10)  # warm
+        _, found = index.search(q, 10)
+        recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
+        out[name] = {"index_type": kind, "build_s": build_s, "recall_at_10": recall,
+                     **latency(lambda: index.search(q[:1], 10), 5 if smoke else 30)}
+    disconnect(uri)
+    out["milvus_lite_vs_faiss_build"] = out["milvus_lite"]["build_s"] / out["faiss"]["build_s"]
+    out["milvus_lite_vs_faiss_p50"] = out["milvus_lite"]["p50_ms"] / out["faiss"]["p50_ms"]
+    return out
+
+
+SECTIONS = ("exact", "ivf", "incremental", "openmoji_retrieval", "milvus")
 
 
 def main() -> None:
@@ -270,9 +303,16 @@ def main() -> None:
         out["incremental"] = incremental_section(20_000 if args.smoke else 1_000_000, d)
     if "openmoji_retrieval" in sections:
         out["openmoji_retrieval"] = openmoji_section(args.smoke)
+    if "milvus" in sections:
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as folder:
+            out["milvus"] = [milvus_section(n, d, args.smoke, Path(folder))
+                             for n in ([5_000] if args.smoke else [100_000, 1_000_000])]
     out["not_run"] = "10M x 384: 15 GB of raw vectors plus the index do not fit this 24 GB machine with headroom"
     write_results(name, out, args.out)
-    exact, ivf, incremental, moji = (out.get(k) for k in SECTIONS)
+    exact, ivf, incremental, moji, milvus = (out.get(k) for k in SECTIONS)
     if "ivf" in sections:
         plot(ivf, args.out / f"{name}.png")
     print(f"memory read bandwidth: {bw:.1f} GB/s")
@@ -289,6 +329,11 @@ def main() -> None:
     if incremental:
         print(f"add 10k then searchable: {incremental['add_then_searchable_s']:.3f} s (target 1 s); delete one: "
               f"{incremental['delete_one_ms_p50']:.3f} ms (target 10 ms)")
+    for m in milvus or []:
+        print(f"Milvus Lite vs FAISS at {m['n']:,} x {d}: " + "; ".join(
+            f"{e} ({m[e]['index_type']}) build {m[e]['build_s']:.1f} s, recall@10 {m[e]['recall_at_10']:.3f}, "
+            f"p50 {m[e]['p50_ms']:.2f} ms p95 {m[e]['p95_ms']:.2f} ms" for e in ("faiss", "milvus_lite"))
+            + f" | Milvus Lite/FAISS: build {m['milvus_lite_vs_faiss_build']:.1f}x, p50 {m['milvus_lite_vs_faiss_p50']:.1f}x")
     if moji:
         rows = [("aligner", moji["aligner"]), ("ridge", moji["ridge_baseline"]), *moji.get("adversarial", {}).items()]
         for name_, res in rows:

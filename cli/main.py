@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -119,14 +120,45 @@ def import_(
         raise typer.Exit(1)
 
 
-# --- capabilities still to come --------------------------------------------------------------
+# --- batch jobs: here, or on a Ray cluster ---------------------------------------------------
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = Annotated[Engine, typer.Option(
+    help="Where encoding and scoring run: local (this process) | ray (a Ray cluster: --ray-address or RAY_ADDRESS, "
+         "else a local one on this machine's cores).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="Ray cluster to join (ray://head:10001, or auto); default RAY_ADDRESS.")]
+ActorsOpt = Annotated[Optional[int], typer.Option(
+    min=1, help="Ray: encoder/scoring actors (default: one per GPU, else one per two CPUs).")]
+
+
+def _engine(engine: Engine, address: Optional[str], actors: Optional[int], parquet_dir: Optional[Path] = None):
+    from annotator.batch import batch_engine
+
+    if engine is Engine.local and (address or actors or parquet_dir):
+        raise typer.BadParameter("--ray-address, --actors and --parquet-dir need --engine ray")
+    return batch_engine(_settings(), engine.value, address=address, actors=actors, parquet_dir=parquet_dir)
+
 
 @app.command()
-def embed(project: ProjectOpt, as_json: JsonOpt = False) -> None:
+def embed(
+    project: ProjectOpt,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+    parquet_dir: Annotated[Optional[Path], typer.Option(
+        help="Ray: also write the new vectors as Parquet shards under DIR/<modality>/.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Encode all items (cached: unchanged items cost nothing) and update the search indexes."""
     from annotator.indexing import embed_project
 
-    report = embed_project(_store(), _settings(), project_name=project)
+    with _engine(engine, ray_address, actors, parquet_dir) as runner:
+        report = embed_project(_store(), _settings(), project_name=project, engine=runner)
     lines = [f"{report.items} item(s) in {report.seconds:.1f} s; encoded {report.encoded}, cached {report.cached}; "
              f"indexes {report.index['indexes'] if report.index else {}}"]
     lines += [f"  failed {f['id']} ({f['modality']}): {f['error']}" for f in report.failed]
@@ -185,14 +217,28 @@ def _candidate_table(rows: list[dict]) -> str:
 def predict(
     project: ProjectOpt,
     item: Annotated[Optional[list[str]], typer.Option("--item", help="Only these item ids (repeatable).")] = None,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+    to_labelstudio: Annotated[bool, typer.Option(
+        help="Then push every task's pre-label to Label Studio in bulk (a Label Studio project).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Pre-label items with the active model version (from cached embeddings)."""
+    """Pre-label items with the active model version (items not encoded yet are encoded first)."""
     from annotator.prediction import predict as run_predict
+    from annotator.runtime import Runtime
 
-    result = run_predict(_store(), _settings(), project_name=project, item_ids=item)
+    store, runtime = _store(), Runtime(_settings())
+    with _engine(engine, ray_address, actors) as runner:
+        result = run_predict(store, _settings(), project_name=project, item_ids=item, runtime=runtime, engine=runner)
     for f in result.failed:
         typer.echo(f"warning: {f['id']}: {f['error']}", err=True)
+    if to_labelstudio:
+        from annotator.labelstudio.sync import push_project_predictions
+
+        url, key = _ls_credentials(None, None)
+        sent, version = push_project_predictions(store, runtime, url=url, api_key=key, project_name=project)
+        typer.echo(f"Label Studio: {sent} prediction(s) pushed (model version {version})", err=True)
     _emit(result.predictions, as_json, "\n".join(
         f"{p['id']}\t{p['label']}\t{p['score']:.3f}" for p in result.predictions))
 
@@ -259,6 +305,9 @@ def select(
     k: Annotated[int, typer.Option("-k", help="Batch size.")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed (ties, sampling).")] = 0,
     to_labelstudio: Annotated[bool, typer.Option(help="Make Label Studio serve this batch first.")] = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The next items worth labelling, best first."""
@@ -266,8 +315,9 @@ def select(
     from annotator.runtime import Runtime
 
     store, runtime = _store(), Runtime(_settings())
-    picks = select_next(store, _settings(), project_name=project, strategy=strategy, k=k, random_state=seed,
-                        runtime=runtime)
+    with _engine(engine, ray_address, actors) as runner:
+        picks = select_next(store, _settings(), project_name=project, strategy=strategy, k=k, random_state=seed,
+                            runtime=runtime, engine=runner)
     if to_labelstudio:
         from annotator.labelstudio.sync import push_next_batch
 

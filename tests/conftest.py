@@ -122,6 +122,16 @@ def offline_encoders():
     return {m: load_encoder(m, device="cpu", batch_size=16) for m in ("text", "image", "audio")}
 
 
+@pytest.fixture(scope="session")
+def ray_address():
+    """One local Ray cluster (2 CPUs) for the whole test session, started in this process; its
+    address lets a CLI subprocess join it (``--ray-address``) rather than start another."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
 class CountingEncoder:
     """Wraps a real encoder and counts how many inputs reach the model (through ``encode``, or
     ``encode_prepared`` where the encoder splits preprocessing off, as the image encoder does)."""

@@ -21,28 +21,30 @@ from annotator.active.label_errors import (
     suspicion_scores,
 )
 from annotator.active.registry import get_strategy
+from annotator.batch import BatchEngine, LocalEngine
 from annotator.config import Settings
-from annotator.embedding import embed_items, load_features, usable_rows
+from annotator.embedding import load_features, usable_rows
 from annotator.encoders.registry import Encoders
 from annotator.errors import NotEnoughLabelsError, NotFoundError
 from annotator.fusion.classifier import FusionClassifier
 from annotator.fusion.linear import concat_embeddings
-from annotator.media import MediaFetcher
 from annotator.runtime import Runtime
 from annotator.store import Store, repo
 from annotator.store.models import Item
 
 
-def build_pool(features: dict[str, np.ndarray], labelled: np.ndarray, clf=None) -> Pool:
+def build_pool(features: dict[str, np.ndarray], labelled: np.ndarray, clf=None, *,
+               probs: np.ndarray | None = None) -> Pool:
     """Strategy inputs for the unlabelled rows. Embeddings are always the encoders' own vectors
     (content similarity: near-duplicates, coverage); with a model there are also its calibrated
-    probabilities and hidden features (BADGE's gradient embedding)."""
+    probabilities (``probs`` when already scored elsewhere, e.g. on a cluster) and hidden features
+    (BADGE's gradient embedding)."""
     pool_rows, lab_rows = np.flatnonzero(~labelled), np.flatnonzero(labelled)
     emb = concat_embeddings(features)
     pool = Pool(n=len(pool_rows), embeddings=emb[pool_rows], labelled_embeddings=emb[lab_rows])
     if clf is not None:
         X = {m: a[pool_rows] for m, a in features.items() if m in clf.modalities_}
-        pool.probs, _ = clf.predict_proba_and_contributions(X)
+        pool.probs = probs if probs is not None else clf.predict_proba_and_contributions(X)[0]
         pool.hidden = clf.transform(X)
     return pool
 
@@ -56,15 +58,16 @@ class ProjectData:
 
 
 def load_project_data(store: Store, settings: Settings, project_name: str, encoders: Encoders,
-                      progress: bool) -> ProjectData:
-    """Every usable item of a project (encoded first where needed), its vectors and its labels."""
+                      progress: bool, engine: BatchEngine | None = None) -> ProjectData:
+    """Every usable item of a project (encoded first where needed, on ``engine``), its vectors and
+    its labels."""
+    engine = engine or LocalEngine(settings)
     with store.session() as s:
         project = repo.get_project(s, name=project_name)
         items = repo.list_items(s, project=project)
         labels = repo.current_labels(s, project=project)
         multilabel = repo.is_multilabel(project, labels)
-        with MediaFetcher(settings) as fetcher:
-            embed_items(items, encoders=encoders, fetcher=fetcher, progress=progress)
+        engine.embed(items, encoders=encoders, progress=progress)
     features = load_features(items, encoders=encoders)
     if not features:
         raise NotFoundError(f"project {project_name!r} has no items with usable media")
@@ -74,15 +77,17 @@ def load_project_data(store: Store, settings: Settings, project_name: str, encod
 
 
 def select_next(store: Store, settings: Settings, *, project_name: str, strategy: str = "margin", k: int = 20,
-                runtime: Runtime | None = None, random_state: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+                runtime: Runtime | None = None, random_state: int = 0, progress: bool = True,
+                engine: BatchEngine | None = None) -> list[dict[str, Any]]:
     """The ``k`` unlabelled items most worth labelling next, best first: ``[{"id", "score"}]``.
 
     Uncertainty strategies and BADGE use the active model; TypiClust, k-center, TCM and random work
-    with no model and no labels (cold start).
+    with no model and no labels (cold start). Encoding and the pool's scoring run on ``engine``
+    (this process by default, or a Ray cluster); the strategy runs here, over the pool's vectors.
     """
     runtime = runtime or Runtime(settings)
     chooser = get_strategy(strategy)
-    data = load_project_data(store, settings, project_name, runtime.encoders, progress)
+    data = load_project_data(store, settings, project_name, runtime.encoders, progress, engine)
     with store.session() as s:
         model = runtime.active_model(s, repo.get_project(s, name=project_name))
     clf = model.classifier if model else None
@@ -93,9 +98,14 @@ def select_next(store: Store, settings: Settings, *, project_name: str, strategy
     if labelled.all():
         raise PoolExhaustedError(f"project {project_name!r}: every item is labelled; import more items (for a "
                                  f"Label Studio project, `annotator ls sync --project <id>` brings in unlabelled tasks)")
-    pool = build_pool(data.features, labelled, clf)
-    chosen = chooser.select(pool, min(k, pool.n), rng=np.random.default_rng(random_state))
     pool_items = [it for it, lab in zip(data.items, labelled) if not lab]
+    probs = None
+    if clf is not None and engine is not None:
+        scored = engine.score(pool_items, encoders=runtime.encoders, model=model, progress=progress)
+        if len(scored.rows) == len(pool_items):  # else the items the model cannot use are scored here
+            probs = scored.probs[np.argsort(scored.rows)]
+    pool = build_pool(data.features, labelled, clf, probs=probs)
+    chosen = chooser.select(pool, min(k, pool.n), rng=np.random.default_rng(random_state))
     return [{"id": pool_items[i].external_id, "score": float(chooser.last_scores_[i])} for i in chosen]
 
 

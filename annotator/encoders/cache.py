@@ -128,3 +128,16 @@ class EmbeddingCache:
                 fh.flush()
                 os.fsync(fh.fileno())
             self._refresh()
+
+
+class CachedVectorsOnly:
+    """An encoder's identity (name, modality, width) without its network, for a process that only
+    reads vectors encoded elsewhere (a cluster's scoring actors): `Encoders` opens the same cache."""
+
+    runtime = "cache-only"
+
+    def __init__(self, name: str, modality: str, dim: int):
+        self.name, self.modality, self.dim = name, modality, int(dim)
+
+    def encode(self, inputs: Sequence) -> np.ndarray:
+        raise RuntimeError(f"{self.name} only reads cached vectors here; {len(inputs)} input(s) were not encoded")

@@ -150,12 +150,15 @@ class OnnxForward:
     path : Path
         The ``.onnx`` file.
     threads : int, optional
-        Intra-op threads; default: ONNX Runtime's (one per physical core).
+        Intra-op threads; default: ``OMP_NUM_THREADS`` where set (as torch and CTranslate2 read it;
+        a Ray actor pool sets it per actor, so actors sharing a node do not oversubscribe its
+        cores), else ONNX Runtime's (one per physical core).
     """
 
     def __init__(self, path: Path, *, threads: int = 0):
         import onnxruntime as ort
 
+        threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

@@ -85,6 +85,17 @@ def publish_predictions(store: Store, runtime: Runtime, ls, *, project_name: str
     return sent, version
 
 
+def push_project_predictions(store: Store, runtime: Runtime, *, url: str, api_key: str, project_name: str,
+                             progress: bool = True) -> tuple[int, str]:
+    """`publish_predictions` for every task of a connected project that does not hold the serving
+    version's prediction yet (``annotator predict --to-labelstudio``). Returns (sent, version)."""
+    ls = client.client_for(url, api_key)
+    with store.session() as s:
+        ls_pid, _ = _connected(repo.get_project(s, name=project_name))
+    return publish_predictions(store, runtime, ls, project_name=project_name, tasks=client.list_tasks(ls, ls_pid),
+                               progress=progress)
+
+
 def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_project_id: int,
             backend_url: str | None = None, title: str = "annotator", runtime: Runtime | None = None,
             progress: bool = True) -> dict[str, Any]:

@@ -72,7 +72,10 @@ def test_cli_and_backend_hold_no_ml_imports():
 
 
 @pytest.mark.parametrize("args", [("select",), ("retrain", "--project", "p", "--no-such-option"),
-                                  ("search", "--project", "p", "-k", "many"), ("no-such-command",)])
+                                  ("search", "--project", "p", "-k", "many"), ("no-such-command",),
+                                  ("embed", "--project", "p", "--engine", "spark"),
+                                  ("embed", "--project", "p", "--parquet-dir", "/tmp/x"),
+                                  ("select", "--project", "p", "--actors", "2")])
 def test_usage_errors_print_usage_and_exit_2_without_a_traceback(args, env):
     proc = run_cli(*args, env_extra=env)
     assert proc.returncode == 2, proc.stderr

@@ -240,7 +240,7 @@ def test_audio_project_trains_from_annotations(label_studio, ls_client, backend_
     assert np.mean([p["result"][0]["value"]["choices"][0] == by_task[p["task"]] for p in v1]) >= 0.75
 
 
-def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, backend_server):
+def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, backend_server, ray_address):
     from annotator.active.selection import find_label_errors, select_next
     from annotator.labelstudio.sync import push_next_batch, push_review_queue
 
@@ -267,6 +267,21 @@ def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, ba
              what="refreshed v1 predictions for every task")
     # the project's version switches after the last chunk of predictions is stored, not with it
     wait_for(lambda: ls_client.projects.get(id=project.id).model_version == "v1", what="project model_version v1")
+
+    # `annotator predict --engine ray --to-labelstudio` (on the session's Ray cluster) pre-labels the whole project
+    # and pushes what Label Studio lacks: here the three predictions deleted first, and nothing twice
+    v1 = [p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]
+    for p in v1[:3]:
+        ls_client.predictions.delete(id=p["id"])
+    from tests.cli.test_cli import run_cli
+
+    proc = run_cli("predict", "--project", name, "--engine", "ray", "--ray-address", ray_address, "--to-labelstudio",
+                   "--json", env_extra={"ANNOTATOR_DATA_DIR": str(settings.data_dir), "LABEL_STUDIO_URL": label_studio.url,
+                                        "LABEL_STUDIO_API_KEY": label_studio.token})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(json.loads(proc.stdout)) == len(rows) and "3 prediction(s) pushed (model version v1)" in proc.stderr
+    again = [p for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]
+    assert sorted(p["task"] for p in again) == sorted(p["task"] for p in v1)
 
     runtime = backend_server.runtime
     picks = select_next(store, settings, project_name=name, strategy="margin", k=3, runtime=runtime, progress=False)
