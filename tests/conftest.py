@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -123,13 +124,29 @@ def offline_encoders():
 
 
 @pytest.fixture(scope="session")
-def ray_address():
-    """One local Ray cluster (2 CPUs) for the whole test session, started in this process; its
-    address lets a CLI subprocess join it (``--ray-address``) rather than start another."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+def ray_address(tmp_path_factory):
+    """One local Ray cluster (2 CPUs) for the whole test session, in its own processes (``ray start
+    --head``): tests connect a driver for as long as they need one (the pytest process is not left
+    a Ray driver while other tests fork), and CLI subprocesses join it with ``--ray-address``."""
+    pytest.importorskip("ray")
+    ray_cli = Path(sys.executable).parent / "ray"
+    port = _free_port()
+    # loopback only, for this test run: no token (drivers and CLI subprocesses connect as they are)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    subprocess.run([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, capture_output=True, timeout=180, env=env)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120, env=env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class CountingEncoder:

@@ -51,10 +51,10 @@ def _project(root, name, offline_encoders, extra=()):
 def ray_engine(tmp_path_factory, ray_address):
     from annotator.cluster.ray_engine import RayEngine
 
-    engine = RayEngine(Settings(data_dir=tmp_path_factory.mktemp("ray-settings")), block_rows=32)
+    engine = RayEngine(Settings(data_dir=tmp_path_factory.mktemp("ray-settings")), address=ray_address, block_rows=32)
     assert engine.cpus == 2 and engine.actors == 1  # the session's cluster: one actor per two CPUs
     yield engine
-    engine.close()  # the session's cluster stays up
+    engine.close()  # disconnects this process; the session's cluster stays up
 
 
 @pytest.fixture(scope="module")
