@@ -85,7 +85,7 @@ def main() -> None:
     runs: dict[str, dict] = {name: {"seconds": {}, "encoded": {}} for name in engines}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if gpus:
             engines["ray_1_gpu_actor"] = lambda s: RayEngine(s, actors=1)

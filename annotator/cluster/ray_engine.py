@@ -64,9 +64,10 @@ class RayEngine:
         self._started = False
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS") or None
+            # "local": a new cluster of our own, even where `ray start` left one that ray.init would join
             local = {} if address else {"num_cpus": os.cpu_count()}
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                     **local)
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, **local)
             self._started = True
         resources = ray.cluster_resources()
         self.gpus, self.cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
