@@ -24,6 +24,7 @@ ENGINES = ("local", "ray")
 
 class BatchEngine(Protocol):
     name: str
+    in_process: bool  # scores in this process's memory (so a caller holding the vectors scores them itself)
 
     def embed(self, items: Sequence[Item], *, encoders: Encoders, modalities: Sequence[str] = MODALITIES,
               progress: bool = True) -> EmbedReport:
@@ -42,6 +43,7 @@ class LocalEngine:
     """This process: media on threads, one encoder, scoring in memory."""
 
     name = "local"
+    in_process = True
 
     def __init__(self, settings: Settings):
         self.settings = settings

@@ -100,7 +100,7 @@ def select_next(store: Store, settings: Settings, *, project_name: str, strategy
                                  f"Label Studio project, `annotator ls sync --project <id>` brings in unlabelled tasks)")
     pool_items = [it for it, lab in zip(data.items, labelled) if not lab]
     probs = None
-    if clf is not None and engine is not None:
+    if clf is not None and engine is not None and not engine.in_process:  # else build_pool scores data.features
         scored = engine.score(pool_items, encoders=runtime.encoders, model=model, progress=progress)
         if len(scored.rows) == len(pool_items):  # else the items the model cannot use are scored here
             probs = scored.probs[np.argsort(scored.rows)]

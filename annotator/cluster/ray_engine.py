@@ -52,6 +52,7 @@ class RayEngine:
     """
 
     name = "ray"
+    in_process = False
 
     def __init__(self, settings: Settings, *, address: str | None = None, actors: int | None = None,
                  parquet_dir: Path | None = None, block_rows: int = 64):

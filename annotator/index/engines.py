@@ -72,9 +72,9 @@ class MilvusEngine:
         return MilvusIndex.load(path, self.client, uri=self.uri)
 
     def drop(self, path: Path) -> None:
-        collection = self._collection(path)
-        if self.client.has_collection(collection):
-            self.client.drop_collection(collection)
+        from annotator.index.milvus_index import drop_collection
+
+        drop_collection(self.client, self._collection(path))
 
 
 def stored_engine(path: Path) -> str | None:

@@ -77,6 +77,12 @@ def disconnect(uri: str) -> None:
         server_manager_instance.release_server(uri)
 
 
+def drop_collection(client, collection: str) -> None:
+    """Drop ``collection`` where it exists."""
+    if client.has_collection(collection):
+        client.drop_collection(collection)
+
+
 def collection_name(label: str) -> str:
     """A valid Milvus collection name (letters, digits, underscores; ≤ 255) for ``label``."""
     readable = re.sub(r"[^A-Za-z0-9_]+", "_", label).strip("_")[-80:]
@@ -122,8 +128,7 @@ class MilvusIndex:
 
         plan = plan_index(n_expected, dim)
         index = cls(client, collection, dim, plan, uri=uri, index_type=index_type)
-        if client.has_collection(collection):
-            client.drop_collection(collection)
+        drop_collection(client, collection)
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=index.dim)
@@ -254,7 +259,3 @@ class MilvusIndex:
         client.load_collection(meta["collection"])
         return cls(client, meta["collection"], meta["dim"], IndexPlan(**meta["plan"]), uri=uri,
                    index_type=meta.get("index_type", "auto"))
-
-    def drop(self) -> None:
-        if self.client.has_collection(self.collection):
-            self.client.drop_collection(self.collection)
