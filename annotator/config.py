@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         entries, and models trained on fp32 vectors ask for a retrain).
     text_model, image_model, audio_model : str
         Hugging Face id or local path, or ``"default"`` for the offline model shipped in a package.
+    parts : bool, default=False
+        Also cache part-level features (text tokens, image regions; same forward pass as the
+        pooled vectors), so the ``coattention`` head takes part in `retrain`'s model choice. Off
+        by default for their size: about 49 KB per text and 40 KB per image (float16), against
+        1.5 KB and 5 KB for the pooled vectors. Turning it on: the next `annotator embed` adds them.
     align_adversarial : float, default=0.0
         Weight of adversarial alignment (a modality discriminator against the projections, through
         gradient reversal) added to InfoNCE when the cross-modal aligner is fitted; 0 is InfoNCE
@@ -171,6 +176,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=32, ge=1, validation_alias=_env("batch_size"))
     runtime: Literal["auto", "torch", "onnx"] = Field(default="auto", validation_alias=_env("runtime"))
     int8: bool = Field(default=False, validation_alias=_env("int8"))
+    parts: bool = Field(default=False, validation_alias=_env("parts"))
     align_adversarial: float = Field(default=0.0, ge=0, validation_alias=_env("align_adversarial"))
     vector_store: str = Field(default="faiss", validation_alias=_env("vector_store"))
     milvus_token: SecretStr | None = Field(default=None, validation_alias=_env("milvus_token"))

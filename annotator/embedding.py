@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from annotator.encoders.base import MODALITIES
+from annotator.encoders.base import MODALITIES, is_parts_key, parts_key
 from annotator.errors import MediaError
 from annotator.media import MediaFetcher, load_audio, load_image, sha256
 from annotator.encoders.registry import Encoders
@@ -100,7 +100,9 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
     Items whose content hash is already cached are not fetched at all. A failing item (missing file,
     corrupt image...) is reported in ``failed`` and the rest of its batch goes on. Content hashes
     learned by fetching (remote media) are written onto the items (the caller commits them).
-    Fetching and decoding run one chunk ahead of encoding (`_chunks_ahead`).
+    Fetching and decoding run one chunk ahead of encoding (`_chunks_ahead`). With part-level
+    features on (``settings.parts``) and an encoder that gives them, they come from the same
+    forward pass into their own cache, and an item cached without them is encoded again.
     """
     started = time.perf_counter()
     report = EmbedReport(items=len(items))
@@ -110,12 +112,19 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
             continue
         cache = encoders.cache(modality)
         encoder = encoders.get(modality)
+        parts_cache = encoders.parts_cache(modality) if encoders.settings.parts else None
         # encoders that split preprocessing from the forward pass get it done on the media threads
         prepared = hasattr(encoder, "prepare") and hasattr(encoder, "encode_prepared")
-        encode = encoder.encode_prepared if prepared else encoder.encode
+        if parts_cache is None:
+            encode = encoder.encode_prepared if prepared else encoder.encode
+        else:
+            encode = encoder.encode_prepared_parts if prepared else encoder.encode_parts
         decode = partial(decode_item, modality, fetcher=fetcher, prepare=encoder.prepare if prepared else None)
         sha_attr = f"{modality}_sha"
         todo = uncached_items(having, modality, cache)
+        if parts_cache is not None:
+            todo_ids = {id(it) for it in todo} | {id(it) for it in uncached_items(having, modality, parts_cache)}
+            todo = [it for it in having if id(it) in todo_ids]
         report.cached[modality] = len(having) - len(todo)
         report.encoded[modality] = 0
         bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="item", file=sys.stderr,
@@ -129,11 +138,16 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
                     continue
                 decoded, key = got
                 setattr(it, sha_attr, key)
-                if key not in cache and key not in keys:
+                if (key not in cache or (parts_cache is not None and key not in parts_cache)) and key not in keys:
                     inputs.append(decoded)
                     keys.append(key)
             if inputs:
-                cache.put(keys, encode(inputs))
+                if parts_cache is None:
+                    cache.put(keys, encode(inputs))
+                else:
+                    vectors, parts = encode(inputs)
+                    cache.put(keys, vectors)
+                    parts_cache.put(keys, parts.reshape(len(parts), -1))
                 report.encoded[modality] += len(inputs)
             bar.update(len(chunk))
         bar.close()
@@ -141,30 +155,40 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
     return report
 
 
-def load_features(items: Sequence[Item], *, encoders: Encoders,
-                  modalities: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def _cached_matrix(cache, shas: list[str | None]) -> np.ndarray:
+    """(len(shas), cache.dim) rows of ``cache`` (its dtype), NaN where a hash is None or not cached."""
+    missing = set(cache.missing([s for s in shas if s is not None]))  # re-reads what other processes added
+    present = [i for i, s in enumerate(shas) if s is not None and s not in missing]
+    matrix = np.full((len(shas), cache.dim), np.nan, dtype=cache.dtype)
+    if present:
+        matrix[present] = cache.get([shas[i] for i in present])
+    return matrix
+
+
+def load_features(items: Sequence[Item], *, encoders: Encoders, modalities: Sequence[str] | None = None,
+                  parts: bool = False) -> dict[str, np.ndarray]:
     """Feature matrices from the cache: ``{modality: (n, d) float32}``, NaN rows where an item lacks
     that modality or its vector (e.g. its media failed to decode).
 
-    Only modalities that at least one item has are returned.
+    Only modalities that at least one item has are returned. ``parts`` adds the part-level
+    features of the encoders that give them, ``{"text:parts": (n, P * d) float16}`` (NaN rows
+    where not cached), for the models that read them (`FusionClassifier.uses_parts`).
     """
     features: dict[str, np.ndarray] = {}
     for modality in modalities or MODALITIES:
         shas = [getattr(it, f"{modality}_sha") if it.data.get(modality) else None for it in items]
         if not any(shas):
             continue
-        cache = encoders.cache(modality)
-        missing = set(cache.missing([s for s in shas if s is not None]))  # re-reads what other processes added
-        present = [i for i, s in enumerate(shas) if s is not None and s not in missing]
-        matrix = np.full((len(items), cache.dim), np.nan, dtype=np.float32)
-        if present:
-            matrix[present] = cache.get([shas[i] for i in present])
-        features[modality] = matrix
+        features[modality] = _cached_matrix(encoders.cache(modality), shas)
+        parts_cache = encoders.parts_cache(modality) if parts else None
+        if parts_cache is not None:
+            features[parts_key(modality)] = _cached_matrix(parts_cache, shas)
     return features
 
 
 def usable_rows(features: dict[str, np.ndarray], n: int = 0) -> np.ndarray:
     """(n,) bool: items with a vector in at least one modality (``n`` is used when there is none)."""
-    if not features:
+    pooled = [a for k, a in features.items() if not is_parts_key(k)]
+    if not pooled:
         return np.zeros(n, dtype=bool)
-    return ~np.all([np.isnan(a).any(axis=1) for a in features.values()], axis=0)
+    return ~np.all([np.isnan(a).any(axis=1) for a in pooled], axis=0)

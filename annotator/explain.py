@@ -18,6 +18,7 @@ import numpy as np
 
 from annotator.config import Settings
 from annotator.embedding import load_features, usable_rows
+from annotator.encoders.base import is_parts_key, parts_key
 from annotator.errors import NotFoundError
 from annotator.media import MediaFetcher, load_audio, load_image
 from annotator.runtime import Runtime
@@ -78,22 +79,30 @@ def explain_item(store: Store, settings: Settings, *, project_name: str, item_id
             raise NotFoundError(f"project {project_name!r} has no active model yet; run `annotator retrain --project "
                                 f"{project_name}`")
         [item] = repo.list_items(s, project=project, external_ids=[item_id])
-        features = load_features([item], encoders=runtime.encoders, modalities=model.modalities)
+        features = load_features([item], encoders=runtime.encoders, modalities=model.modalities,
+                                 parts=model.uses_parts)
     if not features or not usable_rows(features, 1)[0]:
         raise NotFoundError(f"item {item_id!r} has no vector the model can use; run `annotator embed --project "
                             f"{project_name}`")
     clf = model.classifier
-    X = {m: features[m] if m in features else np.full((1, d), np.nan, np.float32)
-         for m, d in zip(clf.modalities_, clf.dims_)}
+    X = {m: features[m] for m in clf.modalities_ if m in features}
+    X.update({k: a for k, a in features.items() if is_parts_key(k)})
     probs, shares = clf.predict_proba_and_contributions(X)
     order = np.argsort(-probs[0])
     target = int(order[0])
     base = float(probs[0, target])
 
-    def loss(modality: str, vectors: np.ndarray) -> np.ndarray:
-        """The predicted class's probability lost with each of ``vectors`` in place of the item's."""
-        batch = {m: np.repeat(a, len(vectors), axis=0) for m, a in X.items()}
-        batch[modality] = vectors
+    def loss(modality: str, variants: list) -> np.ndarray:
+        """The predicted class's probability lost with each of ``variants`` (occluded copies of the
+        item's ``modality``) in place of the item's own, encoded as the model reads them."""
+        encoder = runtime.encoders.get(modality)
+        if model.uses_parts and getattr(encoder, "n_parts", 0):
+            vectors, parts = encoder.encode_parts(variants)
+            replaced = {modality: vectors, parts_key(modality): parts.reshape(len(parts), -1)}
+        else:
+            replaced = {modality: encoder.encode(variants)}
+        batch = {m: np.repeat(a, len(variants), axis=0) for m, a in X.items()}
+        batch.update(replaced)
         return np.maximum(base - clf.predict_proba(batch)[:, target], 0.0)
 
     explanation = Explanation(item_id, model.version, clf.classes_[target],
@@ -104,7 +113,7 @@ def explain_item(store: Store, settings: Settings, *, project_name: str, item_id
         words = item.data["text"].split()[:MAX_WORDS]
         if len(words) > 1:
             variants = [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
-            explanation.words = list(zip(words, loss("text", runtime.encoders.get("text").encode(variants)).tolist()))
+            explanation.words = list(zip(words, loss("text", variants).tolist()))
     if present & {"image", "audio"}:
         with MediaFetcher(settings) as fetcher:
             for modality in sorted(present & {"image", "audio"}):
@@ -113,11 +122,11 @@ def explain_item(store: Store, settings: Settings, *, project_name: str, item_id
                 if modality == "image":
                     explanation.image = load_image(data, ref)
                     cells = occluded_images(explanation.image)
-                    explanation.image_heatmap = loss("image", runtime.encoders.get("image").encode(cells)).reshape(GRID, GRID)
+                    explanation.image_heatmap = loss("image", cells).reshape(GRID, GRID)
                 else:
                     clip = load_audio(data, ref, max_seconds=settings.max_audio_s)
                     variants, bounds = occluded_clips(clip)
-                    weights = loss("audio", runtime.encoders.get("audio").encode(variants))
+                    weights = loss("audio", variants)
                     explanation.audio_segments = [(a, b, float(w)) for (a, b), w in zip(bounds, weights)]
     return explanation
 

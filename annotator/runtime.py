@@ -34,6 +34,11 @@ class ActiveModel:
     def modalities(self) -> list[str]:
         return list(self.classifier.modalities_)
 
+    @property
+    def uses_parts(self) -> bool:
+        """Whether the model reads part-level features (the ``coattention`` head)."""
+        return bool(getattr(self.classifier, "uses_parts", False))
+
 
 class Runtime:
     """Encoders, active models and project indexes of one process.

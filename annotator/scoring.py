@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from annotator.embedding import load_features, usable_rows
+from annotator.encoders.base import base_modality
 from annotator.encoders.registry import Encoders
 from annotator.runtime import ActiveModel
 from annotator.store.models import Item
@@ -21,7 +22,7 @@ def score_items(clf, features: dict[str, np.ndarray]) -> tuple[list, np.ndarray,
     The score is the calibrated probability of the predicted label (multi-label: the mean
     confidence over classes), so low means "worth a human look".
     """
-    X = {m: a for m, a in features.items() if m in clf.modalities_}
+    X = {k: a for k, a in features.items() if base_modality(k) in clf.modalities_}
     probs, shares = clf.predict_proba_and_contributions(X)
     if clf.multilabel:
         labels = [[c for c, p in zip(clf.classes_, row) if p >= 0.5] for row in probs]
@@ -55,7 +56,7 @@ class Scored:
 def score_cached(items: Sequence[Item], *, encoders: Encoders, model: ActiveModel) -> Scored:
     """The active model's labels, scores, probabilities and modality shares for every item with a
     cached vector it can use (nothing is fetched or encoded)."""
-    features = load_features(items, encoders=encoders, modalities=model.modalities)
+    features = load_features(items, encoders=encoders, modalities=model.modalities, parts=model.uses_parts)
     rows = np.flatnonzero(usable_rows(features, len(items)))
     if not len(rows):
         return Scored.concat([])

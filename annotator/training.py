@@ -19,7 +19,7 @@ import numpy as np
 from annotator.active.stopping import agreement, label_slope, stop_set, stopping_signal
 from annotator.config import Settings
 from annotator.embedding import embed_items, load_features, usable_rows
-from annotator.encoders.base import resolve_device
+from annotator.encoders.base import base_modality, is_parts_key, resolve_device
 from annotator.errors import NotEnoughLabelsError, TrainingInProgressError
 from annotator.fusion.selection import AUTO, Candidate, ModelSearch
 from annotator.media import MediaFetcher
@@ -184,14 +184,15 @@ def _train_control(store: Store, settings: Settings, project_name: str, control:
             any(len(v) > 1 for v in labels.values())
     timings["embed_s"] = time.perf_counter() - t0
 
-    X = load_features(items, encoders=encoders)
+    X = load_features(items, encoders=encoders, parts=settings.parts)
     usable = usable_rows(X, len(items))
     skipped = [{"id": it.external_id, "error": "no usable modality"} for it, ok in zip(items, usable) if not ok]
     skipped += [{"id": f["id"], "error": f["error"]} for f in report.failed]
     items = [it for it, ok in zip(items, usable) if ok]
     X = {m: a[usable] for m, a in X.items()}
     y = [labels[it.id] if multilabel else labels[it.id][0] for it in items]
-    unlabelled = unlabelled_features(pool, encoders, list(X)) if settings.self_training != "off" else None
+    pooled = [m for m in X if not is_parts_key(m)]
+    unlabelled = unlabelled_features(pool, encoders, pooled) if settings.self_training != "off" else None
 
     t1 = time.perf_counter()
     with store.session() as s:
@@ -258,11 +259,13 @@ def _stopping(active: ModelVersion | None, active_model, encoders: Encoders, clf
     kappa, sample = None, 0
     if active_model is not None:
         items = stop_set([it for it in pool if any(getattr(it, f"{m}_sha") for m in clf.modalities_)])
-        X = load_features(items, encoders=encoders, modalities=list(clf.modalities_)) if items else {}
+        parts = getattr(clf, "uses_parts", False) or getattr(active_model, "uses_parts", False)
+        X = load_features(items, encoders=encoders, modalities=list(clf.modalities_), parts=parts) if items else {}
         usable = usable_rows(X, len(items)) if X else np.zeros(0, dtype=bool)
         if usable.any() and set(active_model.modalities_) <= set(X):
             X = {m: a[usable] for m, a in X.items()}
-            kappa = round(agreement(active_model.predict({m: X[m] for m in active_model.modalities_}),
+            kappa = round(agreement(active_model.predict({k: a for k, a in X.items()
+                                                          if base_modality(k) in active_model.modalities_}),
                                     clf.predict(X)), 4)
             sample = int(usable.sum())
     report = stopping_signal([k for _, _, k in history] + [kappa])

@@ -160,6 +160,11 @@ class CountingEncoder:
         self.encode = self._counting(inner.encode)
         if hasattr(inner, "encode_prepared"):
             self.prepare, self.encode_prepared = inner.prepare, self._counting(inner.encode_prepared)
+        self.n_parts = getattr(inner, "n_parts", 0)
+        if self.n_parts:  # part-level features come from the same forward pass, counted the same
+            self.encode_parts = self._counting(inner.encode_parts)
+            if hasattr(inner, "encode_prepared_parts"):
+                self.encode_prepared_parts = self._counting(inner.encode_prepared_parts)
         if getattr(inner, "shareable", False):  # the Whisper encoder lends its model to the transcriber
             self.shareable, self.whisper_model = True, inner.whisper_model
 

@@ -24,6 +24,7 @@ from annotator.active.registry import get_strategy
 from annotator.batch import BatchEngine, LocalEngine
 from annotator.config import Settings
 from annotator.embedding import load_features, usable_rows
+from annotator.encoders.base import base_modality
 from annotator.encoders.registry import Encoders
 from annotator.errors import NotEnoughLabelsError, NotFoundError
 from annotator.fusion.classifier import FusionClassifier
@@ -43,7 +44,7 @@ def build_pool(features: dict[str, np.ndarray], labelled: np.ndarray, clf=None, 
     emb = concat_embeddings(features)
     pool = Pool(n=len(pool_rows), embeddings=emb[pool_rows], labelled_embeddings=emb[lab_rows])
     if clf is not None:
-        X = {m: a[pool_rows] for m, a in features.items() if m in clf.modalities_}
+        X = {k: a[pool_rows] for k, a in features.items() if base_modality(k) in clf.modalities_}
         pool.probs = probs if probs is not None else clf.predict_proba_and_contributions(X)[0]
         pool.hidden = clf.transform(X)
     return pool
@@ -58,9 +59,9 @@ class ProjectData:
 
 
 def load_project_data(store: Store, settings: Settings, project_name: str, encoders: Encoders,
-                      progress: bool, engine: BatchEngine | None = None) -> ProjectData:
-    """Every usable item of a project (encoded first where needed, on ``engine``), its vectors and
-    its labels."""
+                      progress: bool, engine: BatchEngine | None = None, parts: bool = False) -> ProjectData:
+    """Every usable item of a project (encoded first where needed, on ``engine``), its vectors
+    (with part-level features for a model that reads them: ``parts``) and its labels."""
     engine = engine or LocalEngine(settings)
     with store.session() as s:
         project = repo.get_project(s, name=project_name)
@@ -68,7 +69,7 @@ def load_project_data(store: Store, settings: Settings, project_name: str, encod
         labels = repo.current_labels(s, project=project)
         multilabel = repo.is_multilabel(project, labels)
         engine.embed(items, encoders=encoders, progress=progress)
-    features = load_features(items, encoders=encoders)
+    features = load_features(items, encoders=encoders, parts=parts)
     if not features:
         raise NotFoundError(f"project {project_name!r} has no items with usable media")
     keep = usable_rows(features)
@@ -87,10 +88,11 @@ def select_next(store: Store, settings: Settings, *, project_name: str, strategy
     """
     runtime = runtime or Runtime(settings)
     chooser = get_strategy(strategy)
-    data = load_project_data(store, settings, project_name, runtime.encoders, progress, engine)
     with store.session() as s:
         model = runtime.active_model(s, repo.get_project(s, name=project_name))
     clf = model.classifier if model else None
+    data = load_project_data(store, settings, project_name, runtime.encoders, progress, engine,
+                             parts=bool(model and model.uses_parts))
     if clf is None and chooser.needs_model:
         raise NotFoundError(f"strategy {strategy!r} needs a trained model; run `annotator retrain --project "
                             f"{project_name}` first, or start with --strategy typiclust (works with no labels)")

@@ -165,7 +165,8 @@ class RayEngine:
 
         if not model.artifact_path:
             raise ConfigError(f"model {model.version} has no stored artifact for the cluster's workers to load")
-        caches = {m: (encoders.cache(m).encoder_name, encoders.cache(m).dim) for m in model.modalities}
+        caches = {m: (encoders.cache(m).encoder_name, encoders.cache(m).dim,
+                      int(getattr(encoders.get(m), "n_parts", 0) or 0)) for m in model.modalities}
         rows = [{"position": i, **{f"{m}_sha": (getattr(it, f"{m}_sha") or "") if it.data.get(m) else ""
                                    for m in model.modalities}} for i, it in enumerate(items)]
         if not rows:

@@ -112,13 +112,13 @@ class ScoreActor:
     """Scores rows of content hashes with one model version (loaded once per actor from its
     artifact folder) over the cached vectors; no encoder network is loaded."""
 
-    def __init__(self, settings: Settings, version: str, artifact_path: str, caches: dict[str, tuple[str, int]],
+    def __init__(self, settings: Settings, version: str, artifact_path: str, caches: dict[str, tuple[str, int, int]],
                  threads: int = 0):
         limit_threads(threads)
         classifier, _ = load_artifact(settings, artifact_path)
         self.model = ActiveModel(version, classifier, artifact_path)
-        self.encoders = Encoders(settings, overrides={m: CachedVectorsOnly(name, m, dim)
-                                                      for m, (name, dim) in caches.items()})
+        self.encoders = Encoders(settings, overrides={m: CachedVectorsOnly(name, m, dim, n_parts)
+                                                      for m, (name, dim, n_parts) in caches.items()})
         self.modalities = list(caches)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

@@ -8,6 +8,20 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 MODALITIES = ("text", "image", "audio")
+PARTS = ":parts"  # feature key of a modality's part-level features: {"text": (n, d), "text:parts": (n, P * d)}
+
+
+def parts_key(modality: str) -> str:
+    return modality + PARTS
+
+
+def is_parts_key(key: str) -> bool:
+    return key.endswith(PARTS)
+
+
+def base_modality(key: str) -> str:
+    """``text:parts`` → ``text``; a modality stays itself."""
+    return key.removesuffix(PARTS)
 
 
 def modality_order(names) -> list[str]:
@@ -29,6 +43,10 @@ class Encoder(Protocol):
         Width of the vectors ``encode`` returns.
     runtime : str, optional
         What runs the network (``torch``, ``onnx``, ``onnx-int8``, ``ctranslate2-int8``…), for reports.
+    n_parts : int, optional
+        Encoders that also give part-level features (text tokens, image regions) say how many at
+        most, and have ``encode_parts(inputs) → (vectors (n, dim), parts (n, n_parts, dim) float16)``,
+        both from one forward pass; absent or 0: pooled vectors only.
     """
 
     name: str
@@ -63,10 +81,26 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def batched_encode(inputs: Sequence[Any], batch_size: int, encode_batch: Callable[[list], np.ndarray],
-                   dim: int) -> np.ndarray:
-    """Run ``encode_batch`` over fixed-size chunks and stack normalised results."""
+def normalize_parts(parts: np.ndarray, n_parts: int) -> np.ndarray:
+    """(n, p, d) part features → (n, n_parts, d) float16, each part L2-normalised (as the pooled
+    vectors are), cut or zero-padded to ``n_parts``; an all-zero part is padding and stays zero."""
+    parts = np.asarray(parts, dtype=np.float32)[:, :n_parts]
+    norms = np.linalg.norm(parts, axis=2, keepdims=True)
+    parts = np.where(norms > 1e-6, parts / np.maximum(norms, 1e-12), 0.0)
+    if parts.shape[1] < n_parts:
+        parts = np.pad(parts, ((0, 0), (0, n_parts - parts.shape[1]), (0, 0)))
+    return parts.astype(np.float16)
+
+
+def batched_encode(inputs: Sequence[Any], batch_size: int, encode_batch: Callable[[list], Any],
+                   dim: int, n_parts: int = 0) -> Any:
+    """Run ``encode_batch`` over fixed-size chunks and stack normalised results. With ``n_parts``,
+    ``encode_batch`` returns (vectors, parts) and so does this (see `normalize_parts`)."""
     if len(inputs) == 0:
-        return np.zeros((0, dim), dtype=np.float32)
+        empty = np.zeros((0, dim), dtype=np.float32)
+        return (empty, np.zeros((0, n_parts, dim), dtype=np.float16)) if n_parts else empty
     chunks = [encode_batch(list(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)]
-    return l2_normalize(np.concatenate(chunks, axis=0))
+    if not n_parts:
+        return l2_normalize(np.concatenate(chunks, axis=0))
+    vectors = l2_normalize(np.concatenate([c[0] for c in chunks], axis=0))
+    return vectors, np.concatenate([normalize_parts(c[1], n_parts) for c in chunks], axis=0)

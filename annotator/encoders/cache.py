@@ -1,7 +1,8 @@
 """Embedding cache: one vector per (content hash, encoder name), on disk, shared by every project.
 
 Layout per encoder: ``<root>/<slug>/vectors.f32`` (rows appended, read through a memory map),
-``keys.txt`` (one content hash per row, same order) and ``meta.json`` (name, dim). Appends take a
+``keys.txt`` (one content hash per row, same order) and ``meta.json`` (name, dim, dtype).
+Part-level features (``<encoder name>:parts``, a row per item of n_parts x dim) are float16. Appends take a
 file lock, write vectors before keys, and readers trust only rows that both files cover, so a crash
 mid-append loses at most that append, never earlier rows.
 """
@@ -37,19 +38,23 @@ class EmbeddingCache:
         `Encoder.name`; two encoders with different names never share vectors.
     dim : int
         Vector width; a cache written with another width is refused.
+    dtype : {"float32", "float16"}
+        How rows are stored (`get` returns them in it); float16 halves the part-level features.
     """
 
-    def __init__(self, root: Path, encoder_name: str, dim: int):
+    def __init__(self, root: Path, encoder_name: str, dim: int, dtype: str = "float32"):
         self.dir = Path(root) / _slug(encoder_name)
-        self.encoder_name, self.dim = encoder_name, int(dim)
+        self.encoder_name, self.dim, self.dtype = encoder_name, int(dim), np.dtype(dtype)
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "meta.json"
         if meta.exists():
             stored = json.loads(meta.read_text())
             if stored["dim"] != self.dim:
                 raise DimensionMismatchError(f"embedding cache {self.dir}", stored["dim"], self.dim)
+            if stored.get("dtype", "float32") != self.dtype.name:
+                raise ValueError(f"embedding cache {self.dir} holds {stored.get('dtype', 'float32')}, not {self.dtype}")
         else:
-            meta.write_text(json.dumps({"encoder": encoder_name, "dim": self.dim}))
+            meta.write_text(json.dumps({"encoder": encoder_name, "dim": self.dim, "dtype": self.dtype.name}))
         self._vectors_path, self._keys_path = self.dir / "vectors.f32", self.dir / "keys.txt"
         self._rows: dict[str, int] = {}
         self._n_loaded = 0
@@ -61,7 +66,7 @@ class EmbeddingCache:
         """Pick up rows appended since the last read (by this or another process), incrementally."""
         if not self._keys_path.exists() or not self._vectors_path.exists():
             return
-        n_vectors = self._vectors_path.stat().st_size // (4 * self.dim)
+        n_vectors = self._vectors_path.stat().st_size // self._row_bytes
         if n_vectors == self._n_loaded:
             return
         with self._keys_path.open("rb") as fh:
@@ -72,7 +77,11 @@ class EmbeddingCache:
             self._rows.setdefault(line.decode(), self._n_loaded)
             self._n_loaded += 1
             self._keys_offset += len(line) + 1
-        self._mmap = np.memmap(self._vectors_path, dtype=np.float32, mode="r", shape=(self._n_loaded, self.dim))
+        self._mmap = np.memmap(self._vectors_path, dtype=self.dtype, mode="r", shape=(self._n_loaded, self.dim))
+
+    @property
+    def _row_bytes(self) -> int:
+        return self.dtype.itemsize * self.dim
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -86,15 +95,15 @@ class EmbeddingCache:
         return [k for k in dict.fromkeys(keys) if k not in self._rows]
 
     def get(self, keys: Sequence[str]) -> np.ndarray:
-        """(n, dim) float32 for ``keys``; raises KeyError naming the first key not cached."""
+        """(n, dim) rows (in ``dtype``) for ``keys``; raises KeyError naming the first key not cached."""
         self._refresh()
         try:
             rows = np.fromiter((self._rows[k] for k in keys), dtype=np.int64, count=len(keys))
         except KeyError as exc:
             raise KeyError(f"no cached {self.encoder_name} embedding for content {exc.args[0]}") from None
         if len(rows) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.asarray(self._mmap[rows], dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=self.dtype)
+        return np.asarray(self._mmap[rows], dtype=self.dtype)
 
     @contextmanager
     def _locked(self):
@@ -105,7 +114,7 @@ class EmbeddingCache:
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Append vectors for keys not cached yet (keys already present are left as they are)."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=self.dtype)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise DimensionMismatchError(f"embedding cache {self.encoder_name}", self.dim,
                                          vectors.shape[1] if vectors.ndim == 2 else -1)
@@ -118,7 +127,7 @@ class EmbeddingCache:
                 return
             # Vectors first, then keys; a torn tail from a crashed append is cut off first.
             with self._vectors_path.open("ab") as fh:
-                fh.truncate(self._n_loaded * 4 * self.dim)
+                fh.truncate(self._n_loaded * self._row_bytes)
                 fh.write(vectors[fresh].tobytes())
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -136,8 +145,8 @@ class CachedVectorsOnly:
 
     runtime = "cache-only"
 
-    def __init__(self, name: str, modality: str, dim: int):
-        self.name, self.modality, self.dim = name, modality, int(dim)
+    def __init__(self, name: str, modality: str, dim: int, n_parts: int = 0):
+        self.name, self.modality, self.dim, self.n_parts = name, modality, int(dim), int(n_parts)
 
     def encode(self, inputs: Sequence) -> np.ndarray:
         raise RuntimeError(f"{self.name} only reads cached vectors here; {len(inputs)} input(s) were not encoded")

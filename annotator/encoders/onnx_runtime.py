@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPSET = 17
-EXPORT_FORMAT = 1  # bump when the exported graphs change for the same encoder name
+VECTORS = {"vectors": {0: "batch"}}  # the graph's outputs and their varying axes, for one-output networks
+EXPORT_FORMAT = 2  # bump when the exported graphs change for the same encoder name (2: part-level outputs)
 RUNTIMES = ("auto", "torch", "onnx")
 INT8 = "onnx-int8"  # the runtime an int8 export reports, and the suffix of its encoder's name (other vectors)
 
@@ -97,18 +98,18 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _export(build_module: Callable[[], torch.nn.Module], example: dict[str, np.ndarray],
-            dynamic_axes: dict[str, dict[int, str]], path: Path) -> None:
+            dynamic_axes: dict[str, dict[int, str]], path: Path, outputs: dict[str, dict[int, str]] | None = None) -> None:
     import warnings
 
     import torch
 
+    outputs = outputs or VECTORS
     module = build_module().eval()
     inputs = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in example.values())
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(module, inputs, str(path), input_names=list(example), output_names=["vectors"],
-                          dynamic_axes={**dynamic_axes, "vectors": {0: "batch"}}, opset_version=OPSET,
-                          dynamo=False)
+        torch.onnx.export(module, inputs, str(path), input_names=list(example), output_names=list(outputs),
+                          dynamic_axes={**dynamic_axes, **outputs}, opset_version=OPSET, dynamo=False)
 
 
 def _quantize(src: Path, dst: Path, calibration: Sequence[dict[str, np.ndarray]] | None) -> None:
@@ -143,7 +144,8 @@ def _quantize(src: Path, dst: Path, calibration: Sequence[dict[str, np.ndarray]]
 
 
 class OnnxForward:
-    """One ONNX Runtime session: ``forward(**arrays) → (n, d) float32``.
+    """One ONNX Runtime session: ``forward(**arrays) → (n, d) float32``, or a tuple of arrays for a
+    graph with several outputs (vectors, then part-level features).
 
     Parameters
     ----------
@@ -169,11 +171,13 @@ class OnnxForward:
 
     def __call__(self, **arrays: np.ndarray) -> np.ndarray:
         feeds = {name: arrays[name] for name in self.input_names}
-        return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
+        outputs = [np.asarray(out, dtype=np.float32) for out in self._session.run(None, feeds)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 def torch_forward(module: torch.nn.Module, input_names: Sequence[str], device: str) -> Callable[..., np.ndarray]:
-    """``forward(**arrays) → (n, d) float32`` of a torch module (inputs in ``input_names`` order)."""
+    """``forward(**arrays) → (n, d) float32`` of a torch module (inputs in ``input_names`` order);
+    a module returning a tuple gives a tuple of arrays."""
     import torch
 
     module = module.to(device)
@@ -181,6 +185,8 @@ def torch_forward(module: torch.nn.Module, input_names: Sequence[str], device: s
     def forward(**arrays: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             out = module(*(torch.from_numpy(arrays[name]).to(device) for name in input_names))
+        if isinstance(out, tuple):
+            return tuple(o.float().cpu().numpy() for o in out)
         return out.float().cpu().numpy()
 
     return forward
@@ -189,21 +195,22 @@ def torch_forward(module: torch.nn.Module, input_names: Sequence[str], device: s
 def network_forward(runtime: str, key: str, build_module: Callable[[], torch.nn.Module],
                     example: dict[str, np.ndarray], *, device: str = "cpu", dynamic_axes: dict[str, dict[int, str]],
                     export_dir: Path | None = None, int8: bool = False, weights_path: str | None = None,
-                    calibration: Callable[[], Sequence[dict[str, np.ndarray]]] | None = None
-                    ) -> Callable[..., np.ndarray]:
+                    calibration: Callable[[], Sequence[dict[str, np.ndarray]]] | None = None,
+                    outputs: dict[str, dict[int, str]] | None = None) -> Callable[..., np.ndarray]:
     """``forward(**arrays) → (n, d) float32`` of the network ``build_module()`` returns: on torch
     (``runtime="torch"``, on ``device``) or on ONNX Runtime (`onnx_forward`, which takes the rest)."""
     if runtime == "onnx":
         return onnx_forward(key, build_module, example, dynamic_axes=dynamic_axes, export_dir=export_dir,
                             int8=int8, weights=weights_fingerprint(weights_path) if weights_path else "",
-                            calibration=calibration)
+                            calibration=calibration, outputs=outputs)
     return torch_forward(build_module(), list(example), device)
 
 
 def onnx_forward(key: str, build_module: Callable[[], torch.nn.Module], example: dict[str, np.ndarray],
                  *, dynamic_axes: dict[str, dict[int, str]], export_dir: Path | None = None,
                  int8: bool = False, weights: str = "",
-                 calibration: Callable[[], Sequence[dict[str, np.ndarray]]] | None = None) -> OnnxForward:
+                 calibration: Callable[[], Sequence[dict[str, np.ndarray]]] | None = None,
+                 outputs: dict[str, dict[int, str]] | None = None) -> OnnxForward:
     """The `OnnxForward` of the network ``build_module()`` returns, exported on first use.
 
     Parameters
@@ -224,6 +231,8 @@ def onnx_forward(key: str, build_module: Callable[[], torch.nn.Module], example:
     calibration : callable, optional
         Returns example inputs (one dict per forward pass) for static quantisation; without it
         int8 is dynamic (see `_quantize`).
+    outputs : dict, optional
+        The graph's output names and their varying axes; default `VECTORS`, the one output.
     """
     from filelock import FileLock
 
@@ -235,7 +244,7 @@ def onnx_forward(key: str, build_module: Callable[[], torch.nn.Module], example:
         for attempt in (0, 1):
             if not fp32.exists():
                 log.info("exporting %s to ONNX (once) at %s", key, fp32)
-                _write_atomically(fp32, lambda tmp: _export(build_module, example, dynamic_axes, tmp))
+                _write_atomically(fp32, lambda tmp: _export(build_module, example, dynamic_axes, tmp, outputs))
             if int8 and not target.exists():
                 _write_atomically(target, lambda tmp: _quantize(fp32, tmp, calibration and calibration()))
             try:

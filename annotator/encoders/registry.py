@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from annotator.config import DEFAULT_MODEL, Settings
-from annotator.encoders.base import Encoder
+from annotator.encoders.base import Encoder, parts_key
 from annotator.encoders.cache import EmbeddingCache
 
 
@@ -28,6 +28,7 @@ class Encoders:
         self.settings = settings
         self._encoders: dict[str, Encoder] = dict(overrides or {})
         self._caches: dict[str, EmbeddingCache] = {}
+        self._parts_caches: dict[str, EmbeddingCache] = {}
         self._transcriber = None
         self._lock = threading.Lock()
 
@@ -50,6 +51,19 @@ class Encoders:
             if modality not in self._caches:
                 self._caches[modality] = EmbeddingCache(self.settings.cache_dir, encoder.name, encoder.dim)
             return self._caches[modality]
+
+    def parts_cache(self, modality: str) -> EmbeddingCache | None:
+        """The cache of the encoder's part-level features (a float16 row of n_parts x dim per
+        content), or None for an encoder that gives none (see `Encoder.n_parts`)."""
+        encoder = self.get(modality)
+        n_parts = int(getattr(encoder, "n_parts", 0) or 0)
+        if not n_parts:
+            return None
+        with self._lock:
+            if modality not in self._parts_caches:
+                self._parts_caches[modality] = EmbeddingCache(self.settings.cache_dir, parts_key(encoder.name),
+                                                              n_parts * encoder.dim, dtype="float16")
+            return self._parts_caches[modality]
 
     def transcriber(self):
         """The Whisper transcriber (`annotator.encoders.transcribe`); the packaged model is shared

@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from annotator.encoders.base import l2_normalize
+from annotator.encoders.base import l2_normalize, normalize_parts
 from annotator.encoders.onnx_runtime import INT8, length_sorted_batches, onnx_forward, weights_fingerprint
 from annotator.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
+
+MAX_TEXT_PARTS = 64  # part-level features: the first 64 tokens' hidden states (CLS and SEP included)
 
 
 def default_text_model_path() -> str:
@@ -32,7 +34,9 @@ def _pooling_mode(module) -> str:
 
 
 def _pooled_transformer(auto_model, mode: str, input_names: list[str]) -> "torch.nn.Module":
-    """Transformer + pooling as one module (what the ONNX export traces); normalising stays outside."""
+    """Transformer + pooling as one module (what the ONNX export traces), returning the pooled
+    vectors and the first MAX_TEXT_PARTS tokens' hidden states (padding zeroed); normalising stays
+    outside."""
     import torch
 
     class Pooled(torch.nn.Module):
@@ -43,10 +47,11 @@ def _pooled_transformer(auto_model, mode: str, input_names: list[str]) -> "torch
         def forward(self, *inputs):
             named = dict(zip(input_names, inputs))
             hidden = self.model(**named).last_hidden_state
-            if mode == "cls":
-                return hidden[:, 0]
             weights = named["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            tokens = (hidden * weights)[:, :MAX_TEXT_PARTS]
+            if mode == "cls":
+                return hidden[:, 0], tokens
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9), tokens
 
     return Pooled().eval()
 
@@ -64,6 +69,7 @@ class SentenceTransformerEncoder:
     """
 
     modality = "text"
+    n_parts = MAX_TEXT_PARTS
     onnx_batch_size = 16  # fastest on a 2-core CPU once batches hold similar lengths
 
     def __init__(self, model_name_or_path: str, *, device: str = "cpu", batch_size: int = 64,
@@ -93,6 +99,7 @@ class SentenceTransformerEncoder:
         names = list(example)
         return onnx_forward(self.name, lambda: _pooled_transformer(self._model[0].auto_model, mode, names),
                             example, dynamic_axes={k: {0: "batch", 1: "tokens"} for k in names},
+                            outputs={"vectors": {0: "batch"}, "parts": {0: "batch", 1: "tokens"}},
                             export_dir=export_dir, int8=int8, weights=weights_fingerprint(self.model_name_or_path))
 
     def _tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -109,7 +116,23 @@ class SentenceTransformerEncoder:
             vectors = self._model.encode(list(inputs), batch_size=self.batch_size, convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
             return l2_normalize(vectors)
-        out = np.empty((len(inputs), self.dim), dtype=np.float32)
+        return self.encode_parts(inputs)[0]
+
+    def encode_parts(self, inputs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, dim), token features (n, 64, dim) float16) from one forward pass."""
+        vectors = np.zeros((len(inputs), self.dim), dtype=np.float32)
+        parts = np.zeros((len(inputs), self.n_parts, self.dim), dtype=np.float16)
+        if len(inputs) == 0:
+            return vectors, parts
+        if self._forward is None:
+            rows = self._model.encode(list(inputs), batch_size=self.batch_size, output_value=None,
+                                      convert_to_numpy=False, show_progress_bar=False)
+            for i, row in enumerate(rows):
+                vectors[i] = row["sentence_embedding"].float().cpu().numpy()
+                tokens = row["token_embeddings"] * row["attention_mask"].unsqueeze(-1)
+                parts[i] = normalize_parts(tokens.float().cpu().numpy()[None], self.n_parts)[0]
+            return l2_normalize(vectors), parts
         for rows in length_sorted_batches([len(t) for t in inputs], min(self.batch_size, self.onnx_batch_size)):
-            out[rows] = self._forward(**self._tokens([inputs[i] for i in rows]))
-        return l2_normalize(out)
+            vectors[rows], tokens = self._forward(**self._tokens([inputs[i] for i in rows]))
+            parts[rows] = normalize_parts(tokens, self.n_parts)
+        return l2_normalize(vectors), parts

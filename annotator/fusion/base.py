@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from annotator.artifacts import atomic_directory
-from annotator.encoders.base import modality_order
+from annotator.encoders.base import is_parts_key, modality_order
 from annotator.errors import DimensionMismatchError, NotEnoughLabelsError, NotFittedError
 
 
@@ -46,8 +46,10 @@ class EstimatorParams:
         """(per-modality float32 arrays in modality order, (n, M) presence mask).
 
         A row containing NaN marks the modality missing; its values are zeroed later, chunk by
-        chunk, so large inputs without missing rows are never copied.
+        chunk, so large inputs without missing rows are never copied. Part-level features
+        (``text:parts``) are left to the models that read them.
         """
+        X = {k: v for k, v in X.items() if not is_parts_key(k)}
         if fitting:
             if not X:
                 raise ValueError("X has no modality; pass {modality: (n, d) array}")

@@ -1,7 +1,8 @@
 """`FusionClassifier`: a scikit-learn-style estimator over per-modality embeddings.
 
 Input ``X`` is a mapping ``{modality: (n, d_m) float32}``; a row of NaN means the item lacks that
-modality. Training uses modality dropout so that items with any subset of modalities are predicted
+modality. The ``coattention`` head also reads part-level features, ``{"text:parts": (n, P * d)}``
+(see `annotator.encoders.base.parts_key`); the other heads ignore them. Training uses modality dropout so that items with any subset of modalities are predicted
 well, and probabilities are calibrated by temperature scaling on a held-out slice.
 """
 
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from annotator.errors import NotEnoughLabelsError, UnknownNameError
+from annotator.encoders.base import is_parts_key, modality_order, parts_key
+from annotator.errors import DimensionMismatchError, NotEnoughLabelsError, UnknownNameError
 from annotator.fusion.base import EstimatorParams, read_folder, write_folder
 from annotator.fusion.calibration import fit_temperature
-from annotator.fusion.heads import HEAD_CLASSES, FusionNetwork
+from annotator.fusion.heads import COATTENTION, HEAD_CLASSES, build_network
 
-HEADS = tuple(HEAD_CLASSES)
+HEADS = (*HEAD_CLASSES, COATTENTION)
 FORMAT_VERSION = 1
 
 
@@ -27,7 +29,9 @@ class FusionClassifier(EstimatorParams):
 
     Parameters
     ----------
-    head : {"concat", "weighted", "attention", "gated", "tensor"}, default="attention"
+    head : {"concat", "weighted", "attention", "gated", "tensor", "coattention"}, default="attention"
+        ``coattention`` attends between the modalities' parts (`CoAttentionNetwork`); an item whose
+        parts are not in ``X`` is predicted from its pooled vectors (its global parts) alone.
     hidden_dim : int or "auto", default="auto"
         Width of each modality's projection and of the classifier's hidden layer. ``auto`` grows with
         the training set (32 below 200 items, 64 below 1,000, else 128): a wide head overfits the
@@ -86,6 +90,9 @@ class FusionClassifier(EstimatorParams):
         Unlabelled items the last `fit` trained on with their predicted label (self-training).
     modality_weights_ : list of float or None
         The weights the ``weighted`` head used (chosen or given).
+    part_dims_ : list of int or None
+        ``coattention``: each modality's part width (its pooled width); ``dims_`` holds the parts
+        per row times it.
     """
 
     def __init__(self, head: str = "attention", hidden_dim: int | str = "auto", epochs: int = 60, min_steps: int = 300,
@@ -127,6 +134,23 @@ class FusionClassifier(EstimatorParams):
                "cv_folds", "random_state", "device")
     _FITTED = "network_"
 
+    @property
+    def uses_parts(self) -> bool:
+        """Whether ``X`` should carry part-level features (`annotator.embedding.load_features`)."""
+        return self.head == COATTENTION
+
+    def _arrays(self, X: Mapping[str, np.ndarray], *, fitting: bool) -> tuple[list[np.ndarray], np.ndarray]:
+        if fitting:
+            self.part_dims_ = None
+        if not self.uses_parts:
+            return super()._arrays(X, fitting=fitting)
+        pooled = modality_order(k for k in X if not is_parts_key(k))
+        if fitting:
+            self.part_dims_ = [int(np.asarray(X[m]).shape[1]) for m in pooled]
+            counts = {m: _parts_used(X.get(parts_key(m)), d) for m, d in zip(pooled, self.part_dims_)}
+        else:
+            counts = {m: dim // d - 1 for m, dim, d in zip(self.modalities_, self.dims_, self.part_dims_)}
+        return super()._arrays({m: _with_parts(X, m, counts.get(m, 0)) for m in pooled}, fitting=fitting)
 
     # --- input handling --------------------------------------------------------------------
 
@@ -246,7 +270,8 @@ class FusionClassifier(EstimatorParams):
         torch.manual_seed(self.random_state)
         gen = torch.Generator().manual_seed(self.random_state)
         n_classes = targets.shape[1] if self.multilabel else len(self.classes_)
-        net = FusionNetwork(self.dims_, n_classes, self.head, self.hidden_dim_, self.dropout, head_weights).to(self.device)
+        net = build_network(self.dims_, n_classes, self.head, self.hidden_dim_, self.dropout, head_weights,
+                            self.part_dims_).to(self.device)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss() if self.multilabel else torch.nn.CrossEntropyLoss()
         xs = [torch.from_numpy(a[idx]).to(self.device) for a in arrays]
@@ -391,6 +416,21 @@ class FusionClassifier(EstimatorParams):
         arrays, mask = self._arrays(X, fitting=False)
         return self._forward(arrays, mask, with_hidden=True)[2]
 
+    def part_weights(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``coattention`` only: {modality: (n, 1 + P)} the attention that pooled each modality's
+        parts (part 0 is the pooled vector, then tokens or regions in order); a row sums to 1 over
+        the parts present, and is all zero where the modality is missing."""
+        import torch
+
+        self._check_fitted()
+        if not self.uses_parts:
+            raise ValueError(f"the {self.head!r} head has no attention over parts; only {COATTENTION!r} has")
+        arrays, mask = self._arrays(X, fitting=False)
+        with torch.inference_mode():
+            out = self.network_([torch.from_numpy(np.nan_to_num(a, nan=0.0)).to(self.device) for a in arrays],
+                                torch.from_numpy(mask).to(self.device), with_part_weights=True)
+        return {m: w.float().cpu().numpy() for m, w in zip(self.modalities_, out[-1])}
+
     def modality_contributions(self, X: Mapping[str, np.ndarray]) -> np.ndarray:
         """(n, M) share of each modality (in ``modalities_`` order) in each prediction; sums to 1."""
         self._check_fitted()
@@ -405,7 +445,7 @@ class FusionClassifier(EstimatorParams):
         write_folder(path, {"estimator": "FusionClassifier", "format_version": FORMAT_VERSION,
                             "params": self.get_params(), "classes": self.classes_, "modalities": self.modalities_,
                             "dims": self.dims_, "temperature": self.temperature_, "hidden_dim": self.hidden_dim_,
-                            "modality_weights": self.modality_weights_},
+                            "modality_weights": self.modality_weights_, "part_dims": self.part_dims_},
                      {k: v.detach().cpu().numpy() for k, v in self.network_.state_dict().items()})
 
     @classmethod
@@ -419,8 +459,35 @@ class FusionClassifier(EstimatorParams):
         clf = cls(**params)
         clf.classes_, clf.modalities_, clf.dims_ = config["classes"], config["modalities"], config["dims"]
         clf.temperature_, clf.modality_weights_ = config["temperature"], config["modality_weights"]
-        clf.hidden_dim_ = config["hidden_dim"]
-        net = FusionNetwork(clf.dims_, len(clf.classes_), clf.head, clf.hidden_dim_, clf.dropout, clf.modality_weights_)
+        clf.hidden_dim_, clf.part_dims_ = config["hidden_dim"], config.get("part_dims")
+        net = build_network(clf.dims_, len(clf.classes_), clf.head, clf.hidden_dim_, clf.dropout,
+                            clf.modality_weights_, clf.part_dims_)
         net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
         clf.network_ = net.to(clf.device).eval()
         return clf
+
+
+def _with_parts(X: Mapping[str, np.ndarray], modality: str, n_parts: int) -> np.ndarray:
+    """(n, (1 + n_parts) * d) float32: the pooled vector as part 0, then the part-level features;
+    missing parts (not in ``X``, or a NaN row) are zero, i.e. padding, so such an item rests on its
+    pooled vector; a missing pooled vector (NaN) marks the modality missing."""
+    pooled = np.asarray(X[modality], dtype=np.float32)
+    n, d = pooled.shape
+    out = np.zeros((n, (1 + n_parts) * d), dtype=np.float32)
+    out[:, :d] = pooled
+    parts = X.get(parts_key(modality))
+    if parts is not None and n_parts:
+        if parts.shape[1] < n_parts * d or parts.shape[1] % d:
+            raise DimensionMismatchError(f"part-level features of {modality!r}", n_parts * d, parts.shape[1])
+        out[:, d:] = np.nan_to_num(np.asarray(parts[:, :n_parts * d], dtype=np.float32), nan=0.0)
+    return out
+
+
+def _parts_used(parts: np.ndarray | None, d: int) -> int:
+    """How many leading parts hold features in any row (the rest is padding everywhere): captions
+    are shorter than 64 tokens, and trailing padding would cost training time for nothing."""
+    if parts is None or not len(parts):
+        return 0
+    present = np.abs(np.nan_to_num(np.asarray(parts, dtype=np.float32).reshape(len(parts), -1, d))).sum(-1) > 0
+    used = np.flatnonzero(present.any(axis=0))
+    return int(used[-1]) + 1 if len(used) else 0

@@ -4,6 +4,8 @@ Every head has the same contract: ``forward(H, mask) -> (fused, weights)`` with 
 projected modality vectors, ``mask`` (B, M) 1.0 where the modality is present, ``fused`` (B, out_dim)
 and ``weights`` (B, M) — how much each modality contributed, summing to 1 over present modalities.
 Missing modalities never contribute, so a task with one modality still gets a prediction.
+`CoAttentionNetwork` is the one head that sees part-level features (tokens, regions) instead of one
+pooled vector per modality; `build_network` picks the network for a head's name.
 """
 
 from __future__ import annotations
@@ -136,3 +138,98 @@ class FusionNetwork(nn.Module):
             return fused, weights, hidden
         hidden = self.classifier[:-1](fused)  # the last layer's input
         return self.classifier[-1](hidden), weights, hidden
+
+
+class CoAttentionNetwork(nn.Module):
+    """Co-attention between the parts of the modalities (text tokens, image regions), in the manner
+    of ViLBERT's co-attentional layers (Lu et al., 2019): every part of one modality attends over
+    the parts of each other modality present, in both directions of every pair, so the head can
+    learn that *this word* refers to *that region*, which pooled vectors cannot show it.
+
+    Each modality's input row is its T parts of width d, flattened (B, T * d); part 0 is the
+    pooled vector (a global part, present whenever the modality is), an all-zero part is padding.
+    Parts are projected to ``hidden_dim`` with a learned position per part, updated by what they
+    gathered from the other modalities (with ESIM's product and difference; residual, layer norm),
+    then pooled by a learned attention
+    whose weights sum to one over the modality's present parts (``part_weights``: what an
+    explanation can show). Modality attention over the pooled vectors gives the modality weights
+    (as `AttentionFusion`), an MLP the logits. A missing modality has no parts to attend to or
+    from, so a task with one modality still gets a prediction.
+    """
+
+    def __init__(self, part_dims: list[int], part_counts: list[int], n_classes: int, hidden_dim: int,
+                 dropout: float, n_heads: int = 4):
+        super().__init__()
+        self.part_dims, self.part_counts = list(part_dims), list(part_counts)
+        self.n_heads = n_heads if hidden_dim % n_heads == 0 else 1
+        h = hidden_dim
+        self.projections = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, h), nn.LayerNorm(h), nn.GELU(), nn.Dropout(dropout)) for d in part_dims)
+        self.positions = nn.ParameterList(nn.Parameter(torch.randn(t, h) * 0.02) for t in part_counts)
+        self.queries = nn.ModuleList(nn.Linear(h, h) for _ in part_dims)
+        self.keys_values = nn.ModuleList(nn.Linear(h, 2 * h) for _ in part_dims)
+        self.combine = nn.ModuleList(nn.Linear(4 * h, h) for _ in part_dims)
+        self.norms = nn.ModuleList(nn.LayerNorm(h) for _ in part_dims)
+        self.pool_scores = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1)) for _ in part_dims)
+        self.fusion = AttentionFusion(len(part_dims), h)
+        self.classifier = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Dropout(dropout), nn.Linear(h, n_classes))
+
+    def _attend(self, q, kv, valid_keys):
+        """Multi-head attention of queries (B, Tq, h) over keys/values (B, Tk, 2h); rows with no
+        valid key gather zeros."""
+        B, Tq, h = q.shape
+        k, v = kv.chunk(2, dim=-1)
+        heads = self.n_heads
+        q, k, v = (t.reshape(B, -1, heads, h // heads).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-1, -2) / (h // heads) ** 0.5  # (B, heads, Tq, Tk)
+        scores = scores.masked_fill(~valid_keys[:, None, None, :], float("-inf"))
+        att = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        return (att @ v).transpose(1, 2).reshape(B, Tq, h)
+
+    def forward(self, xs, mask, *, with_hidden: bool = False, with_part_weights: bool = False):
+        tokens, valid = [], []
+        for j, x in enumerate(xs):
+            parts = x.reshape(x.shape[0], self.part_counts[j], self.part_dims[j])
+            valid.append((parts.abs().sum(-1) > 0) & (mask[:, j:j + 1] > 0))
+            tokens.append(self.projections[j](parts) + self.positions[j])
+        pooled, part_weights = [], []
+        for i in range(len(xs)):
+            gathered = torch.zeros_like(tokens[i])
+            sources = torch.zeros(mask.shape[0], 1, 1, device=mask.device, dtype=tokens[i].dtype)
+            for j in range(len(xs)):
+                if j == i:
+                    continue
+                present = mask[:, j].to(tokens[i].dtype)[:, None, None]
+                context = self._attend(self.queries[i](tokens[i]), self.keys_values[j](tokens[j]), valid[j])
+                gathered = gathered + context * present
+                sources = sources + present
+            gathered = gathered / sources.clamp_min(1.0)
+            # ESIM's enhancement (Chen et al., 2017): the product and difference make "this part
+            # matches what it found in the other modality" a linear feature
+            enhanced = torch.cat([tokens[i], gathered, tokens[i] * gathered, tokens[i] - gathered], dim=-1)
+            updated = self.norms[i](tokens[i] + self.combine[i](enhanced))
+            scores = self.pool_scores[i](updated).squeeze(-1).masked_fill(~valid[i], float("-inf"))
+            weights = torch.softmax(scores, dim=1).nan_to_num(0.0)
+            pooled.append((updated * weights[..., None]).sum(1))
+            part_weights.append(weights)
+        fused, modality_weights = self.fusion(torch.stack(pooled, dim=1), mask)
+        hidden = self.classifier[:-1](fused)
+        out = (self.classifier[-1](hidden), modality_weights)
+        if with_hidden:
+            out = (*out, hidden)
+        if with_part_weights:
+            out = (*out, part_weights)
+        return out
+
+
+COATTENTION = "coattention"  # a head over part-level features (`CoAttentionNetwork`), not pooled vectors
+
+
+def build_network(dims: list[int], n_classes: int, head: str, hidden_dim: int, dropout: float,
+                  head_weights: list[float] | None = None, part_dims: list[int] | None = None) -> nn.Module:
+    """The network of ``head``: `CoAttentionNetwork` over parts (each input row holds
+    ``dims[j] // part_dims[j]`` parts), else `FusionNetwork` over pooled vectors."""
+    if head == COATTENTION:
+        counts = [d // p for d, p in zip(dims, part_dims)]
+        return CoAttentionNetwork(part_dims, counts, n_classes, hidden_dim, dropout)
+    return FusionNetwork(dims, n_classes, head, hidden_dim, dropout, head_weights)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import softmax
 
+from annotator.encoders.base import is_parts_key
 from annotator.fusion.base import EstimatorParams, SingleLabelMixin, read_folder, write_folder
 from annotator.fusion.calibration import fit_temperature
 
@@ -23,9 +24,10 @@ FORMAT_VERSION = 1
 
 def concat_embeddings(features: Mapping[str, np.ndarray], modalities: Sequence[str] | None = None) -> np.ndarray:
     """One unit vector per item: each modality's vector normalised (missing → zeros), side by side,
-    renormalised, so an item with one modality weighs the same as one with three."""
+    renormalised, so an item with one modality weighs the same as one with three. Part-level
+    features are not embeddings of the item and are left out."""
     blocks = []
-    for m in modalities or list(features):
+    for m in modalities or [k for k in features if not is_parts_key(k)]:
         a = np.nan_to_num(np.asarray(features[m], dtype=np.float32), nan=0.0)
         blocks.append(a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12))
     x = np.hstack(blocks).astype(np.float32)

@@ -2,8 +2,8 @@
 
 Defaults tuned on our benchmark data are no evidence for a user's data. `ModelSearch` compares the
 candidates — the fusion heads, logistic regression on the concatenated embeddings, multiple-kernel
-fusion with kernel ridge, each modality
-alone (and, with three or more modalities, each set that leaves one out) — on the *same* stratified
+fusion with kernel ridge, co-attention over parts where ``X`` carries part-level features, each
+modality alone (and, with three or more modalities, each set that leaves one out) — on the *same* stratified
 folds of the project's labels, repeated when labels are few. It picks by macro-F1 with the
 one-standard-error rule (the simplest candidate whose mean is within one standard error of the
 best), lets the same folds decide whether self-training helps, and refits the winner on every label.
@@ -21,16 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from annotator.encoders.base import modality_order
+from annotator.encoders.base import base_modality, is_parts_key, modality_order
 from annotator.errors import NotEnoughLabelsError, UnknownNameError
 from annotator.fusion.calibration import expected_calibration_error, fit_temperature
 from annotator.fusion.classifier import HEADS, FusionClassifier
+from annotator.fusion.heads import COATTENTION
 from annotator.fusion.kernel import KernelFusionClassifier
 from annotator.fusion.linear import LinearClassifier
 
 LINEAR = "logreg"
 KERNEL = "kernel"
 SINGLE_LABEL_ONLY = (LINEAR, KERNEL)
+# self-training predicts the unlabelled pool, which is loaded without part-level features (their size)
+NO_SELF_TRAINING = (*SINGLE_LABEL_ONLY, COATTENTION)
 MODELS = (LINEAR, KERNEL, *HEADS)  # simplest first: the order the one-standard-error rule prefers
 AUTO = "auto"
 SELF_TRAINING_CHOICES = ("auto", "on", "off")
@@ -78,9 +81,10 @@ class Candidate:
             **build_options):
         """Build this configuration and fit it on its modalities of ``X``; ``unlabelled`` feeds
         self-training when the candidate uses it."""
-        mods = self.modalities_in(list(X))
-        pool = {m: unlabelled[m] for m in mods} if self.self_training and unlabelled is not None else None
-        return self.build(**build_options).fit({m: X[m] for m in mods}, y, unlabelled=pool)
+        mods = self.modalities_in(modality_order(k for k in X if not is_parts_key(k)))
+        estimator = self.build(**build_options)
+        pool = _inputs(unlabelled, mods, estimator) if self.self_training and unlabelled is not None else None
+        return estimator.fit(_inputs(X, mods, estimator), y, unlabelled=pool)
 
     def build(self, *, multilabel: bool = False, random_state: int = 0, device: str = "cpu",
               params: Mapping[str, Any] | None = None):
@@ -97,10 +101,18 @@ class Candidate:
                                 **params)
 
 
-def default_candidates(modalities: Sequence[str], *, multilabel: bool = False) -> list[Candidate]:
-    """The automatic choice's candidates for a project with these modalities."""
+def _inputs(X: Mapping[str, np.ndarray], modalities: Sequence[str], estimator) -> dict[str, np.ndarray]:
+    """The arrays of ``X`` an estimator on ``modalities`` reads: their pooled vectors, and their
+    part-level features only for one that uses them (the others would copy them for nothing)."""
+    parts = getattr(estimator, "uses_parts", False)
+    return {k: a for k, a in X.items() if base_modality(k) in modalities and (parts or not is_parts_key(k))}
+
+
+def default_candidates(modalities: Sequence[str], *, multilabel: bool = False, parts: bool = False) -> list[Candidate]:
+    """The automatic choice's candidates for a project with these modalities; the ``coattention``
+    head only with part-level features (``parts``)."""
     modalities = modality_order(modalities)
-    models = HEADS if multilabel else MODELS
+    models = [m for m in (HEADS if multilabel else MODELS) if parts or m != COATTENTION]
     out = [Candidate(m) for m in models]
     if len(modalities) > 1:
         for m in modalities:  # each modality alone: its linear model and its network
@@ -152,12 +164,12 @@ def _score_split(estimator, modalities, X, y, train, test, unlabelled, multilabe
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        Xs = {m: X[m] for m in modalities}
+        Xs = _inputs(X, modalities, estimator)
         clf = estimator.clone().set_params(calibrate=False)
         if isinstance(clf, FusionClassifier):
             clf.set_params(refit=False)
         y_train = [y[i] for i in train] if multilabel else y[train]
-        u = {m: unlabelled[m] for m in modalities} if unlabelled is not None else None
+        u = _inputs(unlabelled, modalities, estimator) if unlabelled is not None else None
         clf.fit({m: a[train] for m, a in Xs.items()}, y_train, unlabelled=u)
         probs = clf.predict_proba({m: a[test] for m, a in Xs.items()})
     finally:
@@ -273,10 +285,10 @@ class ModelSearch:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _candidate_list(self, modalities: list[str]) -> list[Candidate]:
+    def _candidate_list(self, modalities: list[str], parts: bool) -> list[Candidate]:
         if isinstance(self.candidates, str):
             if self.candidates == AUTO:
-                return default_candidates(modalities, multilabel=self.multilabel)
+                return default_candidates(modalities, multilabel=self.multilabel, parts=parts)
             return [Candidate.parse(self.candidates)]
         return [c if isinstance(c, Candidate) else Candidate.parse(c) for c in self.candidates]
 
@@ -364,9 +376,9 @@ class ModelSearch:
         """
         if self.self_training not in SELF_TRAINING_CHOICES:
             raise UnknownNameError("self-training setting", str(self.self_training), SELF_TRAINING_CHOICES)
-        available = modality_order(X)
+        available = modality_order(k for k in X if not is_parts_key(k))
         y = _labels(y, self.multilabel)
-        candidates = self._candidate_list(available)
+        candidates = self._candidate_list(available, parts=any(is_parts_key(k) for k in X))
         for c in candidates:
             c.modalities_in(available)
         has_pool = unlabelled is not None and len(next(iter(unlabelled.values()), [])) > 0
@@ -401,7 +413,7 @@ class ModelSearch:
                                  n_reference=int(self.reference is not None))
             scored = list(zip(candidates, results[: len(candidates)]))
             self.best_, self.reason_ = self._choose(scored, len(available))
-            if self.self_training != "off" and has_pool and self.best_.model not in SINGLE_LABEL_ONLY and not self.multilabel \
+            if self.self_training != "off" and has_pool and self.best_.model not in NO_SELF_TRAINING and not self.multilabel \
                     and not self.best_.self_training:
                 with_st = Candidate(self.best_.model, self.best_.modalities, True)
                 st_result = self._run([(with_st.name, with_st.build(**self._build_options()), with_st.modalities_in(available), True)],

@@ -107,3 +107,28 @@ def test_media_of_the_next_chunk_are_prepared_while_a_chunk_encodes(store, setti
 
 def _cos_min(a, b):
     return float(np.min(np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+def test_part_features_are_cached_beside_the_vectors_once_turned_on(store, settings, encoders, tmp_path):
+    _project(store, tmp_path)
+    _, before, ids = _embed(store, settings, encoders)  # parts off (the default): pooled vectors only
+    with store.session() as s:
+        items = repo.list_items(s, project=repo.get_project(s, name="p"))
+        nothing_yet = load_features(items, encoders=encoders, parts=True)
+    assert np.isnan(nothing_yet["text:parts"]).all() and np.isnan(nothing_yet["image:parts"]).all()
+    on = settings.model_copy(update={"parts": True})
+    encoders.settings = on
+    report, _, _ = _embed(store, on, encoders)
+    assert report.encoded == {"text": 4, "image": 2, "audio": 0}  # cached without parts: encoded again; audio has none
+    with store.session() as s:
+        items = repo.list_items(s, project=repo.get_project(s, name="p"))
+        features = load_features(items, encoders=encoders, parts=True)
+    assert set(features) == {"text", "image", "audio", "text:parts", "image:parts"}
+    assert features["text:parts"].shape == (4, 64 * 384) and features["text:parts"].dtype == np.float16
+    assert features["image:parts"].shape == (4, 16 * 1280)
+    for m in ("text", "image", "audio"):  # the pooled vectors did not change
+        np.testing.assert_array_equal(features[m], before[m])
+    missing = {i: bool(np.isnan(row).all()) for i, row in zip(ids, features["image:parts"])}
+    assert missing == {"cat": False, "coffee": False, "broken": True, "text-only": True}
+    again, _, _ = _embed(store, on, encoders)
+    assert again.encoded == {"text": 0, "image": 0, "audio": 0}

@@ -57,3 +57,15 @@ def test_torn_append_loses_only_that_append(tmp_path):
     recovered.put(["c"], _vecs(1, seed=3))
     again = EmbeddingCache(tmp_path, "e", 4)
     np.testing.assert_array_equal(again.get(["a", "b", "c"]), np.vstack([_vecs(2), _vecs(1, seed=3)]))
+
+
+def test_float16_rows_roundtrip_and_a_cache_keeps_its_dtype(tmp_path):
+    parts = _vecs(3, d=12).astype(np.float16)
+    cache = EmbeddingCache(tmp_path, "text:x:parts", 12, dtype="float16")
+    cache.put(["a", "b", "c"], parts)
+    reopened = EmbeddingCache(tmp_path, "text:x:parts", 12, dtype="float16")
+    assert reopened.get(["c", "a"]).dtype == np.float16
+    np.testing.assert_array_equal(reopened.get(["c", "a"]), parts[[2, 0]])
+    assert (tmp_path / reopened.dir.name / "vectors.f32").stat().st_size == 3 * 12 * 2  # half the bytes
+    with pytest.raises(ValueError, match="holds float16"):
+        EmbeddingCache(tmp_path, "text:x:parts", 12)

@@ -153,3 +153,22 @@ def test_gpu_preprocessing_path_matches_the_image_processor(tmp_path):
     fast = enc._gpu_pixels(images).numpy()
     assert fast.shape == reference.shape
     assert np.abs(fast - reference).mean() < 0.02
+
+
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_part_features_come_with_the_same_vectors(offline_encoders, modality):
+    """One forward pass gives both: the pooled vectors equal `encode`'s, the parts are unit-norm
+    float16 rows, zero past the text's last token."""
+    enc = offline_encoders[modality]
+    inputs = ["a cat", "a long sentence about a small grey cat sitting on a warm window sill"] if modality == "text" \
+        else [_img("cat.png"), _img("coffee.jpg")]
+    vectors, parts = enc.encode_parts(inputs)
+    np.testing.assert_allclose(vectors, enc.encode(inputs), atol=1e-5)
+    assert parts.shape == (2, enc.n_parts, enc.dim) and parts.dtype == np.float16
+    norms = np.linalg.norm(parts.astype(np.float32), axis=2)
+    present = norms > 0
+    np.testing.assert_allclose(norms[present], 1.0, atol=2e-3)
+    if modality == "text":  # [CLS] a cat [SEP]: 4 tokens; the longer sentence has more
+        assert present[0].sum() == 4 and present[1].sum() > 10 and not present[:, present[1].sum():].any()
+    else:  # every region of the 4 x 4 grid holds features, and they differ across the image
+        assert present.all() and np.linalg.norm(parts[0, 0].astype(np.float32) - parts[0, -1].astype(np.float32)) > 0.1
