@@ -83,13 +83,44 @@ def _chunks_ahead(chunks: list[list[Item]], decode: Callable[[Item], tuple[Any, 
             yield chunk, decoded
 
 
-def uncached_items(items: Sequence[Item], modality: str, cache) -> list[Item]:
-    """The items whose ``modality`` content has no vector in ``cache`` yet (or is not hashed yet:
-    remote media are hashed when fetched); the cache is re-read first, so vectors another process
-    (a worker, a cluster's actors) added count."""
+def _parts_to_fill(encoders: Encoders, modality: str):
+    """The part-level features' cache that encoding fills: where they are on (``settings.parts``)
+    and the encoder gives them; else None."""
+    return encoders.parts_cache(modality) if encoders.settings.parts else None
+
+
+def missing_content(encoders: Encoders, modality: str, shas: Sequence[str]) -> set[str]:
+    """The content hashes with no cached vector yet (or, with part-level features on, no cached
+    parts); the caches are re-read first, so what another process (a worker, a cluster's actors)
+    added counts."""
+    missing = set(encoders.cache(modality).missing(shas))
+    parts_cache = _parts_to_fill(encoders, modality)
+    return missing | set(parts_cache.missing(shas)) if parts_cache is not None else missing
+
+
+def uncached_items(items: Sequence[Item], modality: str, encoders: Encoders) -> list[Item]:
+    """The items whose ``modality`` content is not cached yet (`missing_content`), or not hashed
+    yet (remote media are hashed when fetched)."""
     sha_attr = f"{modality}_sha"
-    missing = set(cache.missing([getattr(it, sha_attr) for it in items if getattr(it, sha_attr) is not None]))
+    missing = missing_content(encoders, modality, [getattr(it, sha_attr) for it in items
+                                                   if getattr(it, sha_attr) is not None])
     return [it for it in items if getattr(it, sha_attr) is None or getattr(it, sha_attr) in missing]
+
+
+def encode_into_cache(encoders: Encoders, modality: str, inputs: list, keys: list[str], *,
+                      prepared: bool) -> np.ndarray:
+    """Encode decoded ``inputs`` (already prepared, for an encoder that splits preprocessing off)
+    and cache them under ``keys``: the vectors, and the part-level features from the same forward
+    pass where they are on. Returns the vectors."""
+    encoder = encoders.get(modality)
+    parts_cache = _parts_to_fill(encoders, modality)
+    if parts_cache is None:
+        vectors = (encoder.encode_prepared if prepared else encoder.encode)(inputs)
+    else:  # parts first: a cached vector then implies its parts
+        vectors, parts = (encoder.encode_prepared_parts if prepared else encoder.encode_parts)(inputs)
+        parts_cache.put(keys, parts.reshape(len(parts), -1))
+    encoders.cache(modality).put(keys, vectors)
+    return vectors
 
 
 def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetcher,
@@ -110,21 +141,13 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
         having = [it for it in items if it.data.get(modality)]
         if not having:
             continue
-        cache = encoders.cache(modality)
+        cache, parts_cache = encoders.cache(modality), _parts_to_fill(encoders, modality)
         encoder = encoders.get(modality)
-        parts_cache = encoders.parts_cache(modality) if encoders.settings.parts else None
         # encoders that split preprocessing from the forward pass get it done on the media threads
         prepared = hasattr(encoder, "prepare") and hasattr(encoder, "encode_prepared")
-        if parts_cache is None:
-            encode = encoder.encode_prepared if prepared else encoder.encode
-        else:
-            encode = encoder.encode_prepared_parts if prepared else encoder.encode_parts
         decode = partial(decode_item, modality, fetcher=fetcher, prepare=encoder.prepare if prepared else None)
         sha_attr = f"{modality}_sha"
-        todo = uncached_items(having, modality, cache)
-        if parts_cache is not None:
-            todo_ids = {id(it) for it in todo} | {id(it) for it in uncached_items(having, modality, parts_cache)}
-            todo = [it for it in having if id(it) in todo_ids]
+        todo = uncached_items(having, modality, encoders)
         report.cached[modality] = len(having) - len(todo)
         report.encoded[modality] = 0
         bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="item", file=sys.stderr,
@@ -142,12 +165,7 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
                     inputs.append(decoded)
                     keys.append(key)
             if inputs:
-                if parts_cache is None:
-                    cache.put(keys, encode(inputs))
-                else:
-                    vectors, parts = encode(inputs)
-                    cache.put(keys, vectors)
-                    parts_cache.put(keys, parts.reshape(len(parts), -1))
+                encode_into_cache(encoders, modality, inputs, keys, prepared=prepared)
                 report.encoded[modality] += len(inputs)
             bar.update(len(chunk))
         bar.close()

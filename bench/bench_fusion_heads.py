@@ -1,12 +1,16 @@
 """Fusion heads vs single modalities on offline multimodal data (issue: models).
 
-Data sets: digits (image + noisy text + noisy spoken digit, each partly informative) and OpenMoji
-(image + caption, four categories). Over several seeds: accuracy and macro-F1 of every single
-modality and every fusion head, kernel-level fusion (`kernel`: multiple-kernel learning with kernel
-ridge), a logistic-regression early-fusion baseline, accuracy with one
-modality removed at test time, ECE before/after temperature scaling, head training time, encode
-throughput per modality (batched vs one-at-a-time baseline), Whisper dynamic vs 30 s padding, and
-re-scoring throughput from cached embeddings vs re-encoding.
+Data sets: digits (image + noisy text + noisy spoken digit, each partly informative), OpenMoji
+(image + caption, four categories) and OpenMoji match (the label is whether the caption describes
+this image: each emoji once with its own caption, once with the caption of an emoji of another
+category; each modality alone says nothing, only the pair does). Over several seeds: accuracy and
+macro-F1 of every single modality and every fusion head, co-attention over part-level features
+(`coattention`: text tokens, image regions), kernel-level fusion (`kernel`: multiple-kernel
+learning with kernel ridge), a logistic-regression early-fusion baseline, accuracy with one
+modality removed at test time, ECE before/after temperature scaling, training time and inference
+time per 1,000 items, encode throughput per modality (batched vs one-at-a-time baseline; with part
+features vs without), Whisper dynamic vs 30 s padding, and re-scoring throughput from cached
+embeddings vs re-encoding.
 """
 
 from __future__ import annotations
@@ -19,14 +23,50 @@ from bench._common import parser, timer, write_results
 
 
 def encode_dataset(items: list[dict], encoders: dict, modalities: list[str]) -> tuple[dict, dict]:
-    """Features {modality: (n, d)} and encode throughput {modality: items/s}."""
+    """Features {modality: (n, d), "text:parts": (n, P * d)} (part-level features from the encoders
+    that give them, in the same forward pass) and encode throughput {modality: items/s}."""
+    from annotator.encoders.base import parts_key
+
     features, throughput = {}, {}
     for m in modalities:
         inputs = [it[m] for it in items]
         with timer() as t:
-            features[m] = encoders[m].encode(inputs)
+            if getattr(encoders[m], "n_parts", 0):
+                features[m], parts = encoders[m].encode_parts(inputs)
+                features[parts_key(m)] = parts.reshape(len(parts), -1)
+            else:
+                features[m] = encoders[m].encode(inputs)
         throughput[m] = len(inputs) / t()
     return features, throughput
+
+
+def parts_encode_cost(encoder, inputs: list, repeats: int = 2) -> dict:
+    """Items/s of the pooled vectors alone vs with part-level features (the same forward pass plus
+    copying and normalising the parts), alternating, best of ``repeats``."""
+    pooled, with_parts = [], []
+    for _ in range(repeats):
+        with timer() as t:
+            encoder.encode(inputs)
+        pooled.append(len(inputs) / t())
+        with timer() as t:
+            encoder.encode_parts(inputs)
+        with_parts.append(len(inputs) / t())
+    return {"pooled_items_per_s": max(pooled), "with_parts_items_per_s": max(with_parts),
+            "slowdown": max(pooled) / max(with_parts)}
+
+
+def match_pairs(items: list[dict], features: dict, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Every emoji twice: with its own caption ("match") and with the caption of an emoji of
+    another category ("mismatch"). Rows of the image features, text rows (and text parts) swapped;
+    also each pair's emoji (its group)."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([it["label"] for it in items])
+    n = len(items)
+    other = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in range(n)])
+    image_rows = np.concatenate([np.arange(n), np.arange(n)])
+    text_rows = np.concatenate([np.arange(n), other])
+    out = {k: a[text_rows if k.startswith("text") else image_rows] for k, a in features.items()}
+    return out, np.array(["match"] * n + ["mismatch"] * n), np.concatenate([np.arange(n), np.arange(n)])
 
 
 def one_at_a_time_rate(encoder, inputs, n: int = 16) -> float:
@@ -36,8 +76,15 @@ def one_at_a_time_rate(encoder, inputs, n: int = 16) -> float:
     return min(n, len(inputs)) / t()
 
 
-def stratified_split(y: np.ndarray, seed: int, test_fraction: float = 0.3):
+def stratified_split(y: np.ndarray, seed: int, test_fraction: float = 0.3, groups: np.ndarray | None = None):
+    """(train, test) masks, stratified by class; with ``groups``, whole groups go to one side (the
+    match setting's two pairs of one emoji: split apart, a model could learn the image's label
+    from its twin, which has the other label)."""
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        names = rng.permutation(np.unique(groups))
+        test = np.isin(groups, names[: int(round(len(names) * test_fraction))])
+        return ~test, test
     test = np.zeros(len(y), bool)
     for c in np.unique(y):
         rows = rng.permutation(np.flatnonzero(y == c))
@@ -53,20 +100,25 @@ def build(head: str, seed: int):
     return KernelFusionClassifier(random_state=seed) if head == "kernel" else FusionClassifier(head=head, random_state=seed)
 
 
-def run_dataset(name: str, features: dict, y: np.ndarray, seeds: list[int], heads: list[str]) -> dict:
+def run_dataset(name: str, features: dict, y: np.ndarray, seeds: list[int], heads: list[str],
+                groups: np.ndarray | None = None) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
     from annotator.fusion import FusionClassifier
     from annotator.fusion.metrics import evaluate
 
+    from annotator.encoders.base import base_modality, is_parts_key
+
     rows: dict[str, list[dict]] = {}
     removal: dict[str, dict[str, list[float]]] = {}
     train_s: dict[str, list[float]] = {}
-    modalities = list(features)
+    predict_s: dict[str, list[float]] = {}
+    modalities = [m for m in features if not is_parts_key(m)]
     for seed in seeds:
-        tr, te = stratified_split(y, seed)
-        sub = lambda rows_mask, ms=None: {m: features[m][rows_mask] for m in (ms or modalities)}  # noqa: E731
+        tr, te = stratified_split(y, seed, groups=groups)
+        sub = lambda rows_mask, ms=None: {k: a[rows_mask] for k, a in features.items()  # noqa: E731
+                                          if base_modality(k) in (ms or modalities)}
         for m in modalities:  # single modality, same estimator
             clf = FusionClassifier(head="concat", random_state=seed).fit(sub(tr, [m]), y[tr])
             rows.setdefault(f"{m} only", []).append(evaluate(clf, sub(te, [m]), list(y[te])))
@@ -79,10 +131,13 @@ def run_dataset(name: str, features: dict, y: np.ndarray, seeds: list[int], head
             with timer() as t:
                 clf = build(head, seed).fit(sub(tr), y[tr])
             train_s.setdefault(head, []).append(t())
+            with timer() as t:
+                clf.predict_proba(sub(te))
+            predict_s.setdefault(head, []).append(t() / int(te.sum()))
             rows.setdefault(head, []).append(evaluate(clf, sub(te), list(y[te])))
             for m in modalities:
-                X = sub(te)
-                X[m] = np.full_like(X[m], np.nan)
+                X = {k: a for k, a in sub(te).items() if base_modality(k) != m}
+                X[m] = np.full_like(features[m][te], np.nan)
                 acc = float((np.array(clf.predict(X)) == y[te]).mean())
                 removal.setdefault(head, {}).setdefault(f"without {m}", []).append(acc)
 
@@ -95,6 +150,8 @@ def run_dataset(name: str, features: dict, y: np.ndarray, seeds: list[int], head
         summary[head]["ece_uncalibrated"] = agg([r["ece_uncalibrated"] for r in rows[head]])
         summary[head]["ece"] = agg([r["ece"] for r in rows[head]])
         summary[head]["train_s"] = agg(train_s[head])
+        summary[head]["train_s_per_1000_items"] = agg([1000 * t / int(tr.sum()) for t in train_s[head]])
+        summary[head]["predict_ms_per_1000_items"] = agg([1e6 * t for t in predict_s[head]])
         summary[head]["modality_removed_accuracy"] = {k: agg(v) for k, v in removal[head].items()}
     best_single = max((k for k in summary if k.endswith(" only")), key=lambda k: summary[k]["accuracy"]["mean"])
     best_head = max(heads, key=lambda h: summary[h]["accuracy"]["mean"])
@@ -154,7 +211,7 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     seeds = list(range(args.seeds if not args.smoke else 1))
-    heads = [*HEADS, "kernel"] if not args.smoke else ["concat", "attention", "kernel"]
+    heads = [*HEADS, "kernel"] if not args.smoke else ["concat", "attention", "coattention", "kernel"]
     enc = {m: load_encoder(m, device="cpu") for m in ("text", "image")}
     audio = have_espeak()
     if audio:
@@ -181,8 +238,12 @@ def main() -> None:
 
     y_dig = np.array([it["label"] for it in digits])
     y_moji = np.array([it["label"] for it in moji])
+    match_feat, y_match, emoji = match_pairs(moji, moji_feat)
     results = {"digits": run_dataset("digits", dig_feat, y_dig, seeds, heads),
-               "openmoji": run_dataset("openmoji", moji_feat, y_moji, seeds, heads)}
+               "openmoji": run_dataset("openmoji", moji_feat, y_moji, seeds, heads),
+               "openmoji match": run_dataset("openmoji match", match_feat, y_match, seeds, heads, groups=emoji)}
+    parts_cost = {m: parts_encode_cost(enc[m], [it[m] for it in digits][: 32 if args.smoke else 300])
+                  for m in ("text", "image")}
 
     whisper = None
     if audio:
@@ -204,8 +265,10 @@ def main() -> None:
                    "audio_only_accuracy": audio_only,
                    "mean_cosine_dynamic_vs_padded": float(np.mean(np.sum(padded_vecs * dyn_vecs, axis=1)))}
 
-    rescoring = rescoring_throughput(dig_feat, y_dig, 20_000 if args.smoke else 200_000, dig_rate["text"])
+    pooled = {m: a for m, a in dig_feat.items() if m in dig_mods}  # the attention head reads no parts
+    rescoring = rescoring_throughput(pooled, y_dig, 20_000 if args.smoke else 200_000, dig_rate["text"])
     out = {"data_build_s": data_s, "encode_throughput": encode, "openmoji_encode_items_per_s": moji_rate,
+           "part_features_encode_cost": parts_cost,
            "datasets": results, "whisper_dynamic_vs_padded": whisper, "rescoring": rescoring,
            "audio_available": audio}
     name = "bench_fusion_heads" + ("_smoke" if args.smoke else "")
@@ -216,11 +279,16 @@ def main() -> None:
         for k, v in res["results"].items():
             extra = ""
             if "ece" in v:
-                extra = f"  ECE {v['ece_uncalibrated']['mean']:.3f}->{v['ece']['mean']:.3f}  train {v['train_s']['mean']:.1f}s"
+                extra = (f"  ECE {v['ece_uncalibrated']['mean']:.3f}->{v['ece']['mean']:.3f}  "
+                         f"train {v['train_s_per_1000_items']['mean']:.1f}s/1k  "
+                         f"predict {v['predict_ms_per_1000_items']['mean']:.0f}ms/1k")
             print(f"  {k:<22} acc {v['accuracy']['mean']:.3f}±{v['accuracy']['std']:.3f}  "
                   f"F1 {v['macro_f1']['mean']:.3f}{extra}")
         print(f"  best head {res['best_head']} vs best single {res['best_single_modality']}: "
               f"{res['fusion_gain_accuracy_points']:+.1f} points")
+    print("part-level features, encode cost: " + ", ".join(
+        f"{m} {v['pooled_items_per_s']:.0f} -> {v['with_parts_items_per_s']:.0f} items/s ({v['slowdown']:.2f}x)"
+        for m, v in parts_cost.items()))
     print(f"\nencode (items/s, batched vs one at a time): "
           + ", ".join(f"{m} {v['batched_items_per_s']:.0f} ({v['batching_speedup']:.1f}x)" for m, v in encode.items()))
     if whisper:

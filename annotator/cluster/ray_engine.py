@@ -117,7 +117,7 @@ class RayEngine:
         for modality in modalities:
             having = [it for it in items if it.data.get(modality)]
             if having:
-                missing = uncached_items(having, modality, encoders.cache(modality))
+                missing = uncached_items(having, modality, encoders)
                 report.cached[modality], report.encoded[modality] = len(having) - len(missing), 0
                 todo += [(it, modality) for it in missing]
         if todo:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from annotator.config import Settings
-from annotator.embedding import decode_media
+from annotator.embedding import decode_media, encode_into_cache, missing_content
 from annotator.encoders.cache import CachedVectorsOnly
 from annotator.encoders.registry import Encoders
 from annotator.errors import MediaError
@@ -67,9 +67,9 @@ class EncodeActor:
                              "error": errors, "encoded": encoded})
 
     def _encode(self, modality: str, part: pd.DataFrame, rows: np.ndarray, errors: list, encoded: list) -> None:
-        encoder, cache = self.encoders.get(modality), self.encoders.cache(modality)
+        encoder = self.encoders.get(modality)
         prepared = hasattr(encoder, "prepare") and hasattr(encoder, "encode_prepared")
-        missing = set(cache.missing([sha for sha in part["sha"] if sha]))  # others' vectors count
+        missing = missing_content(self.encoders, modality, [sha for sha in part["sha"] if sha])  # others' count
         todo, seen = [], set()
         for i, row in zip(rows, part.itertuples(index=False)):
             if not errors[i] and row.sha in missing and row.sha not in seen:
@@ -92,8 +92,7 @@ class EncodeActor:
             keys.append(row.sha)
             encoded[i] = True
         if inputs:
-            vectors = (encoder.encode_prepared if prepared else encoder.encode)(inputs)
-            cache.put(keys, vectors)
+            vectors = encode_into_cache(self.encoders, modality, inputs, keys, prepared=prepared)
             if self.parquet_dir is not None:
                 self._write_shard(modality, keys, vectors)
 

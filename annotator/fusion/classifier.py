@@ -195,6 +195,7 @@ class FusionClassifier(EstimatorParams):
         rng = np.random.default_rng(self.random_state)
         fit_idx, cal_idx = self._calibration_split(targets, rng)
 
+        self.part_bases_ = _part_bases(arrays, self.part_dims_, self.random_state) if self.uses_parts else None
         self.modality_weights_ = None
         if self.head == "weighted":
             self.modality_weights_ = (list(map(float, self.modality_weights)) if self.modality_weights is not None
@@ -214,6 +215,14 @@ class FusionClassifier(EstimatorParams):
         if len(cal_idx) and self.refit:
             self.network_ = self._train(arrays, mask, targets, np.arange(len(targets)), self.modality_weights_)
         return self
+
+    def _reduced_dims(self) -> list[int] | None:
+        """``coattention``: the width each modality's parts are projected to (`_part_bases`)."""
+        if not self.uses_parts:
+            return None
+        if getattr(self, "part_bases_", None) is not None:
+            return [int(basis.shape[1]) for _, basis in self.part_bases_]
+        return [int(net_basis.shape[1]) for name, net_basis in self.network_.named_buffers() if name.startswith("basis_")]
 
     def _width(self, n: int) -> int:
         return int(self.hidden_dim) if self.hidden_dim != "auto" else 32 if n < 200 else 64 if n < 1000 else 128
@@ -271,10 +280,13 @@ class FusionClassifier(EstimatorParams):
         gen = torch.Generator().manual_seed(self.random_state)
         n_classes = targets.shape[1] if self.multilabel else len(self.classes_)
         net = build_network(self.dims_, n_classes, self.head, self.hidden_dim_, self.dropout, head_weights,
-                            self.part_dims_).to(self.device)
+                            self.part_dims_, self._reduced_dims())
+        if self.part_bases_ is not None:
+            net.set_bases(self.part_bases_)
+        net = net.to(self.device)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss() if self.multilabel else torch.nn.CrossEntropyLoss()
-        xs = [torch.from_numpy(a[idx]).to(self.device) for a in arrays]
+        xs = net.prepare([torch.from_numpy(a[idx]).to(self.device) for a in arrays])
         m = torch.from_numpy(mask[idx]).to(self.device)
         t = torch.from_numpy(targets[idx]).to(self.device)
         n = len(idx)
@@ -369,7 +381,7 @@ class FusionClassifier(EstimatorParams):
                 m = mask[s:s + chunk]
                 xs = [a[s:s + chunk] if m[:, j].all() else np.nan_to_num(a[s:s + chunk], nan=0.0)
                       for j, a in enumerate(arrays)]
-                out = net([torch.from_numpy(x).to(self.device) for x in xs], torch.from_numpy(m).to(self.device),
+                out = net(net.prepare([torch.from_numpy(x).to(self.device) for x in xs]), torch.from_numpy(m).to(self.device),
                           with_hidden=with_hidden)
                 for store, tensor in zip(outputs, out):
                     store.append(tensor.float().cpu().numpy())
@@ -427,7 +439,8 @@ class FusionClassifier(EstimatorParams):
             raise ValueError(f"the {self.head!r} head has no attention over parts; only {COATTENTION!r} has")
         arrays, mask = self._arrays(X, fitting=False)
         with torch.inference_mode():
-            out = self.network_([torch.from_numpy(np.nan_to_num(a, nan=0.0)).to(self.device) for a in arrays],
+            xs = self.network_.prepare([torch.from_numpy(np.nan_to_num(a, nan=0.0)).to(self.device) for a in arrays])
+            out = self.network_(xs,
                                 torch.from_numpy(mask).to(self.device), with_part_weights=True)
         return {m: w.float().cpu().numpy() for m, w in zip(self.modalities_, out[-1])}
 
@@ -445,7 +458,8 @@ class FusionClassifier(EstimatorParams):
         write_folder(path, {"estimator": "FusionClassifier", "format_version": FORMAT_VERSION,
                             "params": self.get_params(), "classes": self.classes_, "modalities": self.modalities_,
                             "dims": self.dims_, "temperature": self.temperature_, "hidden_dim": self.hidden_dim_,
-                            "modality_weights": self.modality_weights_, "part_dims": self.part_dims_},
+                            "modality_weights": self.modality_weights_, "part_dims": self.part_dims_,
+                            "part_reduced_dims": self._reduced_dims()},
                      {k: v.detach().cpu().numpy() for k, v in self.network_.state_dict().items()})
 
     @classmethod
@@ -461,7 +475,8 @@ class FusionClassifier(EstimatorParams):
         clf.temperature_, clf.modality_weights_ = config["temperature"], config["modality_weights"]
         clf.hidden_dim_, clf.part_dims_ = config["hidden_dim"], config.get("part_dims")
         net = build_network(clf.dims_, len(clf.classes_), clf.head, clf.hidden_dim_, clf.dropout,
-                            clf.modality_weights_, clf.part_dims_)
+                            clf.modality_weights_, clf.part_dims_, config.get("part_reduced_dims"))
+        clf.part_bases_ = None  # they live in the network's buffers
         net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
         clf.network_ = net.to(clf.device).eval()
         return clf
@@ -491,3 +506,30 @@ def _parts_used(parts: np.ndarray | None, d: int) -> int:
     present = np.abs(np.nan_to_num(np.asarray(parts, dtype=np.float32).reshape(len(parts), -1, d))).sum(-1) > 0
     used = np.flatnonzero(present.any(axis=0))
     return int(used[-1]) + 1 if len(used) else 0
+
+
+PART_COMPONENTS = 64  # the width parts are projected to before co-attention (`_part_bases`)
+
+
+def _part_bases(arrays: list[np.ndarray], part_dims: list[int], seed: int, max_parts: int = 20000) -> list[tuple]:
+    """Per modality, (center (d,), basis (d, k)): the top ``PART_COMPONENTS`` principal directions
+    of its parts (randomised SVD over up to ``max_parts`` non-padding parts of the training rows).
+    Parts of a width no larger than that keep every direction."""
+    from sklearn.utils.extmath import randomized_svd
+
+    rng = np.random.default_rng(seed)
+    bases = []
+    for a, d in zip(arrays, part_dims):
+        parts = a.reshape(-1, d)
+        if len(parts) > max_parts:
+            parts = parts[np.sort(rng.choice(len(parts), max_parts, replace=False))]
+        parts = parts[np.abs(parts).sum(axis=1) > 0]
+        center = parts.mean(axis=0) if len(parts) else np.zeros(d, np.float32)
+        k = min(PART_COMPONENTS, d, max(1, len(parts) - 1))
+        if k >= d:
+            basis = np.eye(d, dtype=np.float32)
+        else:
+            _, _, vt = randomized_svd(parts - center, k, random_state=seed)
+            basis = vt.T
+        bases.append((center.astype(np.float32), np.ascontiguousarray(basis, dtype=np.float32)))
+    return bases

@@ -351,3 +351,34 @@ def test_each_control_gets_its_own_versions_and_a_control_with_few_labels_is_ski
         model = runtime.active_model(s, p, "alive")
     assert model.version == "alive.v2" and set(model.classifier.classes_) == {"living", "thing"}
     assert (settings.project_dir("p") / "models" / "alive.v2" / "meta.json").exists()
+
+
+def test_with_part_features_coattention_competes_and_serves_from_them(store, settings, encoders, tmp_path):
+    from annotator.embedding import load_features
+    from annotator.explain import explain_item
+
+    on = settings.model_copy(update={"parts": True})
+    encoders.settings = on
+    make_project(store, tmp_path, n_per_class=10)
+    auto = retrain(store, on, project_name="p", encoders=encoders, progress=False)
+    row = next(r for r in auto.metrics["candidates"] if r["name"] == "coattention")
+    assert row["macro_f1_mean"] is not None and row.get("error") is None
+
+    forced = retrain(store, on, project_name="p", head="coattention", force=True, encoders=encoders, progress=False)
+    assert forced.promoted and forced.model == "coattention"
+    runtime = Runtime(on, encoders=encoders)
+    out = predict(store, on, project_name="p", runtime=runtime, progress=False)
+    assert np.mean([p["label"] == p["id"].split("-")[0] for p in out.predictions]) >= 0.9
+    # served from the parts: the scores are the model's on the cached part-level features
+    with store.session() as s:
+        mv = repo.active_model_version(s, project=repo.get_project(s, name="p"))
+        items = repo.list_items(s, project=repo.get_project(s, name="p"))
+        clf, _ = load_version(on, mv)
+        features = load_features(items, encoders=encoders, parts=True)
+    assert clf.uses_parts and features["text:parts"].shape[1] == 64 * 384
+    expected = clf.predict_proba(features).max(axis=1)
+    served = {p["id"]: p["score"] for p in out.predictions}
+    np.testing.assert_allclose([served[it.external_id] for it in items], expected, rtol=1e-4)
+
+    e = explain_item(store, on, project_name="p", item_id="animal-0", runtime=runtime)
+    assert e.label == "animal" and [w for w, _ in e.words] == "a picture of a dog today".split()
