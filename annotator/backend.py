@@ -118,16 +118,17 @@ class Backend:
         logged as a warning: the person wiring the backend sees it). Cheap: no model is loaded here."""
         pid = parse_project_id(project)
         config = parse_label_config(schema)
+        served = config.explaining(self.settings.explanation_textarea)
 
         def register(s) -> str:
             p = ensure_project(s, pid, schema, config)
             remember_access(p, hostname, access_token)
             return active_version(s, p, config)
 
-        answer: dict[str, Any] = {"model_version": self.store.run(register), "predicted": config.predicted_controls}
-        if note := config.coverage_note():
+        answer: dict[str, Any] = {"model_version": self.store.run(register), "predicted": served.predicted_controls}
+        if note := served.coverage_note():
             log.warning("project %s: %s", pid, note)
-            answer["not_predicted"] = list(config.ignored_controls)
+            answer["not_predicted"] = list(served.ignored_controls)
         return answer
 
     def predict(self, *, tasks: list[dict], project: Any = None, label_config: str | None = None,
@@ -177,7 +178,8 @@ class Backend:
             served = served_controls(s, self.runtime, p, config)
             predictions = task_predictions(ordered, served, encoders=self.runtime.encoders, config=config,
                                            transcripts=transcripts_for(s, ordered, config,
-                                                                       encoders=self.runtime.encoders))
+                                                                       encoders=self.runtime.encoders),
+                                           explanation_textarea=self.settings.explanation_textarea)
         version = served_version(served)
         results, late = [], []
         for it, pred in zip(ordered, predictions):

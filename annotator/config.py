@@ -92,6 +92,9 @@ class Settings(BaseSettings):
         entries, and models trained on fp32 vectors ask for a retrain).
     text_model, image_model, audio_model : str
         Hugging Face id or local path, or ``"default"`` for the offline model shipped in a package.
+    explanation_textarea : str, optional
+        The name of a ``<TextArea>`` in the label config that each pre-label fills with a short
+        explanation: per question, the answer, its score and the modality weights it rests on.
     parts : bool, default=False
         Also cache part-level features (text tokens, image regions; same forward pass as the
         pooled vectors), so the ``coattention`` head takes part in `retrain`'s model choice. Off
@@ -177,6 +180,7 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "torch", "onnx"] = Field(default="auto", validation_alias=_env("runtime"))
     int8: bool = Field(default=False, validation_alias=_env("int8"))
     parts: bool = Field(default=False, validation_alias=_env("parts"))
+    explanation_textarea: str | None = Field(default=None, validation_alias=_env("explanation_textarea"))
     align_adversarial: float = Field(default=0.0, ge=0, validation_alias=_env("align_adversarial"))
     vector_store: str = Field(default="faiss", validation_alias=_env("vector_store"))
     milvus_token: SecretStr | None = Field(default=None, validation_alias=_env("milvus_token"))

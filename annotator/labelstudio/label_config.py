@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -89,7 +89,8 @@ class ClassificationControl:
 
 @dataclass(frozen=True)
 class TranscriptControl:
-    """A ``<TextArea>`` on an audio object: pre-filled with the audio's Whisper transcript."""
+    """A ``<TextArea>``: on an audio object, pre-filled with the audio's Whisper transcript; the
+    one named by ``ANNOTATOR_EXPLANATION_TEXTAREA``, with a short explanation of the prediction."""
 
     name: str
     to_name: str
@@ -112,6 +113,21 @@ class LabelConfig:
     transcripts: tuple[TranscriptControl, ...] = ()
     ignored_controls: tuple[str, ...] = ()  # "name (Tag)" of each control we do not predict
     digest: str = ""
+    other_textareas: tuple[TranscriptControl, ...] = ()  # TextAreas not on audio
+    explanation: TranscriptControl | None = None  # the one filled with explanations (`explaining`)
+
+    def textarea(self, name: str | None) -> TranscriptControl | None:
+        """The ``<TextArea>`` called ``name`` (not on audio: those hold transcripts), if any."""
+        return next((t for t in self.other_textareas if t.name == name), None) if name else None
+
+    def explaining(self, name: str | None) -> LabelConfig:
+        """This config as the backend serves it when the ``<TextArea>`` ``name`` gets explanations:
+        that TextArea counts among the predicted controls, not the ignored ones."""
+        found = self.textarea(name)
+        if found is None:
+            return self
+        return replace(self, explanation=found,
+                       ignored_controls=tuple(c for c in self.ignored_controls if c != f"{found.name} (TextArea)"))
 
     @property
     def primary(self) -> ClassificationControl | None:
@@ -124,7 +140,8 @@ class LabelConfig:
 
     @property
     def predicted_controls(self) -> list[str]:
-        return [c.name for c in self.controls] + [t.name for t in self.transcripts]
+        return [c.name for c in self.controls] + [t.name for t in self.transcripts] + \
+            ([self.explanation.name] if self.explanation else [])
 
     @property
     def transcript_as_text(self) -> bool:
@@ -216,8 +233,9 @@ def _parse(digest: str, xml: str) -> LabelConfig:
         raise LabelConfigError(f"label config has two controls with the same name: {names}")
     audio = {o.name for o in objects if o.modality == "audio"}
     transcripts = [TranscriptControl(el.get("name"), _to_name(el)) for el in textareas if _to_name(el) in audio]
-    ignored += [f"{el.get('name')} ({el.tag})" for el in textareas if _to_name(el) not in audio]
-    return LabelConfig(tuple(objects), tuple(controls), tuple(transcripts), tuple(ignored), digest)
+    others = [TranscriptControl(el.get("name"), _to_name(el)) for el in textareas if _to_name(el) not in audio]
+    ignored += [f"{t.name} (TextArea)" for t in others]
+    return LabelConfig(tuple(objects), tuple(controls), tuple(transcripts), tuple(ignored), digest, tuple(others))
 
 
 def _to_name(el: ET.Element) -> str:

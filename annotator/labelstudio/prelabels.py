@@ -90,27 +90,42 @@ def transcripts_for(session, items: Sequence[Item], config: LabelConfig, *, enco
     return item_transcripts(session, items, encoders=encoders) if config.transcripts else {}
 
 
+def explanation_text(control: str, prediction) -> str:
+    """One line a person can read beside a pre-label: what it says, how sure, and which modality
+    it rests on (the model's own modality weights)."""
+    weights = sorted(prediction.modality_weights.items(), key=lambda kv: -kv[1])
+    rests_on = ", ".join(f"{m} {w:.0%}" for m, w in weights if w > 0)
+    return f"{control}: {', '.join(prediction.labels)} ({prediction.score:.0%})" + (f", from {rests_on}" if rests_on else "")
+
+
 def task_predictions(items: Sequence[Item], served: Sequence[ServedControl], *, encoders: Encoders,
-                     config: LabelConfig | None = None,
-                     transcripts: dict[int, str] | None = None) -> list[dict[str, Any] | None]:
+                     config: LabelConfig | None = None, transcripts: dict[int, str] | None = None,
+                     explanation_textarea: str | None = None) -> list[dict[str, Any] | None]:
     """Per item: ``{"result": [one region per control answered], "score": …}``, or None when no
     control could be answered (no usable vector, or a multi-label model that chose nothing). Items
-    with a transcript (`transcripts_for`) also get one region per ``<TextArea>`` of ``config``.
+    with a transcript (`transcripts_for`) also get one region per ``<TextArea>`` of ``config``. The
+    ``<TextArea>`` named ``explanation_textarea`` (``ANNOTATOR_EXPLANATION_TEXTAREA``), where the
+    config has it, gets `explanation_text` per control answered.
 
     The task's score is the lowest of its trained controls' scores (zero-shot ones only count when
     no control is trained): Label Studio's uncertainty sampling then shows first the tasks where
     some question is uncertain, not tasks made to look uncertain by an untrained question.
     """
     regions: list[list[tuple[dict[str, Any], bool]]] = [[] for _ in items]
+    explained = config.textarea(explanation_textarea) if config else None
+    why: list[list[str]] = [[] for _ in items]
     for s in served:
         classes = None if s.model is not None else s.control.values
         for row, pred in enumerate(predict_cached(items, encoders=encoders, model=s.model, classes=classes)):
             if pred is not None and pred.labels:
                 regions[row].append((s.control.region(pred.labels, pred.score), s.model is not None))
+                why[row].append(explanation_text(s.control.name, pred))
     out: list[dict[str, Any] | None] = []
-    for item, found in zip(items, regions):
+    for item, found, lines in zip(items, regions, why):
         text = (transcripts or {}).get(item.id)
         written = [t.region(text) for t in (config.transcripts if config and text else ())]
+        if explained is not None and lines:
+            written.append(explained.region("\n".join(lines)))
         if not found and not written:
             out.append(None)
             continue

@@ -75,7 +75,8 @@ def publish_predictions(store: Store, runtime: Runtime, ls, *, project_name: str
             transcripts = transcripts_for(s, chunk, config, encoders=runtime.encoders)
         out = [{"task": it.ls_task_id, **pred, "model_version": version}
                for it, pred in zip(chunk, task_predictions(chunk, served, encoders=runtime.encoders, config=config,
-                                                           transcripts=transcripts))
+                                                           transcripts=transcripts,
+                                                           explanation_textarea=runtime.settings.explanation_textarea))
                if pred is not None]
         sent += client.push_predictions(ls, ls_pid, out)
         bar.update(len(chunk))
@@ -179,7 +180,8 @@ def push_next_batch(store: Store, runtime: Runtime, *, url: str, api_key: str, p
     with store.session() as s:
         transcripts = transcripts_for(s, items, config, encoders=runtime.encoders)
     for it, pred in zip(items, task_predictions(items, served, encoders=runtime.encoders, config=config,
-                                                transcripts=transcripts)):
+                                                transcripts=transcripts,
+                                                explanation_textarea=runtime.settings.explanation_textarea)):
         if pred is None:
             continue
         score = 1e-4 * (rank[it.external_id] + 1) if it.external_id in rank else 0.5 + 0.5 * pred["score"]

@@ -12,6 +12,7 @@ from annotator.backend import Backend
 from annotator.runtime import Runtime
 from annotator.store import open_store
 from annotator.trainer import Trainer
+from annotator.training import retrain
 from annotator.store import repo
 from annotator.store.models import TrainingRun
 from sqlalchemy import select
@@ -650,3 +651,32 @@ def test_an_audio_project_gets_transcripts_in_its_textarea_and_as_its_text(clien
                                           "label_config": AUDIO_TEXTAREA}).json()["results"]
     assert [{r["from_name"]: r for r in res["result"]}["transcript"]["value"] for res in again] == \
         [regions[0]["transcript"]["value"], regions[1]["transcript"]["value"]]
+
+
+EXPLAINED = CONFIG.replace("</View>", '<TextArea name="why" toName="caption"/></View>')
+
+
+def test_a_textarea_named_in_the_settings_gets_a_short_explanation(settings, encoders):
+    on = settings.model_copy(update={"explanation_textarea": "why"})
+    store = open_store(on)
+    try:
+        backend = Backend(on, store=store, runtime=Runtime(on, encoders=encoders))
+        with TestClient(create_app(on, store=store, runtime=backend.runtime, start_trainer=False)) as c:
+            answer = c.post("/setup", json={"project": "7.1", "schema": EXPLAINED}).json()
+            assert answer["predicted"] == ["kind", "why"] and "not_predicted" not in answer
+            for n, (t, label) in enumerate(tasks_for_all()):
+                event = annotation_event(100 + n, t, "car-like" if label == "vehicle" else label)
+                event["project"]["label_config"] = EXPLAINED
+                c.post("/webhook", headers=SECRET, json=event)
+            retrain(store, on, project_name="ls-7", head="logreg", encoders=encoders, progress=False)
+            [result] = c.post("/predict", json={"tasks": [task(1, "a photo of a dog")], "project": "7.1",
+                                                "label_config": EXPLAINED}).json()["results"]
+    finally:
+        store.close()
+    regions = {r["from_name"]: r for r in result["result"]}
+    assert regions["kind"]["value"] == {"choices": ["animal"]}
+    why = regions["why"]
+    assert (why["type"], why["to_name"]) == ("textarea", "caption")
+    [line] = why["value"]["text"]
+    score = round(100 * regions["kind"]["score"])
+    assert line.startswith(f"kind: animal ({score}%), from ") and "text " in line and "image " in line
