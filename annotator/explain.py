@@ -6,7 +6,9 @@ project may have chosen (logistic regression, kernel fusion, any fusion head) th
 one part of the item (a cell of a grid over the image, one word of the text, one segment of the
 audio), encode the item again, and measure how much the predicted class's probability falls. A part
 whose loss costs the prediction much is a part the prediction rests on. Beside it: the model's own
-modality weights for the item and its top classes. `annotator.explain_render` draws it.
+modality weights for the item and its top classes. A ``coattention`` model also shows its own
+attention: how it pooled the image's regions and the text's tokens (its weights sum to one over
+the parts). `annotator.report.draw_explanation` draws it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Explanation:
     image: Any = None  # the decoded PIL image
     image_heatmap: np.ndarray | None = None  # (GRID, GRID)
     words: list[tuple[str, float]] = field(default_factory=list)
+    attention_image: np.ndarray | None = None  # coattention: (4, 4) attention over the image's regions
+    attention_tokens: list[tuple[str, float]] = field(default_factory=list)  # coattention: per text token
     audio_segments: list[tuple[float, float, float]] = field(default_factory=list)  # (start s, end s, weight)
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,7 +56,9 @@ class Explanation:
                 "image_heatmap": None if self.image_heatmap is None else np.round(self.image_heatmap, 4).tolist(),
                 "words": [{"word": w, "weight": round(v, 4)} for w, v in self.words],
                 "audio_segments": [{"start_s": round(a, 2), "end_s": round(b, 2), "weight": round(v, 4)}
-                                   for a, b, v in self.audio_segments]}
+                                   for a, b, v in self.audio_segments],
+                "attention_image": None if self.attention_image is None else np.round(self.attention_image, 4).tolist(),
+                "attention_tokens": [{"token": t, "weight": round(v, 4)} for t, v in self.attention_tokens]}
 
     def summary(self) -> str:
         """A short explanation in words (what the backend can write into a TextArea)."""
@@ -109,6 +115,8 @@ def explain_item(store: Store, settings: Settings, *, project_name: str, item_id
                               [(clf.classes_[i], float(probs[0, i])) for i in order[:TOP_CLASSES]],
                               {m: float(w) for m, w in zip(clf.modalities_, shares[0])})
     present = {m for m in clf.modalities_ if m in features and not np.isnan(features[m][0]).any()}
+    if model.uses_parts:
+        _attention(explanation, clf.part_weights(X), item, runtime, present)
     if "text" in present:
         words = item.data["text"].split()[:MAX_WORDS]
         if len(words) > 1:
@@ -129,6 +137,21 @@ def explain_item(store: Store, settings: Settings, *, project_name: str, item_id
                     weights = loss("audio", variants)
                     explanation.audio_segments = [(a, b, float(w)) for (a, b), w in zip(bounds, weights)]
     return explanation
+
+
+def _attention(explanation: Explanation, weights: dict[str, np.ndarray], item, runtime: Runtime, present: set) -> None:
+    """The co-attention head's own pooling weights over the item's parts (part 0, the pooled
+    vector, left out): the image's regions as their grid, the text's tokens by name."""
+    from annotator.encoders.image import PART_GRID
+
+    image = weights.get("image")
+    if "image" in present and image is not None and image.shape[1] == 1 + PART_GRID * PART_GRID:
+        explanation.attention_image = image[0, 1:].reshape(PART_GRID, PART_GRID)
+    text = weights.get("text")
+    tokens_of = getattr(runtime.encoders.get("text"), "token_strings", None) if "text" in present else None
+    if text is not None and tokens_of is not None:
+        tokens = tokens_of(item.data["text"])[: text.shape[1] - 1]
+        explanation.attention_tokens = [(t, float(w)) for t, w in zip(tokens, text[0, 1:])]
 
 
 def occluded_images(image) -> list:

@@ -168,6 +168,11 @@ class CountingEncoder:
         if getattr(inner, "shareable", False):  # the Whisper encoder lends its model to the transcriber
             self.shareable, self.whisper_model = True, inner.whisper_model
 
+    def __getattr__(self, name):  # anything else (token_strings, ...) is the real encoder's
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def _counting(self, encode):
         def counted(inputs):
             self.calls += 1

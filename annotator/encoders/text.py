@@ -118,6 +118,12 @@ class SentenceTransformerEncoder:
             return l2_normalize(vectors)
         return self.encode_parts(inputs)[0]
 
+    def token_strings(self, text: str) -> list[str]:
+        """The tokens whose features `encode_parts` gives for ``text``, in order (special tokens
+        included), as the tokenizer spells them."""
+        ids = self._model.tokenizer(text, truncation=True, max_length=self._model.max_seq_length)["input_ids"]
+        return self._model.tokenizer.convert_ids_to_tokens(ids)[: self.n_parts]
+
     def encode_parts(self, inputs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(vectors (n, dim), token features (n, 64, dim) float16) from one forward pass."""
         vectors = np.zeros((len(inputs), self.dim), dtype=np.float32)
