@@ -20,7 +20,8 @@ from annotator.active.stopping import agreement, label_slope, stop_set, stopping
 from annotator.config import Settings
 from annotator.embedding import embed_items, load_features, usable_rows
 from annotator.encoders.base import base_modality, is_parts_key, resolve_device
-from annotator.errors import NotEnoughLabelsError, TrainingInProgressError
+from annotator.errors import ConfigError, NotEnoughLabelsError, TrainingInProgressError
+from annotator.fusion.heads import COATTENTION
 from annotator.fusion.selection import AUTO, Candidate, ModelSearch
 from annotator.media import MediaFetcher
 from annotator.encoders.registry import Encoders
@@ -114,8 +115,9 @@ def retrain(store: Store, settings: Settings, *, project_name: str, head: str = 
     `TrainingInProgressError`. ``lock_held``: the caller already holds `training_lock` (the
     trainer does, to check under it that training is still due).
     """
-    if head != AUTO:
-        Candidate.parse(head)  # fail fast on a bad name
+    if head != AUTO and Candidate.parse(head).model == COATTENTION and not settings.parts:  # fail fast on a bad name
+        raise ConfigError("the coattention head reads part-level features, which are off: set ANNOTATOR_PARTS=true "
+                          "and run `annotator embed` (it adds them to the cache) before training it")
     if lock_held:
         return _retrain_locked(store, settings, project_name=project_name, head=head, force=force, trigger=trigger,
                                encoders=encoders, params=params, progress=progress)

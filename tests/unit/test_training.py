@@ -382,3 +382,12 @@ def test_with_part_features_coattention_competes_and_serves_from_them(store, set
 
     e = explain_item(store, on, project_name="p", item_id="animal-0", runtime=runtime)
     assert e.label == "animal" and [w for w, _ in e.words] == "a picture of a dog today".split()
+
+
+def test_coattention_without_part_features_is_a_clear_error(store, settings, encoders, tmp_path):
+    from annotator.errors import ConfigError
+
+    make_project(store, tmp_path, n_per_class=4)
+    with pytest.raises(ConfigError, match="ANNOTATOR_PARTS=true"):
+        retrain(store, settings, project_name="p", head="coattention", encoders=encoders, progress=False)
+    assert _active(store) is None
