@@ -10,6 +10,7 @@ import numpy as np
 from annotator.encoders.base import batched_encode
 
 SAMPLE_RATE = 16000
+AUDIO_PARTS = 50  # part-level features: the clip's frames pooled into at most 50 consecutive segments
 
 
 def default_audio_model_path() -> str:
@@ -35,9 +36,13 @@ class WhisperEncoder:
         are sorted by length first); pooled vectors stay close (cosine ≈ 0.96 to the padded ones).
         Each clip is padded to its own length rounded up to a whole second, and only clips of the
         same padded length share a batch, so a vector never depends on its batch-mates.
+
+    Part-level features (`encode_parts`): the states of the frames that hold audio, pooled into
+    at most 50 consecutive segments (a 10 s clip: 0.2 s each), from the same encoder pass.
     """
 
     modality = "audio"
+    n_parts = AUDIO_PARTS
 
     def __init__(self, model_path: str | None = None, *, device: str = "cpu", batch_size: int = 8,
                  cpu_threads: int = 0, pad_to_window: bool = False, compute_type: str | None = None):
@@ -52,7 +57,7 @@ class WhisperEncoder:
         self.window = self._fe.n_samples  # 30 s
         self.batch_size = batch_size
         self.pad_to_window = pad_to_window
-        self.dim = int(self._encode_windows([np.zeros(SAMPLE_RATE, np.float32)]).shape[1])
+        self.dim = int(self._encode_windows([np.zeros(SAMPLE_RATE, np.float32)])[0].shape[1])
         mode = "padded" if pad_to_window else "dynamic"
         self.name = f"audio:whisper-ct2-{mode}:{'default' if model_path is None else model_path}"
         self.runtime = f"ctranslate2-{compute_type}"
@@ -69,9 +74,11 @@ class WhisperEncoder:
             return self.window
         return min(self.window, max(1, -(-n_samples // SAMPLE_RATE)) * SAMPLE_RATE)
 
-    def _encode_windows(self, windows: list[np.ndarray]) -> np.ndarray:
-        """Pooled vectors for ≤ 30 s windows, each padded to its own `_padded_length`."""
+    def _encode_windows(self, windows: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Pooled vectors for ≤ 30 s windows, each padded to its own `_padded_length`, and each
+        window's states of the frames that hold audio."""
         out = np.empty((len(windows), 0), dtype=np.float32)
+        frames: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(windows)
         groups: dict[int, list[int]] = {}
         for i, w in enumerate(windows):
             groups.setdefault(self._padded_length(len(w)), []).append(i)
@@ -85,25 +92,41 @@ class WhisperEncoder:
             for row, i in zip(states, members):
                 used = max(1, min(len(row), -(-len(windows[i]) // (2 * self._fe.hop_length))))
                 out[i] = row[:used].mean(axis=0)
-        return out
+                frames[i] = np.asarray(row[:used], dtype=np.float32)
+        return out, frames
 
-    def _encode_batch(self, clips: list[np.ndarray]) -> np.ndarray:
+    def _encode_batch(self, clips: list[np.ndarray], parts: bool = False):
         windows, owner = [], []
         for i, clip in enumerate(clips):
             for start in range(0, max(len(clip), 1), self.window):
                 windows.append(clip[start:start + self.window])
                 owner.append(i)
-        vectors = self._encode_windows(windows)
+        vectors, frames = self._encode_windows(windows)
         owner = np.asarray(owner)
-        return np.stack([vectors[owner == i].mean(axis=0) for i in range(len(clips))])
+        pooled = np.stack([vectors[owner == i].mean(axis=0) for i in range(len(clips))])
+        if not parts:
+            return pooled
+        segments = np.zeros((len(clips), self.n_parts, pooled.shape[1]), dtype=np.float32)
+        for i in range(len(clips)):
+            states = np.concatenate([frames[w] for w in np.flatnonzero(owner == i)])
+            for j, chunk in enumerate(np.array_split(states, min(self.n_parts, len(states)))):
+                segments[i, j] = chunk.mean(axis=0)
+        return pooled, segments
 
     def encode(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        return self._sorted(inputs, parts=False)
+
+    def encode_parts(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, dim), segment features (n, 50, dim) float16) from one encoder pass."""
+        return self._sorted(inputs, parts=True)
+
+    def _sorted(self, inputs: Sequence[np.ndarray], parts: bool):
         # Similar lengths batch together, so little compute goes to padding; order is restored.
         order = np.argsort([len(x) for x in inputs], kind="stable")
-        vectors = batched_encode([inputs[i] for i in order], self.batch_size, self._encode_batch, self.dim)
-        out = np.empty_like(vectors)
-        out[order] = vectors
-        return out
+        out = batched_encode([inputs[i] for i in order], self.batch_size,
+                             lambda b: self._encode_batch(b, parts), self.dim, self.n_parts if parts else 0)
+        restore = np.argsort(order, kind="stable")
+        return tuple(a[restore] for a in out) if parts else out[restore]
 
 
 class HFAudioEncoder:

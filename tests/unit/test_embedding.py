@@ -119,13 +119,13 @@ def test_part_features_are_cached_beside_the_vectors_once_turned_on(store, setti
     on = settings.model_copy(update={"parts": True})
     encoders.settings = on
     report, _, _ = _embed(store, on, encoders)
-    assert report.encoded == {"text": 4, "image": 2, "audio": 0}  # cached without parts: encoded again; audio has none
+    assert report.encoded == {"text": 4, "image": 2, "audio": 1}  # cached without parts: encoded again
     with store.session() as s:
         items = repo.list_items(s, project=repo.get_project(s, name="p"))
         features = load_features(items, encoders=encoders, parts=True)
-    assert set(features) == {"text", "image", "audio", "text:parts", "image:parts"}
+    assert set(features) == {"text", "image", "audio", "text:parts", "image:parts", "audio:parts"}
     assert features["text:parts"].shape == (4, 64 * 384) and features["text:parts"].dtype == np.float16
-    assert features["image:parts"].shape == (4, 16 * 1280)
+    assert features["image:parts"].shape == (4, 16 * 1280) and features["audio:parts"].shape == (4, 50 * 384)
     for m in ("text", "image", "audio"):  # the pooled vectors did not change
         np.testing.assert_array_equal(features[m], before[m])
     missing = {i: bool(np.isnan(row).all()) for i, row in zip(ids, features["image:parts"])}

@@ -155,13 +155,14 @@ def test_gpu_preprocessing_path_matches_the_image_processor(tmp_path):
     assert np.abs(fast - reference).mean() < 0.02
 
 
-@pytest.mark.parametrize("modality", ["text", "image"])
+@pytest.mark.parametrize("modality", ["text", "image", "audio"])
 def test_part_features_come_with_the_same_vectors(offline_encoders, modality):
     """One forward pass gives both: the pooled vectors equal `encode`'s, the parts are unit-norm
-    float16 rows, zero past the text's last token."""
+    float16 rows, zero past the text's last token (and past a short clip's last frame)."""
     enc = offline_encoders[modality]
-    inputs = ["a cat", "a long sentence about a small grey cat sitting on a warm window sill"] if modality == "text" \
-        else [_img("cat.png"), _img("coffee.jpg")]
+    inputs = {"text": ["a cat", "a long sentence about a small grey cat sitting on a warm window sill"],
+              "image": [_img("cat.png"), _img("coffee.jpg")],
+              "audio": [_wav("cat_speech.wav"), np.zeros(800, np.float32) + 0.01]}[modality]
     vectors, parts = enc.encode_parts(inputs)
     np.testing.assert_allclose(vectors, enc.encode(inputs), atol=1e-5)
     assert parts.shape == (2, enc.n_parts, enc.dim) and parts.dtype == np.float16
@@ -170,5 +171,7 @@ def test_part_features_come_with_the_same_vectors(offline_encoders, modality):
     np.testing.assert_allclose(norms[present], 1.0, atol=2e-3)
     if modality == "text":  # [CLS] a cat [SEP]: 4 tokens; the longer sentence has more
         assert present[0].sum() == 4 and present[1].sum() > 10 and not present[:, present[1].sum():].any()
-    else:  # every region of the 4 x 4 grid holds features, and they differ across the image
+    elif modality == "image":  # every region of the 4 x 4 grid holds features, and they differ across the image
         assert present.all() and np.linalg.norm(parts[0, 0].astype(np.float32) - parts[0, -1].astype(np.float32)) > 0.1
+    else:  # the speech fills all 50 segments; 50 ms of audio is a few frames
+        assert present[0].all() and 0 < present[1].sum() < 10 and not present[1, present[1].sum():].any()
