@@ -2,8 +2,9 @@
 
 Input ``X`` is a mapping ``{modality: (n, d_m) float32}``; a row of NaN means the item lacks that
 modality. The ``coattention`` head also reads part-level features, ``{"text:parts": (n, P * d)}``
-(see `annotator.encoders.base.parts_key`); the other heads ignore them. Training uses modality dropout so that items with any subset of modalities are predicted
-well, and probabilities are calibrated by temperature scaling on a held-out slice.
+(see `annotator.encoders.base.parts_key`); the other heads ignore them. Training uses modality
+dropout so that items with any subset of modalities are predicted well, and probabilities are
+calibrated by temperature scaling on a held-out slice.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ class FusionClassifier(EstimatorParams):
             return None
         if getattr(self, "part_bases_", None) is not None:
             return [int(basis.shape[1]) for _, basis in self.part_bases_]
-        return [int(net_basis.shape[1]) for name, net_basis in self.network_.named_buffers() if name.startswith("basis_")]
+        return [int(basis.shape[1]) for name, basis in self.network_.named_buffers() if name.startswith("basis_")]
 
     def _width(self, n: int) -> int:
         return int(self.hidden_dim) if self.hidden_dim != "auto" else 32 if n < 200 else 64 if n < 1000 else 128
@@ -381,8 +382,8 @@ class FusionClassifier(EstimatorParams):
                 m = mask[s:s + chunk]
                 xs = [a[s:s + chunk] if m[:, j].all() else np.nan_to_num(a[s:s + chunk], nan=0.0)
                       for j, a in enumerate(arrays)]
-                out = net(net.prepare([torch.from_numpy(x).to(self.device) for x in xs]), torch.from_numpy(m).to(self.device),
-                          with_hidden=with_hidden)
+                inputs = net.prepare([torch.from_numpy(x).to(self.device) for x in xs])
+                out = net(inputs, torch.from_numpy(m).to(self.device), with_hidden=with_hidden)
                 for store, tensor in zip(outputs, out):
                     store.append(tensor.float().cpu().numpy())
         if not outputs[0]:
@@ -440,8 +441,7 @@ class FusionClassifier(EstimatorParams):
         arrays, mask = self._arrays(X, fitting=False)
         with torch.inference_mode():
             xs = self.network_.prepare([torch.from_numpy(np.nan_to_num(a, nan=0.0)).to(self.device) for a in arrays])
-            out = self.network_(xs,
-                                torch.from_numpy(mask).to(self.device), with_part_weights=True)
+            out = self.network_(xs, torch.from_numpy(mask).to(self.device), with_part_weights=True)
         return {m: w.float().cpu().numpy() for m, w in zip(self.modalities_, out[-1])}
 
     def modality_contributions(self, X: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -135,3 +135,34 @@ def test_ray_gives_the_same_predictions_and_selected_batch(both, ray_engine):
              for name, engine in (("local", None), ("ray", ray_engine))}
     assert [p["id"] for p in picks["ray"]] == [p["id"] for p in picks["local"]]
     np.testing.assert_allclose([p["score"] for p in picks["ray"]], [p["score"] for p in picks["local"]], atol=1e-6)
+
+
+def test_part_features_on_ray_and_a_coattention_model_scores_the_same_there(both, ray_engine):
+    from annotator.embedding import load_features
+    from annotator.prediction import predict
+    from annotator.runtime import Runtime
+    from annotator.training import retrain
+
+    settings, store, encoders = both[1]
+    on = settings.model_copy(update={"parts": True})
+    encoders.settings = ray_engine.settings = on
+    try:
+        report = embed_project(store, on, project_name="p", encoders=encoders, progress=False, engine=ray_engine)
+        assert report.encoded == {"text": 241, "image": 48, "audio": 16}  # cached without parts: encoded again
+        with store.session() as s:
+            items = repo.list_items(s, project=repo.get_project(s, name="p"))
+        features = load_features(items, encoders=encoders, parts=True)
+        for m in ("text", "image", "audio"):  # every item with a vector has its parts
+            np.testing.assert_array_equal(np.isnan(features[m]).all(axis=1),
+                                          np.isnan(features[f"{m}:parts"]).all(axis=1))
+        retrain(store, on, project_name="p", head="coattention", encoders=encoders, progress=False,
+                params={"min_steps": 40, "epochs": 5})
+        runtime = Runtime(on, encoders=encoders)
+        here = predict(store, on, project_name="p", runtime=runtime, save=False, progress=False,
+                       engine=LocalEngine(on))
+        there = predict(store, on, project_name="p", runtime=runtime, save=False, progress=False, engine=ray_engine)
+        assert [(p["id"], p["label"]) for p in there.predictions] == [(p["id"], p["label"]) for p in here.predictions]
+        np.testing.assert_allclose([p["score"] for p in there.predictions], [p["score"] for p in here.predictions],
+                                   atol=1e-5)
+    finally:
+        encoders.settings = ray_engine.settings = settings
