@@ -2,8 +2,8 @@
 
 Data sets: digits (image + noisy text + noisy spoken digit, each partly informative), OpenMoji
 (image + caption, four categories) and OpenMoji match (the label is whether the caption describes
-this image: each emoji once with its own caption, once with the caption of an emoji of another
-category; each modality alone says nothing, only the pair does). Over several seeds: accuracy and
+this image; emoji of two categories swap captions, so each modality alone says nothing, only the
+pair does: `match_pairs`). Over several seeds: accuracy and
 macro-F1 of every single modality and every fusion head, co-attention over part-level features
 (`coattention`: text tokens, image regions), kernel-level fusion (`kernel`: multiple-kernel
 learning with kernel ridge), a logistic-regression early-fusion baseline, accuracy with one
@@ -56,17 +56,28 @@ def parts_encode_cost(encoder, inputs: list, repeats: int = 2) -> dict:
 
 
 def match_pairs(items: list[dict], features: dict, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Every emoji twice: with its own caption ("match") and with the caption of an emoji of
-    another category ("mismatch"). Rows of the image features, text rows (and text parts) swapped;
-    also each pair's emoji (its group)."""
+    """Emoji paired across categories, (i, j); each pair gives four rows: image i with caption i
+    and image j with caption j ("match"), image i with caption j and image j with caption i
+    ("mismatch"). Every image and every caption is then once matched and once not, so neither
+    modality alone says anything; only the two together do. Returns the rows' features (image
+    rows, text rows and text parts taken by index), labels and groups (the pair: a split keeps a
+    pair's four rows on one side, or a model could learn a caption's label from its other row)."""
     rng = np.random.default_rng(seed)
-    labels = np.array([it["label"] for it in items])
-    n = len(items)
-    other = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in range(n)])
-    image_rows = np.concatenate([np.arange(n), np.arange(n)])
-    text_rows = np.concatenate([np.arange(n), other])
+    labels = [it["label"] for it in items]
+    waiting: list[int] = []
+    pairs = []
+    for i in rng.permutation(len(items)):
+        partner = next((w for w in waiting if labels[w] != labels[i]), None)
+        if partner is None:
+            waiting.append(int(i))
+        else:
+            waiting.remove(partner)
+            pairs.append((partner, int(i)))
+    image_rows = np.array([[i, j, i, j] for i, j in pairs]).ravel()
+    text_rows = np.array([[i, j, j, i] for i, j in pairs]).ravel()
     out = {k: a[text_rows if k.startswith("text") else image_rows] for k, a in features.items()}
-    return out, np.array(["match"] * n + ["mismatch"] * n), np.concatenate([np.arange(n), np.arange(n)])
+    y = np.array(["match", "match", "mismatch", "mismatch"] * len(pairs))
+    return out, y, np.repeat(np.arange(len(pairs)), 4)
 
 
 def one_at_a_time_rate(encoder, inputs, n: int = 16) -> float:

@@ -169,8 +169,9 @@ def embed(
 def retrain(
     project: ProjectOpt,
     head: Annotated[Optional[str], typer.Option(
-        help="auto (choose by cross-validation on the project's labels) | logreg | concat | weighted | attention | "
-             "gated | tensor; a model on some modalities only: 'logreg [text]' (default: ANNOTATOR_MODEL, else auto)")] = None,
+        help="auto (choose by cross-validation on the project's labels) | logreg | kernel | concat | weighted | "
+             "attention | gated | tensor | coattention (needs ANNOTATOR_PARTS=true); a model on some modalities only: "
+             "'logreg [text]' (default: ANNOTATOR_MODEL, else auto)")] = None,
     force: Annotated[bool, typer.Option(help="Promote even if it is worse than the active version.")] = False,
     self_training: Annotated[Optional[bool], typer.Option(
         "--self-training/--no-self-training",
