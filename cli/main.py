@@ -165,6 +165,24 @@ def embed(
     _emit(report.to_dict(), as_json, "\n".join(lines))
 
 
+@app.command("audio-encoder")
+def audio_encoder(
+    project: ProjectOpt,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Write the encoder here (default: under the data folder, where ANNOTATOR_AUDIO_MODEL=mfcc-gru looks).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the project's own audio encoder (a GRU over MFCC frames) on its labelled audio, or on its
+    audio paired with the items' texts; then set the variable it prints and run `annotator embed`."""
+    from annotator.audio_encoder import train_project_audio_encoder
+
+    result = train_project_audio_encoder(_store(), _settings(), project_name=project, out=out)
+    lines = [f"mfcc-gru encoder trained on {result['clips']} clip(s) ({result['trained_on']}) at {result['path']}; "
+             f"use it with {result['use']}, then `annotator embed --project {project}`"]
+    lines += [f"  skipped {f['id']}: {f['error']}" for f in result["failed"]]
+    _emit(result, as_json, "\n".join(lines))
+
+
 @app.command()
 def retrain(
     project: ProjectOpt,

@@ -187,7 +187,8 @@ class MFCCEncoder:
             fb[m - 1, center:right] = (right - np.arange(center, right)) / max(right - center, 1)
         return fb
 
-    def _one(self, clip: np.ndarray) -> np.ndarray:
+    def mfcc(self, clip: np.ndarray) -> np.ndarray:
+        """(frames, n_mfcc) MFCCs, one frame per ``hop_length`` samples (10 ms)."""
         from scipy.fft import dct
 
         clip = np.pad(clip, (0, max(0, self.n_fft - len(clip))))
@@ -195,7 +196,10 @@ class MFCCEncoder:
         idx = np.arange(self.n_fft)[None, :] + self.hop * np.arange(n_frames)[:, None]
         frames = clip[idx] * np.hanning(self.n_fft)[None, :]
         power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-        mfcc = dct(np.log(power @ self._filters.T + 1e-10), type=2, axis=1, norm="ortho")[:, : self.n_mfcc]
+        return dct(np.log(power @ self._filters.T + 1e-10), type=2, axis=1, norm="ortho")[:, : self.n_mfcc]
+
+    def _one(self, clip: np.ndarray) -> np.ndarray:
+        mfcc = self.mfcc(clip)
         delta = np.diff(mfcc, axis=0) if len(mfcc) > 1 else np.zeros_like(mfcc)
         return np.concatenate([mfcc.mean(0), mfcc.std(0), delta.mean(0), delta.std(0)])
 

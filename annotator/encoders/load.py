@@ -56,7 +56,8 @@ def load_encoder(modality: str, name: str = DEFAULT_MODEL, *, device: str = "aut
                  runtime: str = "auto", int8: bool = False, export_dir: Path | None = None) -> Encoder:
     """Load the encoder for ``modality`` named ``name`` (Hugging Face id, local path, or a keyword).
 
-    Keywords: ``default`` (offline packaged model), and for audio ``mfcc`` (the MFCC baseline).
+    Keywords: ``default`` (offline packaged model), and for audio ``mfcc`` (the MFCC baseline). A
+    folder written by `annotator.encoders.mfcc_gru.train_mfcc_gru` is the trained MFCC-GRU.
     A CLIP checkpoint gives the CLIP text or image tower (one shared space).
 
     ``runtime``: ``auto`` runs the text and image networks with ONNX Runtime on a CPU (exported
@@ -94,6 +95,12 @@ def load_encoder(modality: str, name: str = DEFAULT_MODEL, *, device: str = "aut
         return MFCCEncoder()
 
     kind = _model_type(name)
+    if kind == "mfcc-gru":
+        from annotator.encoders.mfcc_gru import MFCCGRUEncoder
+
+        if modality != "audio":
+            raise ConfigError(f"{name} is an mfcc-gru audio encoder, not a {modality} model")
+        return MFCCGRUEncoder(name, batch_size=batch_size)
     if kind == "clip":
         from annotator.encoders.clip import CLIPImageEncoder, CLIPTextEncoder
 

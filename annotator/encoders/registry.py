@@ -11,6 +11,7 @@ import threading
 from annotator.config import DEFAULT_MODEL, Settings
 from annotator.encoders.base import Encoder, parts_key
 from annotator.encoders.cache import EmbeddingCache
+from annotator.errors import ConfigError
 
 
 class Encoders:
@@ -33,7 +34,17 @@ class Encoders:
         self._lock = threading.Lock()
 
     def model_name(self, modality: str) -> str:
-        return getattr(self.settings, f"{modality}_model")
+        """The configured model; the ``mfcc-gru`` keyword is the encoder trained under the data folder."""
+        name = getattr(self.settings, f"{modality}_model")
+        if modality == "audio" and name == "mfcc-gru":
+            from annotator.encoders.mfcc_gru import default_path
+
+            path = default_path(self.settings.data_dir)
+            if not (path / "weights.safetensors").is_file():
+                raise ConfigError(f"ANNOTATOR_AUDIO_MODEL=mfcc-gru, but no such encoder is trained at {path} yet: "
+                                  "run `annotator audio-encoder --project P` first")
+            return str(path)
+        return name
 
     def get(self, modality: str) -> Encoder:
         with self._lock:
