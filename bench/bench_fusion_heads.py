@@ -80,6 +80,43 @@ def match_pairs(items: list[dict], features: dict, seed: int = 0) -> tuple[dict,
     return out, y, np.repeat(np.arange(len(pairs)), 4)
 
 
+def audio_encoders_compared(items: list[dict], text: np.ndarray, seeds: list[int], whisper) -> dict:
+    """Whisper (frozen), MFCC statistics and the MFCC-GRU (trained on each seed's training split,
+    on its labels) on `tone_sequences`: audio alone and fused with the text (concat head), same
+    splits; plus the GRU's training time."""
+    import tempfile
+    from pathlib import Path
+
+    from annotator.encoders import load_encoder
+    from annotator.encoders.mfcc_gru import MFCCGRUEncoder, train_mfcc_gru
+    from annotator.fusion import FusionClassifier
+
+    clips = [it["audio"] for it in items]
+    y = np.array([it["label"] for it in items])
+    fixed = {"whisper": whisper.encode(clips), "mfcc statistics": load_encoder("audio", "mfcc").encode(clips)}
+    rows: dict[str, dict[str, list[float]]] = {}
+    gru_train_s = []
+    for seed in seeds:
+        tr, te = stratified_split(y, seed)
+        with tempfile.TemporaryDirectory() as folder, timer() as t:
+            train_mfcc_gru([clips[i] for i in np.flatnonzero(tr)], Path(folder) / "gru", labels=list(y[tr]),
+                           random_state=seed)
+            audio = {**fixed, "mfcc-gru": MFCCGRUEncoder(Path(folder) / "gru").encode(clips)}
+        gru_train_s.append(t())
+        text_only = FusionClassifier(head="concat", random_state=seed).fit({"text": text[tr]}, y[tr])
+        rows.setdefault("text only", {}).setdefault("accuracy", []).append(
+            float((np.array(text_only.predict({"text": text[te]})) == y[te]).mean()))
+        for name, vectors in audio.items():
+            for setting, X in (("audio only", {"audio": vectors}), ("fused with text", {"audio": vectors, "text": text})):
+                clf = FusionClassifier(head="concat", random_state=seed).fit({m: a[tr] for m, a in X.items()}, y[tr])
+                acc = float((np.array(clf.predict({m: a[te] for m, a in X.items()})) == y[te]).mean())
+                rows.setdefault(name, {}).setdefault(setting, []).append(acc)
+    summary = {name: {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in r.items()}
+               for name, r in rows.items()}
+    return {"n_items": len(items), "n_classes": int(len(set(y))), "seeds": seeds, "results": summary,
+            "mfcc_gru_train_s": {"mean": float(np.mean(gru_train_s)), "std": float(np.std(gru_train_s))}}
+
+
 def one_at_a_time_rate(encoder, inputs, n: int = 16) -> float:
     with timer() as t:
         for x in inputs[:n]:
@@ -218,7 +255,7 @@ def main() -> None:
     from annotator.encoders import load_encoder
     from annotator.encoders.audio import WhisperEncoder
     from annotator.fusion import HEADS
-    from bench.datasets import digits_items, have_espeak, openmoji_items, render_svg
+    from bench.datasets import digits_items, have_espeak, openmoji_items, render_svg, tone_sequences
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     seeds = list(range(args.seeds if not args.smoke else 1))
@@ -276,10 +313,14 @@ def main() -> None:
                    "audio_only_accuracy": audio_only,
                    "mean_cosine_dynamic_vs_padded": float(np.mean(np.sum(padded_vecs * dyn_vecs, axis=1)))}
 
+    tones = tone_sequences(60 if args.smoke else 300)
+    whisper_encoder = enc.get("audio") or load_encoder("audio", device="cpu")
+    audio_compared = audio_encoders_compared(tones, enc["text"].encode([it["text"] for it in tones]), seeds,
+                                             whisper_encoder)
     pooled = {m: a for m, a in dig_feat.items() if m in dig_mods}  # the attention head reads no parts
     rescoring = rescoring_throughput(pooled, y_dig, 20_000 if args.smoke else 200_000, dig_rate["text"])
     out = {"data_build_s": data_s, "encode_throughput": encode, "openmoji_encode_items_per_s": moji_rate,
-           "part_features_encode_cost": parts_cost,
+           "part_features_encode_cost": parts_cost, "audio_encoders_on_tone_sequences": audio_compared,
            "datasets": results, "whisper_dynamic_vs_padded": whisper, "rescoring": rescoring,
            "audio_available": audio}
     name = "bench_fusion_heads" + ("_smoke" if args.smoke else "")
@@ -305,6 +346,11 @@ def main() -> None:
     if whisper:
         print(f"whisper dynamic vs padded: {whisper['dynamic_vs_padded_speedup']:.1f}x faster; audio-only accuracy "
               + ", ".join(f"{k} {v['mean']:.3f}" for k, v in whisper["audio_only_accuracy"].items()))
+    print(f"audio encoders on tone sequences ({audio_compared['n_classes']} orders of the same three tones; "
+          f"text alone {audio_compared['results']['text only']['accuracy']['mean']:.3f}): " + ", ".join(
+              f"{name} {r['audio only']['mean']:.3f} alone / {r['fused with text']['mean']:.3f} fused"
+              for name, r in audio_compared["results"].items() if name != "text only")
+          + f"; mfcc-gru trains in {audio_compared['mfcc_gru_train_s']['mean']:.1f} s")
     print(f"re-scoring from cache: {rescoring['items_per_s']:.0f} items/s "
           f"({rescoring['vs_reencoding_text_ratio']:.0f}x re-encoding text); target 100,000")
 
