@@ -83,7 +83,7 @@ class Encoders:
         from annotator.encoders.transcribe import WhisperTranscriber
 
         path = None if self.settings.transcribe_model == DEFAULT_MODEL else self.settings.transcribe_model
-        audio = self.get("audio") if path is None and self.model_name("audio") == DEFAULT_MODEL else None
+        audio = self.get("audio") if path is None and self.settings.audio_model == DEFAULT_MODEL else None
         with self._lock:
             if self._transcriber is None:
                 shared = audio.whisper_model if getattr(audio, "shareable", False) else None
