@@ -20,7 +20,8 @@ import numpy as np
 
 from annotator.config import Settings
 from annotator.embedding import load_features, usable_rows
-from annotator.encoders.base import is_parts_key, parts_key
+from annotator.encoders.base import parts_key
+from annotator.fusion.base import inputs_for
 from annotator.errors import NotFoundError
 from annotator.media import MediaFetcher, load_audio, load_image
 from annotator.runtime import Runtime
@@ -91,8 +92,7 @@ def explain_item(store: Store, settings: Settings, *, project_name: str, item_id
         raise NotFoundError(f"item {item_id!r} has no vector the model can use; run `annotator embed --project "
                             f"{project_name}`")
     clf = model.classifier
-    X = {m: features[m] for m in clf.modalities_ if m in features}
-    X.update({k: a for k, a in features.items() if is_parts_key(k)})
+    X = inputs_for(clf, features)
     probs, shares = clf.predict_proba_and_contributions(X)
     order = np.argsort(-probs[0])
     target = int(order[0])

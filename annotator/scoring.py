@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from annotator.embedding import load_features, usable_rows
-from annotator.encoders.base import base_modality
+from annotator.fusion.base import inputs_for
 from annotator.encoders.registry import Encoders
 from annotator.runtime import ActiveModel
 from annotator.store.models import Item
@@ -22,8 +22,7 @@ def score_items(clf, features: dict[str, np.ndarray]) -> tuple[list, np.ndarray,
     The score is the calibrated probability of the predicted label (multi-label: the mean
     confidence over classes), so low means "worth a human look".
     """
-    X = {k: a for k, a in features.items() if base_modality(k) in clf.modalities_}
-    probs, shares = clf.predict_proba_and_contributions(X)
+    probs, shares = clf.predict_proba_and_contributions(inputs_for(clf, features))
     if clf.multilabel:
         labels = [[c for c, p in zip(clf.classes_, row) if p >= 0.5] for row in probs]
         scores = np.maximum(probs, 1 - probs).mean(axis=1)

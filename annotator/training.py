@@ -19,8 +19,9 @@ import numpy as np
 from annotator.active.stopping import agreement, label_slope, stop_set, stopping_signal
 from annotator.config import Settings
 from annotator.embedding import embed_items, load_features, usable_rows
-from annotator.encoders.base import base_modality, is_parts_key, resolve_device
+from annotator.encoders.base import is_parts_key, resolve_device
 from annotator.errors import ConfigError, NotEnoughLabelsError, TrainingInProgressError
+from annotator.fusion.base import inputs_for
 from annotator.fusion.heads import COATTENTION
 from annotator.fusion.selection import AUTO, Candidate, ModelSearch
 from annotator.media import MediaFetcher
@@ -266,9 +267,7 @@ def _stopping(active: ModelVersion | None, active_model, encoders: Encoders, clf
         usable = usable_rows(X, len(items)) if X else np.zeros(0, dtype=bool)
         if usable.any() and set(active_model.modalities_) <= set(X):
             X = {m: a[usable] for m, a in X.items()}
-            kappa = round(agreement(active_model.predict({k: a for k, a in X.items()
-                                                          if base_modality(k) in active_model.modalities_}),
-                                    clf.predict(X)), 4)
+            kappa = round(agreement(active_model.predict(inputs_for(active_model, X)), clf.predict(X)), 4)
             sample = int(usable.sum())
     report = stopping_signal([k for _, _, k in history] + [kappa])
     return {"kappa": kappa, "stop_set": sample, "compared_with": active.version if active else None,

@@ -24,9 +24,9 @@ from annotator.active.registry import get_strategy
 from annotator.batch import BatchEngine, LocalEngine
 from annotator.config import Settings
 from annotator.embedding import load_features, usable_rows
-from annotator.encoders.base import base_modality
 from annotator.encoders.registry import Encoders
 from annotator.errors import NotEnoughLabelsError, NotFoundError
+from annotator.fusion.base import inputs_for
 from annotator.fusion.classifier import FusionClassifier
 from annotator.fusion.linear import concat_embeddings
 from annotator.runtime import Runtime
@@ -44,7 +44,7 @@ def build_pool(features: dict[str, np.ndarray], labelled: np.ndarray, clf=None, 
     emb = concat_embeddings(features)
     pool = Pool(n=len(pool_rows), embeddings=emb[pool_rows], labelled_embeddings=emb[lab_rows])
     if clf is not None:
-        X = {k: a[pool_rows] for k, a in features.items() if base_modality(k) in clf.modalities_}
+        X = {k: a[pool_rows] for k, a in inputs_for(clf, features).items()}
         pool.probs = probs if probs is not None else clf.predict_proba_and_contributions(X)[0]
         pool.hidden = clf.transform(X)
     return pool

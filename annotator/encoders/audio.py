@@ -74,9 +74,10 @@ class WhisperEncoder:
             return self.window
         return min(self.window, max(1, -(-n_samples // SAMPLE_RATE)) * SAMPLE_RATE)
 
-    def _encode_windows(self, windows: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Pooled vectors for ≤ 30 s windows, each padded to its own `_padded_length`, and each
-        window's states of the frames that hold audio."""
+    def _encode_windows(self, windows: list[np.ndarray],
+                        keep_frames: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Pooled vectors for ≤ 30 s windows, each padded to its own `_padded_length`, and (with
+        ``keep_frames``) each window's states of the frames that hold audio."""
         out = np.empty((len(windows), 0), dtype=np.float32)
         frames: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(windows)
         groups: dict[int, list[int]] = {}
@@ -92,7 +93,8 @@ class WhisperEncoder:
             for row, i in zip(states, members):
                 used = max(1, min(len(row), -(-len(windows[i]) // (2 * self._fe.hop_length))))
                 out[i] = row[:used].mean(axis=0)
-                frames[i] = np.asarray(row[:used], dtype=np.float32)
+                if keep_frames:
+                    frames[i] = np.asarray(row[:used], dtype=np.float32)
         return out, frames
 
     def _encode_batch(self, clips: list[np.ndarray], parts: bool = False):
@@ -101,7 +103,7 @@ class WhisperEncoder:
             for start in range(0, max(len(clip), 1), self.window):
                 windows.append(clip[start:start + self.window])
                 owner.append(i)
-        vectors, frames = self._encode_windows(windows)
+        vectors, frames = self._encode_windows(windows, keep_frames=parts)
         owner = np.asarray(owner)
         pooled = np.stack([vectors[owner == i].mean(axis=0) for i in range(len(clips))])
         if not parts:

@@ -48,10 +48,10 @@ def _pooled_transformer(auto_model, mode: str, input_names: list[str]) -> "torch
             named = dict(zip(input_names, inputs))
             hidden = self.model(**named).last_hidden_state
             weights = named["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            tokens = (hidden * weights)[:, :MAX_TEXT_PARTS]
+            masked = hidden * weights
             if mode == "cls":
-                return hidden[:, 0], tokens
-            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9), tokens
+                return hidden[:, 0], masked[:, :MAX_TEXT_PARTS]
+            return masked.sum(1) / weights.sum(1).clamp(min=1e-9), masked[:, :MAX_TEXT_PARTS]
 
     return Pooled().eval()
 
@@ -116,7 +116,7 @@ class SentenceTransformerEncoder:
             vectors = self._model.encode(list(inputs), batch_size=self.batch_size, convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
             return l2_normalize(vectors)
-        return self.encode_parts(inputs)[0]
+        return self._onnx_encode(inputs, parts=False)[0]
 
     def token_strings(self, text: str) -> list[str]:
         """The tokens whose features `encode_parts` gives for ``text``, in order (special tokens
@@ -126,19 +126,27 @@ class SentenceTransformerEncoder:
 
     def encode_parts(self, inputs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(vectors (n, dim), token features (n, 64, dim) float16) from one forward pass."""
+        if self._forward is not None:
+            return self._onnx_encode(inputs, parts=True)
         vectors = np.zeros((len(inputs), self.dim), dtype=np.float32)
         parts = np.zeros((len(inputs), self.n_parts, self.dim), dtype=np.float16)
         if len(inputs) == 0:
             return vectors, parts
-        if self._forward is None:
-            rows = self._model.encode(list(inputs), batch_size=self.batch_size, output_value=None,
-                                      convert_to_numpy=False, show_progress_bar=False)
-            for i, row in enumerate(rows):
-                vectors[i] = row["sentence_embedding"].float().cpu().numpy()
-                tokens = row["token_embeddings"] * row["attention_mask"].unsqueeze(-1)
-                parts[i] = normalize_parts(tokens.float().cpu().numpy()[None], self.n_parts)[0]
-            return l2_normalize(vectors), parts
+        rows = self._model.encode(list(inputs), batch_size=self.batch_size, output_value=None,
+                                  convert_to_numpy=False, show_progress_bar=False)
+        for i, row in enumerate(rows):
+            vectors[i] = row["sentence_embedding"].float().cpu().numpy()
+            tokens = row["token_embeddings"] * row["attention_mask"].unsqueeze(-1)
+            parts[i] = normalize_parts(tokens.float().cpu().numpy()[None], self.n_parts)[0]
+        return l2_normalize(vectors), parts
+
+    def _onnx_encode(self, inputs: Sequence[str], *, parts: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Vectors, and the token features only when asked (`encode` leaves them unnormalised and
+        unstored: the graph gives them either way)."""
+        vectors = np.zeros((len(inputs), self.dim), dtype=np.float32)
+        token_parts = np.zeros((len(inputs), self.n_parts, self.dim), dtype=np.float16) if parts else None
         for rows in length_sorted_batches([len(t) for t in inputs], min(self.batch_size, self.onnx_batch_size)):
             vectors[rows], tokens = self._forward(**self._tokens([inputs[i] for i in rows]))
-            parts[rows] = normalize_parts(tokens, self.n_parts)
-        return l2_normalize(vectors), parts
+            if parts:
+                token_parts[rows] = normalize_parts(tokens, self.n_parts)
+        return l2_normalize(vectors), token_parts

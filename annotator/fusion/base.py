@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from annotator.artifacts import atomic_directory
-from annotator.encoders.base import is_parts_key, modality_order
+from annotator.encoders.base import base_modality, is_parts_key, modality_order
 from annotator.errors import DimensionMismatchError, NotEnoughLabelsError, NotFittedError
 
 
@@ -74,6 +74,15 @@ class EstimatorParams:
             mask[:, j] = ~np.isnan(a.sum(axis=1))
             arrays.append(a)
         return arrays, mask
+
+
+def inputs_for(estimator, X: Mapping[str, np.ndarray], modalities=None) -> dict[str, np.ndarray]:
+    """The arrays of ``X`` an estimator reads: the pooled vectors of ``modalities`` (default: the
+    ones it was fitted on), and their part-level features only for one that uses them (the others
+    would copy them for nothing)."""
+    modalities = estimator.modalities_ if modalities is None else modalities
+    parts = getattr(estimator, "uses_parts", False)
+    return {k: a for k, a in X.items() if base_modality(k) in modalities and (parts or not is_parts_key(k))}
 
 
 class SingleLabelMixin:

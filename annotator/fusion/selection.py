@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from annotator.encoders.base import base_modality, is_parts_key, modality_order
+from annotator.encoders.base import is_parts_key, modality_order
 from annotator.errors import NotEnoughLabelsError, UnknownNameError
+from annotator.fusion.base import inputs_for
 from annotator.fusion.calibration import expected_calibration_error, fit_temperature
 from annotator.fusion.classifier import HEADS, FusionClassifier
 from annotator.fusion.heads import COATTENTION
@@ -83,8 +84,8 @@ class Candidate:
         self-training when the candidate uses it."""
         mods = self.modalities_in(modality_order(k for k in X if not is_parts_key(k)))
         estimator = self.build(**build_options)
-        pool = _inputs(unlabelled, mods, estimator) if self.self_training and unlabelled is not None else None
-        return estimator.fit(_inputs(X, mods, estimator), y, unlabelled=pool)
+        pool = inputs_for(estimator, unlabelled, mods) if self.self_training and unlabelled is not None else None
+        return estimator.fit(inputs_for(estimator, X, mods), y, unlabelled=pool)
 
     def build(self, *, multilabel: bool = False, random_state: int = 0, device: str = "cpu",
               params: Mapping[str, Any] | None = None):
@@ -99,13 +100,6 @@ class Candidate:
             params["pseudo_label_ratio"] = 0.0
         return FusionClassifier(head=self.model, multilabel=multilabel, random_state=random_state, device=device,
                                 **params)
-
-
-def _inputs(X: Mapping[str, np.ndarray], modalities: Sequence[str], estimator) -> dict[str, np.ndarray]:
-    """The arrays of ``X`` an estimator on ``modalities`` reads: their pooled vectors, and their
-    part-level features only for one that uses them (the others would copy them for nothing)."""
-    parts = getattr(estimator, "uses_parts", False)
-    return {k: a for k, a in X.items() if base_modality(k) in modalities and (parts or not is_parts_key(k))}
 
 
 def default_candidates(modalities: Sequence[str], *, multilabel: bool = False, parts: bool = False) -> list[Candidate]:
@@ -164,12 +158,12 @@ def _score_split(estimator, modalities, X, y, train, test, unlabelled, multilabe
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        Xs = _inputs(X, modalities, estimator)
+        Xs = inputs_for(estimator, X, modalities)
         clf = estimator.clone().set_params(calibrate=False)
         if isinstance(clf, FusionClassifier):
             clf.set_params(refit=False)
         y_train = [y[i] for i in train] if multilabel else y[train]
-        u = _inputs(unlabelled, modalities, estimator) if unlabelled is not None else None
+        u = inputs_for(estimator, unlabelled, modalities) if unlabelled is not None else None
         clf.fit({m: a[train] for m, a in Xs.items()}, y_train, unlabelled=u)
         probs = clf.predict_proba({m: a[test] for m, a in Xs.items()})
     finally:
