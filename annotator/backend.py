@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import text
 
 from annotator.config import Settings
-from annotator.errors import AnnotatorError, NotAllowedError, RequestTooLargeError, UnauthenticatedError
+from annotator.errors import AnnotatorError, NotAllowedError, NotFoundError, RequestTooLargeError, UnauthenticatedError
 from annotator.labelstudio.label_config import LabelConfig, parse_label_config
 from annotator.labelstudio.tasks import (
     annotation_keys,
@@ -120,12 +120,21 @@ class Backend:
         config = parse_label_config(schema)
         served = config.explaining(self.settings.explanation_textarea)
 
-        def register(s) -> str:
-            p = ensure_project(s, pid, schema, config)
-            remember_access(p, hostname, access_token)
-            return active_version(s, p, config)
+        # behind basic auth /setup is Label Studio's own word; without it, anyone who reaches us could
+        # send it, so its access is stored only for a new project, and not trusted (`remember_access`)
+        authenticated = bool(self.settings.basic_auth_user)
 
-        answer: dict[str, Any] = {"model_version": self.store.run(register), "predicted": served.predicted_controls}
+        def register(s) -> tuple[str, bool]:
+            p = ensure_project(s, pid, schema, config)
+            kept = remember_access(p, hostname, access_token, trusted=authenticated)
+            return active_version(s, p, config), kept
+
+        version, kept = self.store.run(register)
+        if hostname and access_token and not kept:
+            log.warning("project %s: /setup without basic auth sent another Label Studio URL or token; the stored one "
+                        "stays (`annotator ls connect` or basic auth change it)", pid)
+
+        answer: dict[str, Any] = {"model_version": version, "predicted": served.predicted_controls}
         if note := served.coverage_note():
             log.warning("project %s: %s", pid, note)
             answer["not_predicted"] = list(served.ignored_controls)
@@ -350,7 +359,12 @@ class Backend:
                **query) -> list[dict[str, Any]] | dict[str, Any]:
         """The hits; with ``to_labelstudio``, ``{"hits", "label_studio"}``: the hits also become the
         project's search tab in Label Studio (reached as /setup said), most similar first."""
-        name = project_name_for(parse_project_id(project))
+        pid = parse_project_id(project)
+        name = project_name_for(pid)
+        with self.store.session() as s:  # named alone: a caller of /search learns nothing of other projects
+            if repo.find_project(s, name=name) is None:
+                raise NotFoundError(f"project {pid} is not registered: Label Studio's /setup or `annotator ls connect` "
+                                    "registers it")
         hits = [h.to_dict() for h in self.runtime.project_index(name).search(self.store, k=k, **query)]
         if not to_labelstudio:
             return hits

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -167,6 +167,7 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    _label_studio_trusted: bool = PrivateAttr(default=True)  # see with_label_studio
 
     data_dir: Path = Field(default_factory=_default_data_dir, validation_alias=_env("data_dir"))
     database_url: str | None = Field(default=None, validation_alias=_env("database_url"))
@@ -285,9 +286,19 @@ class Settings(BaseSettings):
         """Artifact folder of one project (models, index); the name is checked first."""
         return self.data_dir / "projects" / check_project_name(project)
 
-    def with_label_studio(self, url: str, api_key: str) -> Settings:
-        """A copy that reaches Label Studio at ``url`` with ``api_key`` (legacy token or PAT)."""
-        return self.model_copy(update={"label_studio_url": url, "label_studio_api_key": SecretStr(api_key)})
+    def with_label_studio(self, url: str, api_key: str, *, trusted: bool = True) -> Settings:
+        """A copy that reaches Label Studio at ``url`` with ``api_key`` (legacy token or PAT).
+        ``trusted`` False: the URL was told by an unauthenticated caller (a /setup without basic
+        auth), so the media policy does not exempt its address (`label_studio_trusted`)."""
+        copy = self.model_copy(update={"label_studio_url": url, "label_studio_api_key": SecretStr(api_key)})
+        copy._label_studio_trusted = trusted
+        return copy
+
+    @property
+    def label_studio_trusted(self) -> bool:
+        """Whether ``label_studio_url`` is the operator's (configured, or stored by an authenticated
+        path), and so a private or loopback address may be reached there (`MediaPolicy`)."""
+        return self._label_studio_trusted
 
     @property
     def resolved_label_studio_venv(self) -> Path:

@@ -57,6 +57,10 @@ class RequestTooLargeError(AnnotatorError, ValueError):
     """A request carries more than a limit allows (tasks per /predict)."""
 
 
+class ValueTooLongError(AnnotatorError, ValueError):
+    """A string is longer than the database column that would hold it (an annotator's id, a name)."""
+
+
 class NotFittedError(AnnotatorError, ValueError, AttributeError):
     """An estimator was used before `fit`."""
 

@@ -34,7 +34,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from annotator.config import Settings
 from annotator.errors import MediaError
-from annotator.media_policy import GuardedBackend, MediaNotAllowedError, MediaPolicy
+from annotator.media_policy import GuardedBackend, MediaNotAllowedError, MediaPolicy, origin
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
@@ -100,7 +100,13 @@ def _jwt_exp(token: str) -> float:
 
 
 class LabelStudioAuth:
-    """Builds the Authorization header for Label Studio, refreshing personal access tokens."""
+    """Builds the Authorization header for Label Studio, refreshing personal access tokens.
+
+    The refresh request carries the personal access token in its body, so it goes only to Label
+    Studio's exact origin, as the key itself does: a redirect is followed only while it stays on
+    that origin (`origin`), and a redirect elsewhere is refused."""
+
+    MAX_REDIRECTS = 3
 
     def __init__(self, base_url: str, api_key: str, client: httpx.Client):
         self.base_url, self.api_key, self._client = base_url.rstrip("/"), api_key, client
@@ -113,16 +119,33 @@ class LabelStudioAuth:
             return f"Token {self.api_key}"
         with self._lock:
             if self._access is None or time.time() > self._access_exp - 30:
-                resp = self._client.post(f"{self.base_url}/api/token/refresh/", json={"refresh": self.api_key})
-                if resp.status_code != 200:
-                    raise MediaError(
-                        f"{self.base_url}/api/token/refresh/",
-                        f"Label Studio refused the personal access token (HTTP {resp.status_code}); "
-                        "check ANNOTATOR_LABEL_STUDIO_API_KEY",
-                    )
-                self._access = resp.json()["access"]
+                self._access = self._refresh()
                 self._access_exp = _jwt_exp(self._access)
             return f"Bearer {self._access}"
+
+    def _refresh(self) -> str:
+        """A fresh access token for the personal access token; raises `MediaError` naming the endpoint."""
+        url = endpoint = f"{self.base_url}/api/token/refresh/"
+        for _ in range(self.MAX_REDIRECTS + 1):
+            resp = self._client.post(url, json={"refresh": self.api_key}, follow_redirects=False)
+            if not resp.is_redirect:
+                break
+            url = str(resp.next_request.url) if resp.next_request is not None else ""
+            if origin(url) != origin(self.base_url):
+                raise MediaError(endpoint, "Label Studio's token refresh redirected to another origin; the personal "
+                                           "access token is sent only to Label Studio's own")
+        else:
+            raise MediaError(endpoint, f"Label Studio's token refresh redirected more than {self.MAX_REDIRECTS} times")
+        if resp.status_code != 200:
+            raise MediaError(endpoint, f"Label Studio refused the personal access token (HTTP {resp.status_code}); "
+                                       "check ANNOTATOR_LABEL_STUDIO_API_KEY")
+        try:
+            access = resp.json()["access"]
+        except (ValueError, KeyError, TypeError):  # not JSON (UnicodeDecodeError is a ValueError), or no token
+            access = None
+        if not isinstance(access, str) or not access:
+            raise MediaError(endpoint, "Label Studio's token refresh answered without an access token")
+        return access
 
 
 class _Transient(MediaError):
@@ -186,9 +209,21 @@ class MediaFetcher:
         """Return the bytes behind ``ref``; raise `MediaError` naming ``ref`` and the reason.
         ``task_id`` (the Label Studio task holding ``ref``) is needed for cloud-storage URIs.
         ``trusted``: the reference is the operator's own (a CLI import or query), so a local path
-        may be read outside ``ANNOTATOR_MEDIA_ROOTS``."""
+        may be read outside ``ANNOTATOR_MEDIA_ROOTS``.
+
+        Any failure is this reference's `MediaError`, whatever raised it (an unparseable URL such as
+        ``http://0177.0.0.1/``, an odd answer from Label Studio's token refresh): one bad task
+        fails alone, never the batch it came in."""
         if not isinstance(ref, str) or not ref.strip():
             raise MediaError(repr(ref), "empty media reference")
+        try:
+            return self._fetch(ref, base_dir=base_dir, task_id=task_id, trusted=trusted)
+        except MediaError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring; the type says what went wrong
+            raise MediaError(ref, f"could not fetch: {type(exc).__name__}") from exc
+
+    def _fetch(self, ref: str, *, base_dir: Path | None, task_id: int | None, trusted: bool) -> bytes:
         if ref.startswith(CLOUD_SCHEMES):
             return self._get(self._presign_url(ref, task_id), ref)
         if ref.startswith("/data/local-files") and self.settings.local_files_document_root:
@@ -226,8 +261,8 @@ class MediaFetcher:
         return f"{self.settings.label_studio_url.rstrip('/')}/tasks/{int(task_id)}/presign/?fileuri={fileuri}"
 
     def _read_local(self, path: Path, ref: str) -> bytes:
-        if not path.is_file():
-            raise MediaError(ref, f"file not found: {path}")
+        if not path.is_file():  # the reference, not the resolved path: no server folder in the message
+            raise MediaError(ref, "file not found")
         size = path.stat().st_size
         if size > self.settings.max_media_bytes:
             raise MediaError(ref, f"file is {size} bytes, over the limit of {self.settings.max_media_bytes}")
@@ -295,7 +330,7 @@ def load_image(data: bytes, ref: str):
     encoders resize to a few hundred anyway; JPEGs are decoded at the reduced scale directly);
     truncated or non-image data, and images claiming more than `MAX_IMAGE_PIXELS` (decompression
     bombs: checked from the header, before decoding), raise `MediaError`."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         # Image.open reads only the header; PIL itself refuses (DecompressionBombError) above twice its
@@ -313,7 +348,7 @@ def load_image(data: bytes, ref: str):
         raise MediaError(ref, f"image is too large to decode safely: {exc}") from exc
     except MediaError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - PIL's plugins raise many types (struct.error, IndexError...)
         kind = sniff(data)
         if kind.startswith("image/"):
             raise MediaError(ref, f"corrupt or truncated image ({kind}): {exc}") from exc

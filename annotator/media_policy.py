@@ -5,8 +5,9 @@ Task data comes from whoever can write a task, so a media reference is untrusted
 - ``http``/``https`` only (cloud URIs go through Label Studio's presign endpoint); every redirect hop
   is checked again.
 - Loopback, private, link-local, multicast and reserved addresses are refused, unless the host is
-  Label Studio's own (its exact origin) or listed in ``ANNOTATOR_MEDIA_ALLOW_HOSTS`` (host names,
-  addresses or networks; ``*`` allows every address). The check runs on the address actually
+  Label Studio's own (its exact origin, when the operator gave it: configured, `ls connect`, or a
+  /setup behind basic auth; a /setup without authentication exempts nothing) or listed in
+  ``ANNOTATOR_MEDIA_ALLOW_HOSTS`` (host names, addresses or networks; ``*`` allows every address). The check runs on the address actually
   connected to (`GuardedBackend`), so a name that resolves to a public address when checked and to
   an internal one when connecting (DNS rebinding) is refused too.
 - Local paths from Label Studio tasks, ``/predict`` and ``/search`` are read only inside
@@ -50,6 +51,12 @@ def origin(url: str) -> tuple[str, str, int] | None:
     return scheme, parts.hostname.lower().rstrip("."), port or DEFAULT_PORTS[scheme]
 
 
+def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to, in resolver order, once each; raises socket.gaierror."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
 def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
@@ -61,6 +68,7 @@ class MediaPolicy:
     """Built from `Settings` by `MediaPolicy.from_settings`; ``label_studio`` is its origin."""
 
     label_studio: tuple[str, str, int] | None = None
+    label_studio_exempt: bool = True  # its address may be internal: the operator's, not a caller's (see Settings)
     allow_hosts: frozenset[str] = frozenset()
     allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     allow_all_addresses: bool = False
@@ -80,6 +88,7 @@ class MediaPolicy:
                 hosts.add(entry.lower().rstrip("."))
         return cls(
             label_studio=origin(settings.label_studio_url) if settings.label_studio_url else None,
+            label_studio_exempt=settings.label_studio_trusted,
             allow_hosts=frozenset(hosts), allow_networks=tuple(networks), allow_all_addresses=allow_all,
             roots=tuple(p.resolve() for p in settings.media_root_list),
             document_root=settings.local_files_document_root.resolve() if settings.local_files_document_root else None,
@@ -96,6 +105,19 @@ class MediaPolicy:
         if origin(url) is None:
             raise MediaNotAllowedError(ref, "not allowed: only http and https URLs are fetched")
 
+    def check_host(self, url: str, ref: str) -> None:
+        """Resolve ``url``'s host and refuse it unless every address it has is allowed: for a URL
+        we are about to hand to a client that does not connect through `GuardedBackend` (the
+        Label Studio SDK), told to us by an unauthenticated caller."""
+        where = origin(url)
+        if where is None:
+            raise MediaNotAllowedError(ref, "not allowed: only http and https URLs are fetched")
+        _, host, port = where
+        if self.allow_all_addresses or host in self.allow_hosts:
+            return  # the operator's word: no need to resolve it
+        for address in resolve(host, port):
+            self.check_address(host, port, address, ref)
+
     def check_address(self, host: str, port: int, address: str, ref: str) -> None:
         """Refuse connecting to an internal ``address`` (that ``host`` resolved to) unless allowed."""
         ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -104,7 +126,7 @@ class MediaPolicy:
         host = host.lower().rstrip(".")
         if host in self.allow_hosts or any(ip in net for net in self.allow_networks):
             return
-        if self.label_studio is not None and (host, port) == self.label_studio[1:]:
+        if self.label_studio_exempt and self.label_studio is not None and (host, port) == self.label_studio[1:]:
             return
         raise MediaNotAllowedError(ref, f"not allowed: {host} is a private, loopback or link-local address "
                                         "(list it in ANNOTATOR_MEDIA_ALLOW_HOSTS to allow it)")
@@ -142,10 +164,9 @@ class GuardedBackend(httpcore.SyncBackend):
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options=None) -> httpcore.NetworkStream:
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = resolve(host, port)
         except socket.gaierror as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        addresses = list(dict.fromkeys(info[4][0] for info in infos))
         for address in addresses:  # every address the name has must be allowed, not only the first
             self.policy.check_address(host, port, address, ref=host)
         last: Exception | None = None

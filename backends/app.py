@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from annotator.config import Settings
 from annotator.errors import AnnotatorError
 from annotator.backends.errors import status_for
-from annotator.backends.limits import BodyLimitMiddleware
+from annotator.backends.limits import BodyLimitMiddleware, check_depth
 from annotator.backends.schemas import PredictRequest, SearchRequest, SetupRequest
 
 log = logging.getLogger("annotator.backend")
@@ -123,12 +123,14 @@ def create_app(settings: Settings | None = None, *, store=None, runtime=None, st
 
     @app.post("/setup")
     async def setup(body: SetupRequest, request: Request) -> dict[str, Any]:
+        check_depth(body.extra_params or {}, what="/setup extra_params")
         return await run_in_threadpool(b(request).setup, project=body.project, schema=body.schema_,
                                        hostname=body.hostname, access_token=body.access_token,
                                        extra_params=body.extra_params)
 
     @app.post("/predict")
     async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
+        check_depth(body.tasks, what="/predict tasks")
         return await run_in_threadpool(b(request).predict, tasks=body.tasks, project=body.project,
                                        label_config=body.label_config, params=body.params)
 
@@ -137,8 +139,11 @@ def create_app(settings: Settings | None = None, *, store=None, runtime=None, st
             payload = await request.json()
         except ValueError:
             raise AnnotatorError(f"{request.url.path} body is not JSON") from None
+        except RecursionError:  # json's decoder gives up near Python's recursion limit
+            raise AnnotatorError(f"{request.url.path} body is nested too deeply") from None
         if not isinstance(payload, dict):
             raise AnnotatorError(f"{request.url.path} body must be a JSON object")
+        check_depth(payload, what=f"{request.url.path} body")
         return payload
 
     @app.post("/webhook")

@@ -1,9 +1,28 @@
-"""Request body limit enforced on the stream: a chunked body has no Content-Length to check, and
-Starlette reads whatever arrives. Pure ASGI, so it sees every chunk before the app does."""
+"""Limits on request bodies: their size, enforced on the stream (a chunked body has no
+Content-Length to check, and Starlette reads whatever arrives; pure ASGI, so it sees every chunk
+before the app does), and how deeply a parsed body nests."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
+
+from annotator.errors import AnnotatorError
+
+MAX_JSON_DEPTH = 64  # Label Studio's payloads nest a few levels; task data a few more
+
+
+def check_depth(payload: Any, *, what: str, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse (`AnnotatorError`, a 400) a parsed body nested deeper than ``limit``: whatever walks
+    or stores it later (the JSON columns' encoder, a recursive reader) would overflow the stack and
+    answer 500. Counted without recursion."""
+    stack = [(payload, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise AnnotatorError(f"{what} is nested more than {limit} levels deep")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 class BodyTooLargeError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -131,14 +132,69 @@ def ray_address(tmp_path_factory):
     pytest.importorskip("ray")
     ray_cli = Path(sys.executable).parent / "ray"
     port = _free_port()
+    # a temp dir of its own (short: Ray puts Unix sockets under it) marks this cluster's processes,
+    # so the teardown stops those alone: `ray stop` would stop every Ray on the machine, a user's too
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     # loopback only, for this test run: no token (drivers and CLI subprocesses connect as they are)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    subprocess.run([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                    "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, capture_output=True, timeout=180, env=env)
     try:
+        subprocess.run([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                        "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                       check=True, capture_output=True, timeout=180, env=env)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120, env=env)
+        # the client server names the port, not the temp dir
+        stop_processes(processes_under(temp_dir, f":{port} "))
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, command line) of every process we may read, from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        table[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return table
+
+
+def processes_under(*markers: str) -> list[int]:
+    """The processes whose command line names one of ``markers`` (Ray's daemons name their temp
+    dir), and all their descendants (workers and agents, which rename themselves ``ray::…``)."""
+    table = _proc_table()
+    found = {pid for pid, (_, cmdline) in table.items()
+             if any(m in cmdline + " " for m in markers) and pid != os.getpid()}
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
+        found |= children
+        grew = bool(children)
+    return sorted(found)
+
+
+def stop_processes(pids: list[int], grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL whatever is left after ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie has exited: only its parent's wait is missing
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _free_port() -> int:

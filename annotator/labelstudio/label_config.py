@@ -206,12 +206,17 @@ def parse_label_config(xml: str) -> LabelConfig:
     return _parse(hashlib.sha1(xml.encode()).hexdigest(), xml)
 
 
+MAX_CONFIG_DEPTH = 64  # Label Studio's deepest taxonomies are a handful of levels; 3,000 overflowed the walk
+
+
 @lru_cache(maxsize=256)  # keyed by content digest: a config string never changes meaning
 def _parse(digest: str, xml: str) -> LabelConfig:
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise LabelConfigError(f"label config is not valid XML: {exc}") from None
+    if (depth := _depth(root)) > MAX_CONFIG_DEPTH:  # before any recursive walk (a Taxonomy's)
+        raise LabelConfigError(f"label config is nested {depth} elements deep, over the limit of {MAX_CONFIG_DEPTH}")
     objects, controls, ignored, textareas = [], [], [], []
     for el in root.iter():
         tag = el.tag.lower()
@@ -236,6 +241,16 @@ def _parse(digest: str, xml: str) -> LabelConfig:
     others = [TranscriptControl(el.get("name"), _to_name(el)) for el in textareas if _to_name(el) not in audio]
     ignored += [f"{t.name} (TextArea)" for t in others]
     return LabelConfig(tuple(objects), tuple(controls), tuple(transcripts), tuple(ignored), digest, tuple(others))
+
+
+def _depth(root: ET.Element) -> int:
+    """How many elements deep the tree goes, counted without recursion."""
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        el, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in el)
+    return deepest
 
 
 def _to_name(el: ET.Element) -> str:

@@ -8,6 +8,7 @@ separately: its primary answer's key is ``ls:<annotation id>``, another control'
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +16,12 @@ from annotator.config import Settings
 from annotator.errors import AnnotatorError
 from annotator.labelstudio.label_config import LabelConfig, parse_label_config
 from annotator.media import sha256
+from annotator.media_policy import MediaNotAllowedError, MediaPolicy
 from annotator.store import repo
 from annotator.store.models import Item, Project
+
+
+log = logging.getLogger("annotator.labelstudio")
 
 
 def project_name_for(ls_project_id: int) -> str:
@@ -58,20 +63,45 @@ def ensure_project(session, ls_project_id: int, schema: str | None, config: Labe
     return p
 
 
-def remember_access(project: Project, url: str | None, token: str | None) -> None:
-    """Keep how Label Studio's /setup said to reach it, for every worker (only a complete pair)."""
-    if url and token:
-        project.ls_url, project.ls_access_token = url, token
+def remember_access(project: Project, url: str | None, token: str | None, *, trusted: bool) -> bool:
+    """Keep how to reach Label Studio (a complete pair), for every worker; returns whether it was kept.
+
+    ``trusted``: the caller is authenticated (`ls connect`, /setup behind basic auth). Access stored
+    by an untrusted /setup is not exempt from the media policy, and an untrusted caller never
+    replaces access already stored: otherwise anyone reaching the backend could re-point a project
+    at an internal address, with a token of their choosing."""
+    if not (url and token):
+        return False
+    if (project.ls_url, project.ls_access_token) == (url, token):
+        project.ls_access_trusted = project.ls_access_trusted or trusted
+        return True
+    if project.ls_access_token and not trusted:
+        return False
+    project.ls_url, project.ls_access_token, project.ls_access_trusted = url, token, trusted
+    return True
 
 
 def label_studio_settings(settings: Settings, project: Project) -> Settings:
     """Settings that reach the project's Label Studio: the configured URL and key where both are
-    set, else what /setup stored for the project (a configured URL still wins over its hostname)."""
+    set, else what was stored for the project (a configured URL still wins over its hostname).
+
+    Stored access that came from an unauthenticated /setup is used only where the media policy lets
+    us reach its host (a public address, or one listed in ANNOTATOR_MEDIA_ALLOW_HOSTS), and its host
+    is then not exempt from the policy; otherwise the project has no Label Studio access."""
     if settings.label_studio_url and settings.label_studio_api_key:
         return settings
-    if project.ls_access_token and (settings.label_studio_url or project.ls_url):
-        return settings.with_label_studio(settings.label_studio_url or project.ls_url, project.ls_access_token)
-    return settings
+    url = settings.label_studio_url or project.ls_url
+    if not (project.ls_access_token and url):
+        return settings
+    trusted = project.ls_access_trusted or bool(settings.label_studio_url)
+    if not trusted:
+        try:
+            MediaPolicy.from_settings(settings).check_host(url, ref=f"project {project.name}'s Label Studio")
+        except (MediaNotAllowedError, OSError) as exc:
+            log.warning("%s; it came from an unauthenticated /setup: configure ANNOTATOR_LABEL_STUDIO_URL, connect "
+                        "the project with `annotator ls connect`, or turn on basic auth", exc)
+            return settings
+    return settings.with_label_studio(url, project.ls_access_token, trusted=trusted)
 
 
 def project_config(project: Project) -> LabelConfig | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -37,6 +37,9 @@ class Project(Base):
     # host can fetch the project's media; never logged.
     ls_url: Mapped[str | None] = mapped_column(String(1000), default=None)
     ls_access_token: Mapped[str | None] = mapped_column(Text, default=None)
+    # True when that access came through an authenticated path (`ls connect`, /setup behind basic
+    # auth): only then is its address exempt from the media policy (`label_studio_settings`)
+    ls_access_trusted: Mapped[bool] = mapped_column(default=False, server_default=false())
     # The secret Label Studio's webhook sends in X-Annotator-Secret (set by `ls connect`); events
     # without it only ask for a pull from Label Studio's API, recorded in sync_requested_at.
     webhook_secret: Mapped[str | None] = mapped_column(String(200), default=None)

@@ -12,13 +12,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, String, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from annotator.config import Settings
-from annotator.errors import DatabaseOutOfDateError
+from annotator.errors import DatabaseOutOfDateError, ValueTooLongError
 
 T = TypeVar("T")
 
@@ -136,4 +136,39 @@ def open_store(settings: Settings, *, check_schema: bool = True) -> Store:
             raise DatabaseOutOfDateError(
                 engine.url.render_as_string(hide_password=True), current, head
             )
-    return Store(engine=engine, sessionmaker=sessionmaker(engine, expire_on_commit=False))
+    factory = sessionmaker(engine, expire_on_commit=False)
+    event.listen(factory, "before_flush", _check_string_lengths)
+    event.listen(factory, "do_orm_execute", _check_bulk_lengths)
+    return Store(engine=engine, sessionmaker=factory)
+
+
+def _check_string_lengths(session: Session, _context, _instances) -> None:
+    """Refuse a string longer than its column (`ValueTooLongError`, a 4xx) before it is written:
+    Postgres would raise a driver error (a 500) and SQLite would store it, so both databases now
+    answer alike, naming the column. This covers objects flushed; `_check_bulk_lengths` covers the
+    repository's bulk inserts and updates."""
+    for obj in (*session.new, *session.dirty):
+        mapper = inspect(obj).mapper
+        _check_row(mapper.local_table, {attr.key: getattr(obj, attr.key, None) for attr in mapper.column_attrs})
+
+
+def _check_bulk_lengths(state) -> None:
+    """`_check_string_lengths` for ``session.execute(insert(Model), rows)`` and bulk updates."""
+    if not (state.is_insert or state.is_update) or not state.parameters:
+        return
+    table = getattr(state.statement, "table", None)
+    if table is None:
+        return
+    rows = state.parameters if isinstance(state.parameters, list) else [state.parameters]
+    for row in rows:
+        if isinstance(row, dict):
+            _check_row(table, row)
+
+
+def _check_row(table, row: dict) -> None:
+    for column in table.columns:
+        limit = column.type.length if isinstance(column.type, String) else None
+        value = row.get(column.key)
+        if limit is not None and isinstance(value, str) and len(value) > limit:
+            raise ValueTooLongError(f"{table.name}.{column.key} is {len(value)} characters long, over its limit "
+                                    f"of {limit}")

@@ -493,7 +493,10 @@ def test_unauthenticated_webhooks_store_nothing(client, backend):
     assert _state(backend.store) == before
 
     # with Label Studio's address and token stored (by /setup), an event is a reason to pull the project
-    # from Label Studio, and still stores nothing of its own
+    # from Label Studio, and still stores nothing of its own; an unauthenticated /setup's address is
+    # used only where the operator allows it (#33)
+    served = client.app.state.backend
+    served.settings = served.settings.model_copy(update={"media_allow_hosts": "ls.invalid"})
     client.post("/setup", json={"project": "7", "schema": CONFIG, "hostname": "http://ls.invalid:8080",
                                 "access_token": "token"})
     for event in attacks:

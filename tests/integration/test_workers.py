@@ -69,7 +69,10 @@ def _task(i: int, row: dict, folder: str = "storm") -> dict:
 def test_three_workers_share_labels_training_models_and_label_studio_access(tmp_path, pg_database, media_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANNOTATOR_")}
     env.update({"ANNOTATOR_DATA_DIR": str(tmp_path / "shared"), "ANNOTATOR_DATABASE_URL": pg_database,
-                "ANNOTATOR_MODEL": "logreg", "ANNOTATOR_SELF_TRAINING": "off", "ANNOTATOR_WEBHOOK_SECRET": "storm-secret"})
+                "ANNOTATOR_MODEL": "logreg", "ANNOTATOR_SELF_TRAINING": "off", "ANNOTATOR_WEBHOOK_SECRET": "storm-secret",
+                # the loopback "Label Studio" that /setup names: without basic auth, /setup's address is
+                # reached only where the operator allows it (#33)
+                "ANNOTATOR_MEDIA_ALLOW_HOSTS": "127.0.0.1"})
     subprocess.run([sys.executable, "-m", "annotator.cli.main", "db", "upgrade"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
     port = free_port()
