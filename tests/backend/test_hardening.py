@@ -6,7 +6,6 @@ Label Studio and for an internal service."""
 
 from __future__ import annotations
 
-import json
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
