@@ -7,9 +7,10 @@ Task data comes from whoever can write a task, so a media reference is untrusted
 - Loopback, private, link-local, multicast and reserved addresses are refused, unless the host is
   Label Studio's own (its exact origin, when the operator gave it: configured, `ls connect`, or a
   /setup behind basic auth; a /setup without authentication exempts nothing) or listed in
-  ``ANNOTATOR_MEDIA_ALLOW_HOSTS`` (host names, addresses or networks; ``*`` allows every address). The check runs on the address actually
-  connected to (`GuardedBackend`), so a name that resolves to a public address when checked and to
-  an internal one when connecting (DNS rebinding) is refused too.
+  ``ANNOTATOR_MEDIA_ALLOW_HOSTS`` (host names, addresses or networks; ``*`` allows every address).
+  The check runs on the address actually connected to (`GuardedBackend`), so a name that resolves
+  to a public address when checked and to an internal one when connecting (DNS rebinding) is
+  refused too.
 - Local paths from Label Studio tasks, ``/predict`` and ``/search`` are read only inside
   ``ANNOTATOR_MEDIA_ROOTS`` (and ``/data/local-files`` only inside the document root), after
   resolving ``..`` and symlinks. Paths in the operator's own imports (items without a Label Studio
@@ -109,10 +110,8 @@ class MediaPolicy:
         """Resolve ``url``'s host and refuse it unless every address it has is allowed: for a URL
         we are about to hand to a client that does not connect through `GuardedBackend` (the
         Label Studio SDK), told to us by an unauthenticated caller."""
-        where = origin(url)
-        if where is None:
-            raise MediaNotAllowedError(ref, "not allowed: only http and https URLs are fetched")
-        _, host, port = where
+        self.check_url(url, ref)
+        _, host, port = origin(url)
         if self.allow_all_addresses or host in self.allow_hosts:
             return  # the operator's word: no need to resolve it
         for address in resolve(host, port):

@@ -148,8 +148,8 @@ def _check_string_lengths(session: Session, _context, _instances) -> None:
     answer alike, naming the column. This covers objects flushed; `_check_bulk_lengths` covers the
     repository's bulk inserts and updates."""
     for obj in (*session.new, *session.dirty):
-        mapper = inspect(obj).mapper
-        _check_row(mapper.local_table, {attr.key: getattr(obj, attr.key, None) for attr in mapper.column_attrs})
+        state = inspect(obj)  # its loaded values: reading an expired attribute would query mid-flush
+        _check_row(state.mapper.local_table, state.dict)
 
 
 def _check_bulk_lengths(state) -> None:
