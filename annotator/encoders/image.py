@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from annotator.encoders.base import batched_encode, forward_batch_size
-from annotator.encoders.onnx_runtime import INT8, network_forward
+from annotator.encoders.onnx_runtime import INT8, int8_name_suffix, network_forward
 
 PART_GRID = 4  # image parts: the last feature map (7 x 7 at 224 px) average-pooled to 4 x 4 regions
 
@@ -77,7 +77,7 @@ class EfficientNetLiteEncoder:
             export_dir=export_dir, int8=int8, weights_path=self._weights, calibration=self._calibration,
             outputs={"vectors": {0: "batch"}, "parts": {0: "batch"}})
         if int8:  # other vectors: their own cache entries
-            self.name += f":{INT8}"
+            self.name += ":" + int8_name_suffix(static=True)
 
     def _load_net(self):
         from efficientnet_lite_pytorch import EfficientNet
@@ -161,7 +161,7 @@ class HFImageEncoder:
             weights_path=model_name_or_path,
             calibration=lambda: [{"pixel_values": self._pixels([image])} for image in sample_images()])
         if int8:  # other vectors: their own cache entries
-            self.name += f":{INT8}"
+            self.name += ":" + int8_name_suffix(static=True)
 
     def _pixels(self, images: list) -> np.ndarray:
         batch = self._processor(images=[img.convert("RGB") for img in images], return_tensors="np")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from annotator.encoders.base import l2_normalize, normalize_parts
-from annotator.encoders.onnx_runtime import INT8, length_sorted_batches, onnx_forward, weights_fingerprint
+from annotator.encoders.onnx_runtime import INT8, int8_name_suffix, length_sorted_batches, onnx_forward, weights_fingerprint
 from annotator.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class SentenceTransformerEncoder:
         if runtime == "onnx":
             self._forward = self._onnx_forward(export_dir, int8)
             if int8:  # other vectors: their own cache entries
-                self.name += f":{INT8}"
+                self.name += ":" + int8_name_suffix(static=False)
 
     def _onnx_forward(self, export_dir, int8: bool):
         kinds = [type(m).__name__ for m in self._model]

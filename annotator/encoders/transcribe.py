@@ -135,8 +135,10 @@ class WhisperTranscriber:
         return out
 
     def _transcribe_long(self, clip: np.ndarray) -> str:
-        segments, _ = self._model.transcribe(clip, beam_size=1, language=self.language if self.multilingual else None,
-                                             vad_filter=True)
+        # beam search here too: greedy decoding read other words than the short path on a CPU whose
+        # int8 arithmetic differs (the int8 model's scores shift from machine to machine)
+        segments, _ = self._model.transcribe(clip, beam_size=BEAM_SIZE, vad_filter=True,
+                                             language=self.language if self.multilingual else None)
         return " ".join(s.text.strip() for s in segments).strip()
 
 
