@@ -158,10 +158,13 @@ def _retrain_locked(store: Store, settings: Settings, *, project_name: str, head
             prune_versions(settings, s, repo.get_project(s, name=project_name))
         return result
     except BaseException as exc:
+        stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))  # Ctrl-C, SIGTERM: not the run's fault
         with store.session() as s:
             run = s.get(repo.TrainingRun, run_id)
-            run.status, run.finished_at = "failed", utcnow()
-            run.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            # an interrupted run consumed no labels: they stay pending, and the next training takes them
+            run.status, run.finished_at = "interrupted" if stopped else "failed", utcnow()
+            run.error = ("stopped by Ctrl-C or a signal" if stopped else
+                         f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
         raise
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from annotator.errors import AnnotatorError
-from annotator.cli.errors import report
+from annotator.cli.errors import report, stop_cleanly
 
 DISTRIBUTION = "multimodal-annotator"  # the name on PyPI; the command and the import name are `annotator`
 app = typer.Typer(
@@ -580,11 +580,13 @@ def models_promote(project: ProjectOpt, version: Annotated[str, typer.Argument()
 
 def main() -> None:
     """Console entry point. Click's standalone mode prints usage errors with the usage line and exits
-    2 (and exits with each command's code); library errors become one line on stderr and an exit code."""
-    try:
-        app()
-    except AnnotatorError as exc:
-        sys.exit(report(exc))
+    2 (and exits with each command's code); library errors become one line on stderr and an exit code.
+    Ctrl-C and SIGTERM stop any command the same clean way (`stop_cleanly`)."""
+    with stop_cleanly():
+        try:
+            app()
+        except AnnotatorError as exc:
+            sys.exit(report(exc))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from annotator.fusion.classifier import HEADS, FusionClassifier
 from annotator.fusion.heads import COATTENTION
 from annotator.fusion.kernel import KernelFusionClassifier
 from annotator.fusion.linear import LinearClassifier
+from annotator.parallel import fold_runner
 
 LINEAR = "logreg"
 KERNEL = "kernel"
@@ -293,11 +294,10 @@ class ModelSearch:
     def _run(self, jobs: list[tuple[str, Any, list[str], bool]], X, y, splits, unlabelled) -> list[CandidateResult]:
         """Score every (name, estimator, modalities, uses_unlabelled) job on every split; the first
         repeat's out-of-fold probabilities are kept (for the winner's calibration error)."""
-        from joblib import Parallel, delayed
+        from joblib import delayed
 
         work = [(j, s) for j in range(len(jobs)) for s in range(len(splits))]
-        n_jobs = self.n_jobs or os.cpu_count() or 1
-        runner = Parallel(n_jobs=min(n_jobs, len(work)) or 1, backend="loky" if n_jobs > 1 else "sequential")
+        runner = fold_runner(self.n_jobs or os.cpu_count() or 1, len(work))
         outputs = runner(delayed(_safe_score)(jobs[j][1], jobs[j][2], X, y, splits[s][0], splits[s][1],
                                               unlabelled if jobs[j][3] else None, self.multilabel)
                          for j, s in work)
