@@ -23,6 +23,20 @@ from annotator.encoders.registry import Encoders
 from annotator.store.models import Item
 
 
+DECODED_CHUNK_BYTES = 256 * 2**20  # decoded audio one encoding chunk may hold (two are in memory at once)
+AUDIO_BYTES_PER_S = 16000 * 4  # what `load_audio` returns: float32 mono at 16 kHz
+
+
+def chunk_rows(modality: str, max_audio_s: float, rows: int = 64) -> int:
+    """How many items one encoding chunk takes: ``rows``, and for audio as many of the longest clips
+    `load_audio` decodes (``max_audio_s``) as fit in `DECODED_CHUNK_BYTES` (6 at the 600 s default:
+    64 of them held 2.4 GB). Images are reduced as they are decoded, texts are cut at
+    ``max_text_chars``: a count bounds their bytes."""
+    if modality != "audio":
+        return rows
+    return max(1, min(rows, int(DECODED_CHUNK_BYTES // (max_audio_s * AUDIO_BYTES_PER_S))))
+
+
 @dataclass
 class EmbedReport:
     items: int = 0
@@ -152,7 +166,8 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
         report.encoded[modality] = 0
         bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="item", file=sys.stderr,
                    disable=not progress or not todo)
-        chunks = [todo[start:start + chunk_size] for start in range(0, len(todo), chunk_size)]
+        rows = chunk_rows(modality, fetcher.settings.max_audio_s, chunk_size)
+        chunks = [todo[start:start + rows] for start in range(0, len(todo), rows)]
         for chunk, decoded_chunk in _chunks_ahead(chunks, decode, fetcher):
             inputs, keys = [], []
             for it, got in zip(chunk, decoded_chunk):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from annotator.config import Settings
-from annotator.embedding import decode_media, encode_into_cache, missing_content
+from annotator.embedding import chunk_rows, decode_media, encode_into_cache, missing_content
 from annotator.encoders.cache import CachedVectorsOnly
 from annotator.encoders.registry import Encoders
 from annotator.errors import MediaError
@@ -81,20 +81,23 @@ class EncodeActor:
             return row.ref if modality == "text" else decode_media(
                 modality, row.data, row.ref, max_audio_s=self.settings.max_audio_s, prepare=prepare)
 
-        inputs, keys = [], []
-        # decoding and preparing on threads (as the local path's media threads do): PIL and numpy
-        # release the GIL, so images are ready in a fraction of the time one thread takes
-        for (i, row), got in zip(todo, self._decoder.map(_guarded(decode), [r for _, r in todo])):
-            if isinstance(got, MediaError):
-                errors[i] = str(got)
-                continue
-            inputs.append(got)
-            keys.append(row.sha)
-            encoded[i] = True
-        if inputs:
-            vectors = encode_into_cache(self.encoders, modality, inputs, keys, prepared=prepared)
-            if self.parquet_dir is not None:
-                self._write_shard(modality, keys, vectors)
+        # decoded in chunks bounded as the local path's are (`chunk_rows`: a few of the longest clips)
+        rows_per_chunk = chunk_rows(modality, self.settings.max_audio_s, max(1, len(todo)))
+        for start in range(0, len(todo), rows_per_chunk):
+            chunk, inputs, keys = todo[start:start + rows_per_chunk], [], []
+            # decoding and preparing on threads (as the local path's media threads do): PIL and numpy
+            # release the GIL, so images are ready in a fraction of the time one thread takes
+            for (i, row), got in zip(chunk, self._decoder.map(_guarded(decode), [r for _, r in chunk])):
+                if isinstance(got, MediaError):
+                    errors[i] = str(got)
+                    continue
+                inputs.append(got)
+                keys.append(row.sha)
+                encoded[i] = True
+            if inputs:
+                vectors = encode_into_cache(self.encoders, modality, inputs, keys, prepared=prepared)
+                if self.parquet_dir is not None:
+                    self._write_shard(modality, keys, vectors)
 
     def _write_shard(self, modality: str, keys: list[str], vectors: np.ndarray) -> None:
         import pyarrow as pa

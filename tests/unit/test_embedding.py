@@ -132,3 +132,29 @@ def test_part_features_are_cached_beside_the_vectors_once_turned_on(store, setti
     assert missing == {"cat": False, "coffee": False, "broken": True, "text-only": True}
     again, _, _ = _embed(store, on, encoders)
     assert again.encoded == {"text": 0, "image": 0, "audio": 0}
+
+
+def test_audio_chunks_are_bounded_by_their_decoded_bytes(store, settings, encoders, tmp_path, monkeypatch):
+    """64 clips of the longest decodable audio (600 s, float32 at 16 kHz) were 2.4 GB in one chunk:
+    audio chunks hold as many of the longest clips as fit in DECODED_CHUNK_BYTES."""
+    import soundfile as sf
+
+    from annotator import embedding
+
+    assert embedding.chunk_rows("audio", 600.0) == 6 and embedding.chunk_rows("image", 600.0) == 64
+    assert embedding.chunk_rows("audio", 1.0) == 64 and embedding.chunk_rows("audio", 1e9) == 1
+    # here: room for two clips of the configured longest length
+    monkeypatch.setattr(embedding, "DECODED_CHUNK_BYTES", 2 * settings.max_audio_s * embedding.AUDIO_BYTES_PER_S)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(5):
+        sf.write(tmp_path / f"{i}.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+        rows.append({"id": str(i), "audio": f"{i}.wav"})
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with store.session() as s:
+        import_manifest(s, project_name="p", manifest=tmp_path / "m.jsonl")
+        items = repo.list_items(s, project=repo.get_project(s, name="p"))
+        with MediaFetcher(settings) as f:
+            report = embed_items(items, encoders=encoders, fetcher=f, progress=False)
+    audio = encoders.get("audio")
+    assert report.encoded == {"audio": 5} and (audio.calls, audio.inputs) == (3, 5)  # 2 + 2 + 1

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import DATA
 
 CEILING_MB = 400  # over the process's own baseline; the refused or truncated inputs need a few tens
+ONE_FULL_DECODE_MB = 700  # over the baseline, while images at the pixel limit are decoded one at a time
 
 PEAK = """
 import resource, sys, json
@@ -93,3 +94,40 @@ def test_a_50_mb_text_line_is_encoded_from_its_beginning(tmp_path, settings):
     """)
     assert report["result"] == [{"text": 1}, []]
     assert report["after"] - report["before"] < CEILING_MB, report
+
+
+def test_images_just_under_the_pixel_limit_decode_a_few_at_a_time(tmp_path, settings):
+    """Six images of 39.6 megapixels (under the 40 MP limit, so they are decoded), RGB and RGBA, in
+    one `embed_items` on eight media threads: 1.35 GB over the baseline before. A pixel budget lets
+    one such image decode at a time (an RGBA one holds ~500 MB: its decode and the premultiplied
+    copy the reduction makes), and freed buffers go back to the OS."""
+    from PIL import Image
+
+    width, height = 6000, 6600
+    ramp = np.linspace(0, 200, width, dtype=np.uint8)
+    plane = np.broadcast_to(ramp, (height, width))
+    for i in range(6):
+        mode = "RGBA" if i % 2 else "RGB"
+        array = np.stack([plane + i] * len(mode), axis=-1)  # six contents: six encodings
+        Image.fromarray(np.ascontiguousarray(array), mode).save(tmp_path / f"big{i}.png", compress_level=1)
+    shutil.copy(DATA / "cat.png", tmp_path / "cat.png")
+    report = _peak_growth(tmp_path, f"""
+        import os
+        os.environ["ANNOTATOR_DATA_DIR"] = {str(settings.data_dir)!r}
+        os.environ["ANNOTATOR_MEDIA_PARALLEL"] = "8"
+        from annotator.config import Settings
+        from annotator.embedding import embed_items
+        from annotator.encoders.registry import Encoders
+        from annotator.media import MediaFetcher, load_image
+        from annotator.store.models import Item
+        settings = Settings()
+        encoders = Encoders(settings)
+        encoders.get("image").encode([load_image(open("cat.png", "rb").read(), "cat.png")])  # warm up
+        items = [Item(external_id=str(i), data={{"image": os.path.abspath(f"big{{i}}.png")}}) for i in range(6)]
+    """, """
+        with MediaFetcher(settings) as fetcher:
+            report = embed_items(items, encoders=encoders, fetcher=fetcher, modalities=["image"], progress=False)
+        result = [report.encoded, report.failed]
+    """)
+    assert report["result"] == [{"image": 6}, []]
+    assert report["after"] - report["before"] < ONE_FULL_DECODE_MB, report
