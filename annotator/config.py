@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     media_roots : str
         Folders (separated by ``os.pathsep``) that local paths in Label Studio tasks, /predict and
         /search may be read from; empty: none. The operator's own imports are not restricted.
+    media_proxy : str
+        The HTTP proxy media downloads go through (``http://proxy:3128``). Empty: the environment's
+        ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` with ``NO_PROXY``, as other programs read
+        them; ``none``: no proxy whatever the environment says. Through a proxy, each target's
+        host is resolved here and its addresses checked before the request leaves.
     max_audio_s, max_text_chars : float, int
         Audio beyond ``max_audio_s`` seconds (600) is not decoded; text beyond ``max_text_chars``
         characters (100,000) is not encoded: the encoders see far less, and memory stays bounded.
@@ -221,6 +226,7 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(default=None, validation_alias=_env("webhook_secret"))
     media_allow_hosts: str = Field(default="", validation_alias=_env("media_allow_hosts"))
     media_roots: str = Field(default="", validation_alias=_env("media_roots"))
+    media_proxy: str = Field(default="", validation_alias=_env("media_proxy"))
     max_audio_s: float = Field(default=600.0, gt=0, validation_alias=_env("max_audio_s"))
     max_text_chars: int = Field(default=100_000, ge=1, validation_alias=_env("max_text_chars"))
     keep_versions: int = Field(default=10, ge=1, validation_alias=_env("keep_versions"))

@@ -167,8 +167,14 @@ class MediaFetcher:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.policy = MediaPolicy.from_settings(settings)
+        connections = max(10, settings.media_parallel)
+        proxies, bypass = media_proxies(settings.media_proxy)
+        self._through_proxy = bool(proxies)
+        mounts = {f"{scheme}://": httpx.HTTPTransport(proxy=url, limits=httpx.Limits(max_connections=connections))
+                  for scheme, url in proxies.items()}
+        mounts.update({pattern: None for pattern in bypass})  # None: the direct, guarded transport
         self._client = httpx.Client(timeout=settings.media_timeout_s, follow_redirects=True,
-                                    transport=_guarded_transport(self.policy, max(10, settings.media_parallel)),
+                                    transport=_guarded_transport(self.policy, connections), mounts=mounts,
                                     event_hooks={"request": [self._check_hop]})
         key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
         self._ls_auth = (
@@ -242,10 +248,20 @@ class MediaFetcher:
     def _check_hop(self, request: httpx.Request) -> None:
         """Every request, redirects included: http(s) only, and the Label Studio key only on its
         exact origin (httpx already drops it when a redirect changes origin; this also covers a
-        redirect back to another port of the same host)."""
+        redirect back to another port of the same host). With a proxy, the proxy connects to the
+        target, not `GuardedBackend`: the target's addresses are checked here, before it is sent
+        (every request, so no reading of NO_PROXY can differ from httpx's)."""
         url = str(request.url)
         ref = request.extensions.get("annotator_ref", url)
-        self.policy.check_url(url, ref)
+        if not self._through_proxy:
+            self.policy.check_url(url, ref)
+        else:
+            try:
+                self.policy.check_host(url, ref)
+            except OSError:  # unresolvable here, so its address cannot be known: the proxy may reach anything
+                raise MediaNotAllowedError(ref, f"not allowed: {origin(url)[1]} does not resolve here, so its address "
+                                                "cannot be checked before the proxy fetches it (list it in "
+                                                "ANNOTATOR_MEDIA_ALLOW_HOSTS to allow it)") from None
         if not self.policy.is_label_studio(url):
             request.headers.pop("Authorization", None)
 
@@ -309,10 +325,31 @@ class MediaFetcher:
             raise MediaError(ref, f"could not fetch: {type(exc).__name__}") from exc
 
 
+def media_proxies(setting: str) -> tuple[dict[str, str], list[str]]:
+    """({scheme: proxy URL}, httpx mount patterns of the hosts that bypass it) for media downloads:
+    ``setting`` (`Settings.media_proxy`) for both schemes, else the environment's HTTPS_PROXY,
+    HTTP_PROXY and ALL_PROXY; NO_PROXY's hosts (and their subdomains, as curl reads them) go direct."""
+    import urllib.request
+
+    setting = setting.strip()
+    if setting.lower() == "none":
+        return {}, []
+    env = urllib.request.getproxies_environment()  # lower-cased keys: http, https, all, no
+    proxies = {"http": setting, "https": setting} if setting else \
+        {scheme: env.get(scheme) or env.get("all") for scheme in ("http", "https")}
+    bypass = []
+    for entry in (h.strip() for h in env.get("no", "").split(",")):
+        if entry == "*":
+            return {}, []
+        if entry:
+            bypass.append(f"all://{entry}" if entry[0].isdigit() or entry[0] == "[" else f"all://*{entry}")
+    return {k: v for k, v in proxies.items() if v}, bypass
+
+
 def _guarded_transport(policy: MediaPolicy, max_connections: int) -> httpx.HTTPTransport:
     """httpx's transport with its connection pool connecting through `GuardedBackend`. httpx has no
-    public hook for the network backend, so the pool is built here with httpx's own defaults. Media
-    downloads therefore do not go through HTTP(S)_PROXY: a proxy would hide the address checked."""
+    public hook for the network backend, so the pool is built here with httpx's own defaults.
+    Downloads through a proxy use httpx's proxy transport instead (`MediaFetcher._check_hop`)."""
     import httpcore
 
     transport = httpx.HTTPTransport(limits=httpx.Limits(max_connections=max_connections))

@@ -33,6 +33,8 @@ def settings(tmp_path, monkeypatch):
     # tasks in tests name files in the test data and in the test's own folder, as a deployment
     # names the folders its tasks' local paths may point into
     monkeypatch.setenv("ANNOTATOR_MEDIA_ROOTS", os.pathsep.join([str(DATA), str(tmp_path)]))
+    # the tests' media servers are on loopback: a proxy of the machine's environment stays out of it
+    monkeypatch.setenv("ANNOTATOR_MEDIA_PROXY", "none")
     from annotator.config import Settings
 
     return Settings()
