@@ -1,21 +1,44 @@
 """Worker processes for cross-validation folds (joblib's loky pool), and stopping them.
 
 loky keeps its workers for reuse after a `Parallel` call returns, idle for up to five minutes. A
-command stopped meanwhile (Ctrl-C, SIGTERM) left them behind, orphaned and holding its stdout and
-stderr open, so a pipe reading the command's output did not end: `stop_workers` ends them.
+command stopped meanwhile (Ctrl-C, SIGTERM, kill -9, a server's workers shut down) left them
+behind, orphaned, holding its stdout and stderr open (so a pipe reading the command's output did
+not end) and their memory (torch is loaded in each): they now leave within a second of their
+parent (`_exit_with_parent`), and `stop_workers` ends them at once where the parent can still act.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+
+PARENT_POLL_S = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Run in each fold worker as it starts: a daemon thread ends the worker once its parent is gone
+    (it is then re-parented, so its parent id changes). A watchdog rather than the kernel's
+    parent-death signal, which fires when the *thread* that started the worker ends."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="annotator-parent-watch", daemon=True).start()
 
 
 def fold_runner(n_jobs: int, n_tasks: int):
     """A joblib ``Parallel`` for ``n_tasks`` independent fits: loky worker processes where more than
-    one job is allowed, in-process otherwise."""
+    one job is allowed (each leaving with this process), in-process otherwise."""
     from joblib import Parallel
 
-    return Parallel(n_jobs=min(n_jobs, n_tasks) or 1, backend="loky" if n_jobs > 1 else "sequential")
+    if n_jobs <= 1:
+        return Parallel(n_jobs=1, backend="sequential")
+    return Parallel(n_jobs=min(n_jobs, n_tasks) or 1, backend="loky", initializer=_exit_with_parent,
+                    initargs=(os.getpid(),))
 
 
 def stop_workers() -> None:

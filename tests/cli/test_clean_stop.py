@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.cli.test_cli import ROOT, run_cli
@@ -118,3 +119,87 @@ def test_a_stopped_retrain_stops_cleanly_and_is_redone(embedded_project, signum)
     again = run_cli("retrain", "--project", "p", "--head", "logreg", "--json", env_extra=embedded_project)
     assert again.returncode == 0, again.stderr  # the training lock is free
     assert json.loads(again.stdout)["model_version"] and json.loads(again.stdout)["n_labels"] == 48
+
+
+def _start(args: list[str], env_extra: dict[str, str]) -> subprocess.Popen:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ANNOTATOR_")}, **env_extra}
+    return subprocess.Popen([sys.executable, "-m", "annotator.cli.main", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_a_retrain_killed_holding_the_training_lock_leaves_the_active_version_serving(embedded_project):
+    """kill -9 of the process that holds the project's training lock, in the middle of its model
+    search: its fold workers leave with it, the lock is free at once, the active version still
+    serves, and the next training marks the dead run interrupted."""
+    first = run_cli("retrain", "--project", "p", "--head", "logreg", "--json", env_extra=embedded_project, check=True)
+    assert json.loads(first.stdout)["model_version"] == "v1"
+    before = json.loads(run_cli("predict", "--project", "p", "--json", env_extra=embedded_project, check=True).stdout)
+    proc = _start(["retrain", "--project", "p", "--force"], embedded_project)
+    try:
+        deadline = time.monotonic() + 240
+        while not _worker_started(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _worker_started(proc.pid):  # its fold workers leave with it, not five idle minutes later
+            assert time.monotonic() < deadline, "fold workers outlived the killed process"
+            time.sleep(0.2)
+    finally:
+        stop_processes(_session_processes(proc.pid), grace_s=2)
+    after = json.loads(run_cli("predict", "--project", "p", "--json", env_extra=embedded_project, check=True).stdout)
+    assert after == before and {row["model_version"] for row in after} == {"v1"}
+    again = run_cli("retrain", "--project", "p", "--head", "logreg", "--force", "--json", env_extra=embedded_project)
+    assert again.returncode == 0, again.stderr  # not "being trained by another process"
+    assert json.loads(again.stdout)["model_version"] == "v2"
+    from annotator.config import Settings
+    from annotator.store import open_store
+    from annotator.store.models import TrainingRun
+
+    store = open_store(Settings(data_dir=Path(embedded_project["ANNOTATOR_DATA_DIR"])))
+    try:
+        with store.session() as s:
+            runs = [(r.status, r.error) for r in s.query(TrainingRun).order_by(TrainingRun.id)]
+    finally:
+        store.close()
+    assert [status for status, _ in runs] == ["succeeded", "interrupted", "succeeded"]
+    assert runs[1][1] == "the process ended during training"
+
+
+@pytest.mark.slow
+def test_an_embed_killed_halfway_is_finished_by_the_next_run_without_redoing_a_vector(tmp_path):
+    """kill -9 of `annotator embed` once some chunks are cached: the cache keeps every row written
+    before the kill, and the next run encodes exactly the rest."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(320):  # five chunks of 64
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append({"id": str(i), "image": str(tmp_path / f"{i}.png")})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {"ANNOTATOR_DATA_DIR": str(tmp_path / "data")}
+    run_cli("import", str(tmp_path / "m.jsonl"), "--project", "p", env_extra=env, check=True)
+
+    def image_rows() -> int:
+        keys = list((tmp_path / "data").rglob("keys.txt"))
+        return sum(len(k.read_text().split()) for k in keys if "image" in k.parent.name)
+
+    proc = _start(["embed", "--project", "p"], env)
+    try:
+        deadline = time.monotonic() + 240
+        while image_rows() < 64:  # the first chunk is in the cache
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        stop_processes(_session_processes(proc.pid), grace_s=2)
+    kept = image_rows()
+    assert 64 <= kept < 320, kept  # killed halfway
+    again = run_cli("embed", "--project", "p", "--json", env_extra=env, check=True)
+    report = json.loads(again.stdout)
+    assert report["cached"]["image"] == kept and report["encoded"]["image"] == 320 - kept
+    assert image_rows() == 320 and report["failed"] == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -142,6 +143,36 @@ def test_three_workers_share_labels_training_models_and_label_studio_access(tmp_
                 fetched_by[r.headers["X-Annotator-Worker"]] = fetched_by.get(r.headers["X-Annotator-Worker"], 0) + 1
         assert len(seen_v1) == 3, f"workers serving v1: {seen_v1}"
         assert len(fetched_by) == 3, f"workers that fetched media with the stored token: {fetched_by}"
+
+        # 4. kill -9 of one worker in the middle of a second storm: every label whose event was
+        #    acknowledged is stored, and the supervisor's replacement serves
+        victim = int(next(iter(seen_v1)))
+        storm = [{**ev, "task": {**ev["task"], "id": 5000 + n},
+                  "annotation": {**ev["annotation"], "id": 5000 + n, "task": 5000 + n}}
+                 for n, ev in enumerate(events * 5)]
+
+        def send(n_event):
+            n, ev = n_event
+            if n == len(storm) // 3:
+                os.kill(victim, signal.SIGKILL)
+            try:
+                return httpx.post(f"{url}/webhook", json=ev, timeout=30, headers={"X-Annotator-Secret": "storm-secret"})
+            except httpx.HTTPError:
+                return None  # the connection died with its worker: not acknowledged
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send, enumerate(storm)))
+        acknowledged = {5000 + n for n, a in enumerate(answers) if a is not None and a.status_code == 200}
+        with engine.connect() as conn:
+            stored = set(conn.execute(sa.text("SELECT i.external_id FROM labels l JOIN items i ON i.id = l.item_id "
+                                              "WHERE l.deleted_at IS NULL")).scalars())
+        assert len(acknowledged) > len(storm) // 2 and acknowledged <= {int(x) for x in stored}
+        assert victim not in {int(a.headers["X-Annotator-Worker"]) for n, a in enumerate(answers)
+                              if a is not None and n > len(storm) // 3 + 16}  # later events went to the others
+        serving, deadline = set(), time.time() + 120
+        while time.time() < deadline and len(serving) < 3:  # uvicorn's supervisor replaces the dead worker
+            serving.add(httpx.get(f"{url}/health", timeout=5).headers["X-Annotator-Worker"])
+        assert str(victim) not in serving and len(serving) == 3, serving
     finally:
         engine.dispose()
         proc.terminate()
