@@ -43,13 +43,45 @@ def test_shared_artifacts_publish_a_whole_generation_and_refresh_downloads_it(tm
     assert current_generation(there / "projects/p/index/current") == current_generation(here / "projects/p/index/current")
 
 
+@pytest.fixture(scope="module")
+def s3_server():
+    """A local S3 server (moto's server mode, on loopback) for the module; its address."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["file", "s3"])
+def shared_url(request, tmp_path, monkeypatch) -> str:
+    """Where the hosts share artifacts: a folder, or a bucket on the local S3 server, reached as
+    s3fs reaches any S3-compatible store (the usual AWS variables, ``AWS_ENDPOINT_URL`` included)."""
+    if request.param == "file":
+        return f"file://{tmp_path / 'bucket'}"
+    endpoint = request.getfixturevalue("s3_server")
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(name, value)
+    from fsspec.core import url_to_fs
+
+    bucket = f"annotator-{tmp_path.name.lower().replace('_', '-')[-30:]}"
+    url_to_fs(f"s3://{bucket}")[0].mkdir(bucket)
+    return f"s3://{bucket}/shared"
+
+
 def test_a_second_host_serves_the_model_and_searches_the_index_the_first_one_wrote(settings, encoders,
-                                                                                   offline_encoders, tmp_path):
+                                                                                   offline_encoders, tmp_path,
+                                                                                   shared_url):
+    """Two data dirs, one database, one shared store (a folder, or an S3 bucket): the version and
+    the index one host wrote serve and search on the other."""
     from annotator.indexing import embed_project
     from annotator.prediction import predict
     from annotator.training import retrain
 
-    shared = f"file://{tmp_path / 'bucket'}"
+    shared = shared_url
     host_a = settings.model_copy(update={"artifacts_url": shared, "artifacts_poll_s": 0})
     host_b = host_a.model_copy(update={"data_dir": tmp_path / "host-b"})  # same database, its own disk
     store = open_store(host_a)
