@@ -93,12 +93,12 @@ def prelabel_section(tasks, settings_factory, reference_tasks: int) -> dict:
             "target_speedup": 20, "within_label_studio_100s_timeout": bool(ours_s < 100)}
 
 
-def bulk_upload_section(ls_server, n: int, single: int) -> dict:
+def bulk_upload_section(url: str, token: str, n: int, single: int) -> dict:
     from label_studio_sdk import LabelStudio
 
     from annotator.labelstudio.client import push_predictions
 
-    ls = LabelStudio(base_url=ls_server.url, api_key=ls_server.token)
+    ls = LabelStudio(base_url=url, api_key=token)
     project = ls.projects.create(title="bench-bulk", label_config=CONFIG)
     ls.projects.import_tasks(id=project.id, request=[{"image": f"/x/{i}.png", "text": f"t{i}"} for i in range(n)])
     ids = [t.id for t in ls.tasks.list(project=project.id)]
@@ -257,6 +257,8 @@ SECTIONS = ("prelabel", "bulk_upload", "webhook_storm", "kill_during_retrain")
 
 def main() -> None:
     p = parser(__doc__, SECTIONS)
+    p.add_argument("--label-studio", nargs=2, metavar=("URL", "TOKEN"),
+                   help="a running Label Studio for the bulk-upload section (default: one started here)")
     args = p.parse_args()
     sections = chosen_sections(p, args, SECTIONS)
     from annotator.config import Settings
@@ -278,10 +280,12 @@ def main() -> None:
     measured_at = time.strftime("%Y-%m-%d %H:%M:%S")
     if "prelabel" in sections:
         out["prelabel"] = prelabel_section(tasks, factory, reference_tasks=3 if args.smoke else 10)
-    if "bulk_upload" in sections:
+    if "bulk_upload" in sections and args.label_studio:
+        out["bulk_upload"] = bulk_upload_section(*args.label_studio, n, 20 if args.smoke else 100)
+    elif "bulk_upload" in sections:
         ls_server = LabelStudioServer().start()
         try:
-            out["bulk_upload"] = bulk_upload_section(ls_server, n, 20 if args.smoke else 100)
+            out["bulk_upload"] = bulk_upload_section(ls_server.url, ls_server.token, n, 20 if args.smoke else 100)
         finally:
             ls_server.stop()
     if "webhook_storm" in sections:

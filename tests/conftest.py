@@ -116,6 +116,17 @@ def pg_database(postgres_url):
     admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def label_studio():
+    """The session's one real Label Studio (installed into .cache/label-studio on first use), on
+    loopback: the integration tests and the backend benchmark's smoke run share it."""
+    from tests.integration.label_studio import LabelStudioServer
+
+    server = LabelStudioServer().start()
+    yield server
+    server.stop()
+
+
 # --- real models, loaded once per test session ----------------------------------------------
 
 @pytest.fixture(scope="session")

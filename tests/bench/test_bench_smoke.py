@@ -13,8 +13,12 @@ BENCHES = ["bench_import_jsonl", "bench_fusion_heads", "bench_model_choice", "be
 
 
 @pytest.mark.parametrize("name", BENCHES)
-def test_benchmark_smoke(name, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+def test_benchmark_smoke(name, tmp_path, request):
+    extra = []
+    if name == "bench_backend":  # the session's Label Studio, not a second one (a minute of start-up)
+        server = request.getfixturevalue("label_studio")
+        extra = ["--label-studio", server.url, server.token]
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--smoke", "--out", str(tmp_path), *extra], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / f"{name}_smoke.json").read_text())

@@ -1,5 +1,5 @@
-"""Session fixtures: one real Label Studio, one annotator backend (uvicorn, in this process so the
-session's loaded models are reused) with a fast-polling trainer."""
+"""Session fixtures: one annotator backend (uvicorn, in this process so the session's loaded models
+are reused) with a fast-polling trainer, wired to the session's Label Studio (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,7 @@ import time
 import pytest
 
 from annotator.config import Settings
-from tests.integration.label_studio import LabelStudioServer, free_port
-
-
-@pytest.fixture(scope="session")
-def label_studio():
-    server = LabelStudioServer().start()
-    yield server
-    server.stop()
+from tests.integration.label_studio import free_port
 
 
 @pytest.fixture(scope="session")
