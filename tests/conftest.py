@@ -127,6 +127,19 @@ def label_studio():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3-compatible server (moto's server mode, in this process, on loopback) for the
+    session; its URL. Unsigned requests are accepted, and any credentials are."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 # --- real models, loaded once per test session ----------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,12 @@
 """Tasks whose media sit in cloud storage (``s3://…``): the backend fetches them through a real Label
 Studio's presign endpoint, with the project's S3 storage pointed at an S3-compatible server on
-loopback (moto's server mode, installed into its own virtualenv by the test setup like Label Studio).
+loopback (moto's server mode, the session's `s3_server`).
 
 Not covered here: Google Cloud Storage and Azure Blob (the same endpoint and code path; no local
 emulator installable from the registries here)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import httpx
@@ -21,40 +19,15 @@ from annotator.labelstudio.client import list_tasks
 from annotator.runtime import Runtime
 from annotator.store import open_store, repo
 from tests.conftest import DATA
-from tests.integration.label_studio import ROOT, free_port
 
 pytestmark = pytest.mark.integration
-MOTO_VENV = ROOT / ".cache" / "moto" / "venv"
 CONFIG = """<View><Image name="image" value="$image"/><Choices name="kind" toName="image">
   <Choice value="cat"/><Choice value="coffee"/></Choices></View>"""
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = MOTO_VENV / "bin" / "moto_server"
-    if not server.exists():
-        MOTO_VENV.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "venv", str(MOTO_VENV)], check=True)
-        subprocess.run([str(MOTO_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                        "moto[s3,server]==5.2.5"], check=True)
-    port = free_port()
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def test_s3_media_are_fetched_through_label_studios_presign_endpoint(label_studio, ls_client, s3_endpoint,
+def test_s3_media_are_fetched_through_label_studios_presign_endpoint(label_studio, ls_client, s3_server,
                                                                      offline_encoders, tmp_path):
+    s3_endpoint = s3_server
     bucket = f"media-{int(time.time())}"
     assert httpx.put(f"{s3_endpoint}/{bucket}").status_code == 200  # moto: unsigned requests are accepted
     images = {"cat.png": (DATA / "cat.png").read_bytes(), "coffee.jpg": (DATA / "coffee.jpg").read_bytes()}

@@ -43,18 +43,6 @@ def test_shared_artifacts_publish_a_whole_generation_and_refresh_downloads_it(tm
     assert current_generation(there / "projects/p/index/current") == current_generation(here / "projects/p/index/current")
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    """A local S3 server (moto's server mode, on loopback) for the module; its address."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture(params=["file", "s3"])
 def shared_url(request, tmp_path, monkeypatch) -> str:
     """Where the hosts share artifacts: a folder, or a bucket on the local S3 server, reached as
