@@ -19,6 +19,9 @@ DATA = Path(__file__).parent / "data"
 # Nothing in the test run may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The suite writes into temporary folders and the repository's own ignored .cache (Label Studio's
+# virtualenv, ONNX exports, font caches), never into the user's ~/.cache; CLI subprocesses inherit it.
+os.environ["XDG_CACHE_HOME"] = str(Path(__file__).resolve().parents[1] / ".cache" / "xdg")
 
 
 @pytest.fixture
