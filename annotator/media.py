@@ -17,13 +17,14 @@ does not wait on one slow server round trip after another.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -373,22 +374,18 @@ class PixelBudget:
     def __init__(self, pixels: int):
         self.pixels, self._free, self._cond = pixels, pixels, threading.Condition()
 
-    def __call__(self, pixels: int):
-        return self._Hold(self, min(pixels, self.pixels))
-
-    class _Hold:
-        def __init__(self, budget: PixelBudget, pixels: int):
-            self.budget, self.pixels = budget, pixels
-
-        def __enter__(self):
-            with self.budget._cond:
-                self.budget._cond.wait_for(lambda: self.budget._free >= self.pixels)
-                self.budget._free -= self.pixels
-
-        def __exit__(self, *exc):
-            with self.budget._cond:
-                self.budget._free += self.pixels
-                self.budget._cond.notify_all()
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.pixels)
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= pixels)
+            self._free -= pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += pixels
+                self._cond.notify_all()
 
 
 DECODING = PixelBudget(MAX_IMAGE_PIXELS)  # one image at the limit at a time: ~500 MB while it decodes (RGBA)
@@ -431,7 +428,7 @@ def load_image(data: bytes, ref: str):
             probe.verify()  # catches truncation and corrupt chunks cheaply
         image = Image.open(io.BytesIO(data))
         image.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
-        with DECODING(image.size[0] * image.size[1]):  # the size draft will decode at
+        with DECODING.hold(image.size[0] * image.size[1]):  # the size draft will decode at
             image.load()
             return _reduced_rgb(image)
     except Image.DecompressionBombError as exc:

@@ -12,6 +12,7 @@ it once) and reused by every process after.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -113,6 +114,7 @@ def _export(build_module: Callable[[], torch.nn.Module], example: dict[str, np.n
                           dynamic_axes={**dynamic_axes, **outputs}, opset_version=OPSET, dynamo=False)
 
 
+@functools.cache
 def cpu_sums_int8_products_exactly() -> bool:
     """Whether this CPU's int8 dot products cannot saturate. ONNX Runtime multiplies unsigned 8-bit
     activations by signed 8-bit weights; on x86 without VNNI it does so with ``vpmaddubsw``, whose
@@ -273,7 +275,7 @@ def onnx_forward(key: str, build_module: Callable[[], torch.nn.Module], example:
 
     folder = _export_folder(export_dir or default_export_dir(), key, weights)
     fp32 = folder / "model.onnx"
-    recipe = int8_recipe(static=calibration is not None)
+    recipe = int8_recipe(static=calibration is not None) if int8 else None
     target = folder / f"model.{recipe}.onnx" if int8 else fp32
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(folder / ".lock", preserve_lock_file=True):
