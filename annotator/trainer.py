@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from annotator.active.registry import get_strategy
 from annotator.config import Settings
@@ -29,7 +29,9 @@ from annotator.training import retrain, training_lock
 
 log = logging.getLogger("annotator.trainer")
 SYNC_RETRY_S = 30.0  # after a failed pull from Label Studio
-SYNC_MIN_INTERVAL_S = 5.0  # between pulls of one project: a stream of events costs one full listing per 5 s
+SYNC_MIN_INTERVAL_S = 5.0  # between pulls of one project
+FULL_PULL_EVERY_S = 600.0  # pulls in between list only the tasks changed since the last one; a full one sees deletions
+PULL_OVERLAP_S = 5.0  # an incremental pull starts this long before the newest change seen: a change committed late is not missed
 
 
 class Trainer:
@@ -52,6 +54,7 @@ class Trainer:
         self.min_interval_s, self.poll_s = min_interval_s, poll_s
         self.trainings = 0
         self._sync_after: dict[str, float] = {}
+        self._pulled: dict[str, tuple[datetime | None, float]] = {}  # newest change seen, when the last full pull ran
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -94,7 +97,10 @@ class Trainer:
         """Pull each project an unauthenticated webhook named from Label Studio's API (with its stored
         token): what Label Studio says is stored, not what the event said. Many events make one pull,
         at most one per `SYNC_MIN_INTERVAL_S`; a project whose pull failed waits `SYNC_RETRY_S`.
-        Returns projects pulled."""
+        Pulls list only the tasks changed since the newest change the last one saw (a stream of
+        events on a project of 100k tasks made one full listing every 5 s); one in
+        `FULL_PULL_EVERY_S`, and the first of each process, lists every task, so deleted tasks go
+        too. Returns projects pulled."""
         from annotator.labelstudio.sync import sync
 
         with self.store.session() as s:
@@ -107,14 +113,19 @@ class Trainer:
             with try_lock(self.store.engine, f"sync:{name}") as free:
                 if not free:
                     continue  # another worker is pulling it
+                newest, full_at = self._pulled.get(name, (None, -FULL_PULL_EVERY_S))
+                full = newest is None or time.monotonic() - full_at >= FULL_PULL_EVERY_S
                 try:
-                    sync(self.store, url=settings.label_studio_url,
-                         api_key=settings.label_studio_api_key.get_secret_value(), ls_project_id=pid)
+                    result = sync(self.store, url=settings.label_studio_url,
+                                  api_key=settings.label_studio_api_key.get_secret_value(), ls_project_id=pid,
+                                  updated_after=None if full else newest - timedelta(seconds=PULL_OVERLAP_S))
                 except Exception:  # noqa: BLE001 - Label Studio down: the request stays, retried later
                     log.exception("project %s: could not pull it from Label Studio; retrying in %.0f s", name,
                                   SYNC_RETRY_S)
                     self._sync_after[name] = time.monotonic() + SYNC_RETRY_S
                     continue
+                seen = [t for t in (newest, result["last_update"]) if t is not None]
+                self._pulled[name] = (max(seen, default=None), time.monotonic() if full else full_at)
                 with self.store.session() as s:
                     repo.sync_done(s, project=repo.get_project(s, name=name), requested_at=requested_at)
             self._sync_after[name] = time.monotonic() + SYNC_MIN_INTERVAL_S

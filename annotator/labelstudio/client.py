@@ -6,6 +6,8 @@ Bulk upload (`import_predictions`) is ~100× faster than Label Studio calling /p
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from typing import Any
 
 from annotator.errors import AnnotatorError, ConfigError
@@ -34,11 +36,27 @@ def get_label_config(ls, ls_project_id: int) -> str:
     return as_dict(ls.projects.get(id=ls_project_id))["label_config"]
 
 
-def list_tasks(ls, ls_project_id: int, *, page_size: int = 500) -> list[dict[str, Any]]:
-    """Every task with its annotations and predictions. Media references stay as stored (``s3://…``,
+def list_tasks(ls, ls_project_id: int, *, page_size: int = 500,
+               updated_after: datetime | None = None) -> list[dict[str, Any]]:
+    """Every task with its annotations and predictions; with ``updated_after``, only the tasks Label
+    Studio changed after it (a task's ``updated_at`` moves when one of its annotations is created,
+    updated or deleted: seen on Label Studio 1.23.2). Media references stay as stored (``s3://…``,
     as webhooks and /predict send them), not rewritten into Label Studio's resolve URLs."""
+    query = {}
+    if updated_after is not None:  # a Data Manager filter; Label Studio reads only this timestamp format
+        stamp = updated_after.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        query["query"] = json.dumps({"filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}]}})
     return [as_dict(t) for t in ls.tasks.list(project=ls_project_id, fields="all", page_size=page_size,
-                                              resolve_uri=False)]
+                                              resolve_uri=False, **query)]
+
+
+def last_update(tasks: list[dict[str, Any]]) -> datetime | None:
+    """The newest ``updated_at`` among ``tasks``, on Label Studio's clock (None for no task)."""
+    stamps = [t["updated_at"] if isinstance(t["updated_at"], datetime) else
+              datetime.fromisoformat(str(t["updated_at"]).replace("Z", "+00:00"))
+              for t in tasks if t.get("updated_at")]
+    return max(stamps, default=None)
 
 
 def has_prediction(task: dict[str, Any], version: str) -> bool:

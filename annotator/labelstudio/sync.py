@@ -13,6 +13,7 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from tqdm import tqdm
@@ -38,20 +39,24 @@ PUBLISH_CHUNK = 2000  # items scored at a time: bounds memory on large projects
 
 
 def sync(store: Store, *, url: str, api_key: str, ls_project_id: int, ls=None,
-         tasks: list[dict] | None = None) -> dict[str, Any]:
+         tasks: list[dict] | None = None, updated_after: datetime | None = None) -> dict[str, Any]:
     """Pull the project's tasks and annotations into the store; annotations deleted in Label Studio
-    are soft-deleted here."""
+    are soft-deleted here. ``updated_after`` pulls only the tasks changed since then (their
+    annotations' changes included); only a full pull can see that a task was deleted. The result's
+    ``last_update`` is the newest task change seen, on Label Studio's clock: the next incremental
+    pull's starting point."""
     ls = ls or client.client_for(url, api_key)
     schema = client.get_label_config(ls, ls_project_id)
     listed_at = None
-    if tasks is None:  # a full listing of our own: items whose task is gone from it are deleted
-        listed_at = utcnow()
-        tasks = client.list_tasks(ls, ls_project_id)
+    if tasks is None:
+        if updated_after is None:  # a full listing of our own: items whose task is gone from it are deleted
+            listed_at = utcnow()
+        tasks = client.list_tasks(ls, ls_project_id, updated_after=updated_after)
     tasks = [{**t, "annotations": [client.as_dict(a) for a in t.get("annotations") or []]} for t in tasks]
     # the backend's trainer syncs while webhooks for the same tasks may arrive: an upsert race reruns it
     recorded, deleted, gone = store.run(lambda s: mirror_project(s, ls_project_id, schema, tasks, listed_at=listed_at))
     return {"project": project_name_for(ls_project_id), "tasks": len(tasks), "labels": recorded,
-            "deleted_labels": deleted, "deleted_tasks": gone}
+            "deleted_labels": deleted, "deleted_tasks": gone, "last_update": client.last_update(tasks)}
 
 
 def publish_predictions(store: Store, runtime: Runtime, ls, *, project_name: str,
