@@ -444,7 +444,8 @@ def load_image(data: bytes, ref: str):
 
 def _reduced_rgb(image):
     """RGB of at most `MAX_IMAGE_SIDE` a side, transparent parts on white. Reduced before the
-    compositing, so the full-size image is never copied more than once (its RGBA conversion)."""
+    compositing, so the full-size copies are the RGBA conversion and the premultiplied one the
+    reduction makes, not also a full-size background and composite."""
     from PIL import Image
 
     if image.mode in ("RGBA", "LA", "P"):
