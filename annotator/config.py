@@ -169,6 +169,11 @@ class Settings(BaseSettings):
         pseudo-labels; see `FusionClassifier`'s ``pseudo_label_ratio``). ``auto``: only where
         cross-validation on the project's labels says it helps. ``true``/``false`` are read as
         ``on``/``off``.
+    background_search : bool, default=True
+        After a correction the backend refits the chosen model at once; the full model search runs
+        in a background thread, at a lower priority, when it could change the choice (more labels
+        by half, a new class, a lower score). False: the backend only refits, and the model is
+        chosen by ``annotator retrain``.
     """
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -212,6 +217,7 @@ class Settings(BaseSettings):
     next_batch_strategy: str | None = Field(default=None, validation_alias=_env("next_batch_strategy"))
     next_batch_size: int = Field(default=50, ge=1, validation_alias=_env("next_batch_size"))
     self_training: Literal["auto", "on", "off"] = Field(default="auto", validation_alias=_env("self_training"))
+    background_search: bool = Field(default=True, validation_alias=_env("background_search"))
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias=_env("log_level", "LOG_LEVEL"))

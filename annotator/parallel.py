@@ -30,15 +30,35 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="annotator-parent-watch", daemon=True).start()
 
 
-def fold_runner(n_jobs: int, n_tasks: int):
+def _start_worker(parent: int, nice: int) -> None:
+    """A fold worker's start: lower its priority by ``nice``, and leave with its parent."""
+    if nice:
+        os.nice(nice)
+    _exit_with_parent(parent)
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Run the calling thread at niceness ``nice`` at least (Linux schedules threads one by one, so a
+    background thread yields the cores to the threads serving people); a no-op elsewhere."""
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), min(19, nice)))
+    except (AttributeError, OSError):
+        pass
+
+
+def fold_runner(n_jobs: int, n_tasks: int, *, nice: int = 0):
     """A joblib ``Parallel`` for ``n_tasks`` independent fits: loky worker processes where more than
-    one job is allowed (each leaving with this process), in-process otherwise."""
+    one job is allowed (each leaving with this process, its priority lowered by ``nice`` for work in
+    the background), in-process otherwise."""
     from joblib import Parallel
 
     if n_jobs <= 1:
         return Parallel(n_jobs=1, backend="sequential")
-    return Parallel(n_jobs=min(n_jobs, n_tasks) or 1, backend="loky", initializer=_exit_with_parent,
-                    initargs=(os.getpid(),))
+    return Parallel(n_jobs=min(n_jobs, n_tasks) or 1, backend="loky", initializer=_start_worker,
+                    initargs=(os.getpid(), nice))
 
 
 def stop_workers() -> None:

@@ -1,12 +1,17 @@
 """Debounced training for the backend, and refreshing Label Studio after a promotion.
 
-Training is DB-driven: webhooks only record labels; the trainer retrains a project when labels have
-been quiet for ``debounce_s`` seconds, or when ``debounce_labels`` changes piled up and the last
+Training is DB-driven: webhooks only record labels; the trainer refits a project's model when labels
+have been quiet for ``debounce_s`` seconds, or when ``debounce_labels`` changes piled up and the last
 training started at least ``min_interval_s`` ago, or when Label Studio asked (START_TRAINING).
 Every worker runs a trainer, but a project's training lock (`training.training_lock`: an advisory
 lock on Postgres, a file lock on SQLite) lets only one train it at a time, and the decision is made
 again under the lock, so one burst of labels trains once across the deployment. Because the
 decision reads the database, events missed by one process (or before a crash) are not lost.
+
+A training is a refit (`training.retrain` in ``refit`` mode: the chosen configuration fitted on every
+label, serving in seconds); when a refit finds that a model search could change the answer, the
+search runs in a background thread at a lower priority (`training.search_in_background`), and the
+refits go on serving meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from annotator.runtime import Runtime
 from annotator.store import Store, repo
 from annotator.store.locks import try_lock
 from annotator.store.models import as_utc, utcnow
-from annotator.training import retrain, training_lock
+from annotator.parallel import lower_thread_priority
+from annotator.training import BACKGROUND_NICE, REFIT, retrain, score_refit, search_in_background, training_lock
 
 log = logging.getLogger("annotator.trainer")
 SYNC_RETRY_S = 30.0  # after a failed pull from Label Studio
@@ -34,11 +40,60 @@ FULL_PULL_EVERY_S = 600.0  # pulls in between list only the tasks changed since 
 PULL_OVERLAP_S = 5.0  # an incremental pull starts this long before the newest change seen: a change committed late is not missed
 
 
-class Trainer:
-    """One per process; `start` runs it in a daemon thread. Parameters are the debounce policy."""
+class OneAtATime:
+    """Runs ``work(name)`` in a background thread, one at a time per name: asked again while it
+    runs, it runs once more after (many requests, one extra run). A failure is logged."""
 
-    def __init__(self, settings: Settings, *, store: Store, runtime: Runtime, debounce_s: float = 5.0,
-                 debounce_labels: int = 100, min_interval_s: float = 60.0, poll_s: float = 1.0):
+    def __init__(self, work, what: str, stop: threading.Event):
+        self._work, self._what, self._stop = work, what, stop
+        self._threads: dict[str, threading.Thread] = {}
+        self._again: set[str] = set()
+        self._guard = threading.Lock()
+
+    def request(self, name: str) -> None:
+        with self._guard:
+            if name in self._threads:
+                self._again.add(name)
+                return
+            if self._stop.is_set():
+                return
+            thread = threading.Thread(target=self._run, args=(name,), name=f"annotator-{self._what}-{name}",
+                                      daemon=True)
+            self._threads[name] = thread
+        thread.start()
+
+    def running(self, name: str) -> bool:
+        with self._guard:
+            return name in self._threads
+
+    def join(self, timeout: float) -> None:
+        with self._guard:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout=timeout)
+
+    def _run(self, name: str) -> None:
+        while True:
+            try:
+                self._work(name)
+            except Exception:  # noqa: BLE001 - background work must not end the trainer
+                log.exception("project %s: %s failed; the serving version is unaffected", name, self._what)
+            with self._guard:
+                if name not in self._again or self._stop.is_set():
+                    del self._threads[name]
+                    return
+                self._again.discard(name)
+
+
+class Trainer:
+    """One per process; `start` runs it in a daemon thread. Parameters are the debounce policy (a
+    refit takes seconds, so the quiet period is short), whether model searches run in the
+    background (default: ``settings.background_search``), and ``mode``: ``search`` makes every
+    training a full search, as before refits (benchmarks compare with it)."""
+
+    def __init__(self, settings: Settings, *, store: Store, runtime: Runtime, debounce_s: float = 2.0,
+                 debounce_labels: int = 100, min_interval_s: float = 60.0, poll_s: float = 0.5,
+                 background_search: bool | None = None, mode: str = REFIT):
         if settings.model != AUTO:  # a bad name fails at startup, not after the first training
             try:
                 Candidate.parse(settings.model)
@@ -52,10 +107,16 @@ class Trainer:
         self.settings, self.store, self.runtime = settings, store, runtime
         self.debounce_s, self.debounce_labels = debounce_s, debounce_labels
         self.min_interval_s, self.poll_s = min_interval_s, poll_s
+        self.background_search = settings.background_search if background_search is None else background_search
+        self.mode = mode
         self.trainings = 0
         self._sync_after: dict[str, float] = {}
         self._pulled: dict[str, tuple[datetime | None, float]] = {}  # newest change seen, when the last full pull ran
         self._stop = threading.Event()
+        # off the refit's path, one thread per project each: pushing predictions to Label Studio
+        # (seconds for a large pool), and scoring refits then searching (tens of seconds)
+        self._refresher = OneAtATime(self.refresh_label_studio, "refresh", self._stop)
+        self._background = OneAtATime(self._background_work, "search", self._stop)
         self._thread: threading.Thread | None = None
 
     def start(self) -> Trainer:
@@ -71,6 +132,42 @@ class Trainer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.wait(timeout_s=60)
+
+    def wait(self, timeout_s: float = 60) -> None:
+        """Wait (up to ``timeout_s`` per thread) for the background work: pushes to Label Studio,
+        scoring refits, model searches."""
+        self._refresher.join(timeout=timeout_s)
+        self._background.join(timeout=timeout_s)
+
+    def searching(self, name: str) -> bool:
+        """Whether this process is scoring refits of project ``name`` or searching its model."""
+        return self._background.running(name)
+
+    def _background_work(self, name: str) -> None:
+        """After refits, at a lower priority: score the newest refit of each control
+        (`training.score_refit`), then run the model search for the controls where it could change
+        the answer (`training.search_in_background`)."""
+        lower_thread_priority(BACKGROUND_NICE)
+        with self.store.session() as s:
+            project = repo.get_project(s, name=name)
+            settings = label_studio_settings(self.settings, project)
+            newest = {}
+            for mv in repo.list_model_versions(s, project=project):
+                newest[mv.control] = (mv.version, dict(mv.metrics or {}))
+        due = []
+        for control, (version, metrics) in newest.items():
+            scored = score_refit(self.store, settings, project_name=name, version=version,
+                                 encoders=self.runtime.encoders, nice=BACKGROUND_NICE)
+            if (scored or metrics).get("search_due"):
+                due.append(control)
+        if due and self.background_search:
+            log.info("project %s: model search in the background for %s", name,
+                     ", ".join(c or "the primary control" for c in due))
+            for r in search_in_background(self.store, settings, project_name=name, controls=due,
+                                          encoders=self.runtime.encoders) or []:
+                log.info("project %s%s: model search trained %s, %s (promoted: %s; %s)", name,
+                         f", control {r.control}" if r.control else "", r.model_version, r.model, r.promoted, r.reason)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -166,7 +263,7 @@ class Trainer:
         with self.store.session() as s:
             settings = label_studio_settings(self.settings, repo.get_project(s, name=name))
         try:
-            result = retrain(self.store, settings, project_name=name, head=settings.model,
+            result = retrain(self.store, settings, project_name=name, head=settings.model, mode=self.mode, score=False,
                              encoders=self.runtime.encoders, trigger="backend", progress=False, lock_held=True)
         except NotEnoughLabelsError as exc:
             log.info("project %s: not training yet: %s", name, exc)
@@ -182,14 +279,16 @@ class Trainer:
             return None
         self._requests_handled(name)
         self.trainings += 1
-        log.info("project %s: trained %s, %s (promoted: %s; %s; chosen because: %s)", name, result.model_version,
+        log.info("project %s: %s %s, %s (promoted: %s; %s; %s)", name, result.training, result.model_version,
                  result.model, result.promoted, result.reason, result.metrics.get("why"))
         for sub in result.controls:
             log.info("project %s, control %s: %s", name, sub.control,
                      f"trained {sub.model_version}, {sub.model} (promoted: {sub.promoted}; {sub.reason})"
                      if sub.model_version else f"not trained: {sub.reason}")
+        if self.mode == REFIT:
+            self._background.request(name)
         if result.any_promoted:
-            self.refresh_label_studio(name)
+            self._refresher.request(name)
         return result.model_version
 
     def _requests_handled(self, name: str) -> None:
@@ -214,8 +313,9 @@ class Trainer:
         url, key = settings.label_studio_url, settings.label_studio_api_key.get_secret_value()
         try:
             ls = client_for(url, key)
+            listed_at = utcnow()
             tasks = list_tasks(ls, pid)
-            sync(self.store, url=url, api_key=key, ls_project_id=pid, ls=ls, tasks=tasks)
+            sync(self.store, url=url, api_key=key, ls_project_id=pid, ls=ls, tasks=tasks, listed_at=listed_at)
             prepare_project(self.store, settings, project_name=name, encoders=self.runtime.encoders)
             if settings.next_batch_strategy:
                 sent = self._push_next_batch(name, settings)

@@ -8,6 +8,11 @@
    acknowledgement latency (p50/p99), none lost (label rows), how many retrains.
 4. kill -9 of `annotator serve` during a retrain: after restart the old version serves and every
    label is there.
+5. Correction latency: a real Label Studio project wired to the backend (`connect`); after each
+   annotation made through Label Studio's API, how long until /predict on an unlabelled task
+   answers with a version trained on it (p50, p95), at several label counts, and from the 60th
+   annotation of a new project to its first trained version: the refitting trainer against every
+   training being a full model search (the behaviour before refits), in the same run.
 """
 
 from __future__ import annotations
@@ -114,22 +119,30 @@ def bulk_upload_section(url: str, token: str, n: int, single: int) -> dict:
             "one_by_one_extrapolated_s": per_one * n, "speedup": per_one * n / t_bulk(), "one_by_one_measured_on": single}
 
 
-def storm_section(ls_free_settings, n_events: int, seconds: float) -> dict:
-    import httpx
+def serve_in_thread(app):
+    """Run ``app`` on a free loopback port in a daemon thread; (the uvicorn server, its URL)."""
     import uvicorn
 
-    from annotator.store import repo
-    from annotator.backends.app import create_app
     from tests.integration.label_studio import free_port
 
-    settings = ls_free_settings("storm")
-    app = create_app(settings, poll_s=0.2, debounce_s=3.0, debounce_labels=400, min_interval_s=60)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/webhook"
+    return server, f"http://127.0.0.1:{port}"
+
+
+def storm_section(ls_free_settings, n_events: int, seconds: float) -> dict:
+    import httpx
+
+    from annotator.store import repo
+    from annotator.backends.app import create_app
+
+    settings = ls_free_settings("storm")
+    app = create_app(settings, poll_s=0.2, debounce_s=3.0, debounce_labels=400, min_interval_s=60)
+    server, base = serve_in_thread(app)
+    url = f"{base}/webhook"
     tasks, labels = make_tasks(n_events, Path(tempfile.mkdtemp(dir=settings.media_root_list[0])))
     events = [{"action": "ANNOTATION_CREATED", "project": {"id": 5, "label_config": CONFIG}, "task": t,
                "annotation": {"id": 10_000 + i, "task": t["id"], "completed_by": 1, "was_cancelled": False,
@@ -252,7 +265,105 @@ def kill_section(workdir: Path, n_labels: int, settings: dict) -> dict:
             "version_after_recovery": version_later}
 
 
-SECTIONS = ("prelabel", "bulk_upload", "webhook_storm", "kill_during_retrain")
+def correction_latency_section(url: str, token: str, workdir: Path, levels: list[int], per_level: int,
+                               baseline_per_level: int, first_version_at: int) -> dict:
+    """Per trainer mode (``refit``: today's; ``search``: a full search every time), one Label Studio
+    project and one backend: labels are brought to each level in a burst, then annotations are made
+    one at a time, each timed from Label Studio's answer to the first /predict that carries a
+    version trained on it."""
+    out = {}
+    for mode, per in (("refit", per_level), ("search", baseline_per_level)):
+        out[mode] = _latencies(url, token, workdir / mode, mode, levels, per, first_version_at)
+    for level in map(str, levels):
+        new, old = out["refit"]["levels"][level], out["search"]["levels"][level]
+        out.setdefault("p50_ratio_search_over_refit", {})[level] = old["p50_s"] / max(new["p50_s"], 1e-9)
+    out["targets"] = {"p50_s": 5, "p95_s": 15, "first_version_s": 15}
+    out["meets_target"] = bool(all(v["p50_s"] <= 5 and v["p95_s"] <= 15 for v in out["refit"]["levels"].values())
+                               and out["refit"]["first_version_s"] <= 15)
+    return out
+
+
+def _latencies(url: str, token: str, workdir: Path, mode: str, levels: list[int], per_level: int,
+               first_version_at: int) -> dict:
+    import httpx
+    from label_studio_sdk import LabelStudio
+    from pydantic import SecretStr
+
+    from annotator.backends.app import create_app
+    from annotator.config import Settings
+    from annotator.labelstudio.sync import connect
+    from annotator.store import repo
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    n_tasks = max(levels) + per_level + 20
+    tasks, labels = make_tasks(n_tasks, workdir)
+    settings = Settings(data_dir=workdir / "data", media_roots=str(workdir), label_studio_url=url,
+                        label_studio_api_key=SecretStr(token))
+    app = create_app(settings, mode=mode)  # the trainer's default debounce policy, as `annotator serve` runs it
+    server, backend_url = serve_in_thread(app)
+    ls = LabelStudio(base_url=url, api_key=token)
+    project = ls.projects.create(title=f"bench-latency-{mode}", label_config=CONFIG)
+    ls.projects.import_tasks(id=project.id, request=[t["data"] for t in tasks])
+    ids = sorted(t.id for t in ls.tasks.list(project=project.id, page_size=1000))
+    truth = dict(zip(ids, labels))
+    connect(app.state.backend.store, settings, url=url, api_key=token, ls_project_id=project.id,
+            backend_url=backend_url, progress=False)
+    store, name = app.state.backend.store, f"ls-{project.id}"
+    probe = {"id": ids[-1], "data": tasks[-1]["data"]}  # never annotated
+    client = httpx.Client(timeout=120)
+
+    def annotate(task_id: int) -> float:
+        ls.annotations.create(id=task_id, result=[{"from_name": "category", "to_name": "image", "type": "choices",
+                                                   "value": {"choices": [truth[task_id]]}}])
+        return time.perf_counter()
+
+    def served_labels() -> int:
+        """Labels the version /predict answers with was trained on (0: none trained yet)."""
+        version = client.post(f"{backend_url}/predict", json={"tasks": [probe], "project": f"{project.id}.0",
+                                                               "label_config": CONFIG}).json()["results"][0]["model_version"]
+        with store.session() as s:
+            mv = next((v for v in repo.list_model_versions(s, project=repo.get_project(s, name=name))
+                       if v.version == version), None)
+            return mv.n_labels if mv else 0
+
+    def wait_served(n: int, since: float, timeout_s: float = 600) -> float:
+        while served_labels() < n:
+            if time.perf_counter() - since > timeout_s:
+                raise TimeoutError(f"no version trained on {n} labels after {timeout_s} s ({mode})")
+            time.sleep(0.05)
+        return time.perf_counter() - since
+
+    done = 0
+    for task_id in ids[:first_version_at]:  # a new project's first burst of annotations
+        last = annotate(task_id)
+    done = first_version_at
+    result = {"first_version_s": wait_served(done, last), "levels": {}}
+    print(f"  [{mode}] first trained version {result['first_version_s']:.1f} s after annotation {done}",
+          file=sys.stderr, flush=True)
+    for level in levels:
+        for task_id in ids[done:level]:  # a burst up to the level; timed from the level on
+            last = annotate(task_id)
+        done = max(done, level)
+        wait_served(done, last)
+        times = []
+        for task_id in ids[done:done + per_level]:
+            done += 1
+            times.append(wait_served(done, annotate(task_id)))
+            print(f"  [{mode}] {done} labels: {times[-1]:.1f} s", file=sys.stderr, flush=True)
+        result["levels"][str(level)] = {"annotations": len(times), "p50_s": float(np.percentile(times, 50)),
+                                        "p95_s": float(np.percentile(times, 95)), "max_s": float(max(times)),
+                                        "all_s": times}
+    with store.session() as s:
+        versions = repo.list_model_versions(s, project=repo.get_project(s, name=name))
+        result["versions"] = {"refit": sum(v.metrics.get("training") == "refit" for v in versions),
+                              "search": sum(v.metrics.get("training") == "search" for v in versions),
+                              "serving": next((f"{v.version}: {v.head}" for v in versions if v.status == "active"), None)}
+    app.state.trainer.close()
+    server.should_exit = True
+    return result
+
+
+SECTIONS = ("prelabel", "bulk_upload", "webhook_storm", "kill_during_retrain", "correction_latency")
 
 
 def main() -> None:
@@ -292,6 +403,18 @@ def main() -> None:
         out["webhook_storm"] = storm_section(factory, 200 if args.smoke else 1000, 2.0 if args.smoke else 10.0)
     if "kill_during_retrain" in sections:
         out["kill_during_retrain"] = kill_section(tmp / "kill", 120 if args.smoke else 400, quick)
+    if "correction_latency" in sections:
+        ls_args = args.label_studio or None
+        ls_server = None if ls_args else LabelStudioServer().start()
+        try:
+            url, token = ls_args or (ls_server.url, ls_server.token)
+            out["correction_latency"] = correction_latency_section(
+                url, token, tmp / "latency", levels=[12] if args.smoke else [50, 200, 1000],
+                per_level=2 if args.smoke else 30, baseline_per_level=1 if args.smoke else 5,
+                first_version_at=8 if args.smoke else 60)
+        finally:
+            if ls_server is not None:
+                ls_server.stop()
     for section in sections:
         out[section]["measured_at"] = measured_at
     write_results(name, out, args.out)
@@ -313,6 +436,12 @@ def main() -> None:
         print(f"kill -9 during retrain: serving {k['serving_after_restart']} after restart, labels "
               f"{k['labels_after_restart']}/{k['labels_sent']}, interrupted run marked {k['interrupted_run_marked']}, "
               f"later {k['version_after_recovery']}")
+    if "correction_latency" in sections:
+        c = out["correction_latency"]
+        for mode in ("refit", "search"):
+            r = c[mode]
+            print(f"correction latency, {mode}: first version {r['first_version_s']:.1f} s; " + "; ".join(
+                f"{lvl} labels p50 {v['p50_s']:.1f} s p95 {v['p95_s']:.1f} s" for lvl, v in r["levels"].items()))
 
 
 if __name__ == "__main__":

@@ -191,26 +191,32 @@ def retrain(
              "attention | gated | tensor | coattention (needs ANNOTATOR_PARTS=true); a model on some modalities only: "
              "'logreg [text]' (default: ANNOTATOR_MODEL, else auto)")] = None,
     force: Annotated[bool, typer.Option(help="Promote even if it is worse than the active version.")] = False,
+    refit: Annotated[bool, typer.Option(
+        "--refit", help="Fit the serving configuration again on every label (seconds; what the backend does after "
+                        "each correction) instead of choosing the model anew (a search)")] = False,
     self_training: Annotated[Optional[bool], typer.Option(
         "--self-training/--no-self-training",
         help="Always / never learn from confident predictions on unlabelled items (default: ANNOTATOR_SELF_TRAINING, "
              "auto: where cross-validation says it helps).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Choose the model on the project's labels, fit it on all of them, promote it only if it is not worse."""
+    """Choose the model on the project's labels, fit it on all of them, promote it only if it is not worse.
+    With --refit: fit the configuration already chosen, and say whether a search could change it."""
     from annotator.training import retrain as run_retrain
 
     settings = _settings()
     if self_training is not None:
         settings = settings.model_copy(update={"self_training": "on" if self_training else "off"})
-    result = run_retrain(_store(), settings, project_name=project, head=head or settings.model, force=force)
+    result = run_retrain(_store(), settings, project_name=project, head=head or settings.model, force=force,
+                         mode="refit" if refit else "search")
     m = result.metrics
     _emit(result.to_dict(), as_json,
-          f"{result.model_version}: {result.model} — accuracy {_fmt(m['accuracy'])}, macro-F1 {_fmt(m['macro_f1'])}, "
+          f"{result.model_version} ({result.training}): {result.model} — accuracy {_fmt(m['accuracy'])}, macro-F1 {_fmt(m['macro_f1'])}, "
           f"ECE {_fmt(m['ece'])} on {result.n_labels} labels ({m.get('evaluation')}); "
           f"{'promoted' if result.promoted else 'not promoted'}: {result.reason}\n"
           f"chosen because: {m.get('why')}\n{_candidate_table(m.get('candidates', []))}\n"
-          f"labelling: {m['stopping']['signal']} ({m['stopping']['why']})" + "".join(
+          f"labelling: {m['stopping']['signal']} ({m['stopping']['why']})"
+          + (f"\nmodel search due: {result.search_due}" if result.search_due else "") + "".join(
               f"\ncontrol {c.control}: " + (f"{c.model_version}: {c.model} — macro-F1 {_fmt(c.metrics.get('macro_f1'))} "
                                             f"on {c.n_labels} labels; {'promoted' if c.promoted else 'not promoted'}: "
                                             f"{c.reason}" if c.model_version else f"not trained: {c.reason}")

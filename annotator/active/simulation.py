@@ -17,7 +17,7 @@ from annotator.config import Settings
 from annotator.encoders.registry import Encoders
 from annotator.errors import NotEnoughLabelsError
 from annotator.fusion.metrics import evaluate
-from annotator.fusion.selection import Candidate, fit_model
+from annotator.fusion.selection import Candidate, TrainingSchedule, fit_model
 from annotator.store import open_store
 
 
@@ -33,8 +33,9 @@ def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, 
               step: int, seed: int, head: str = "auto", warm_start: str = "typiclust",
               self_training: str = "auto") -> list[dict[str, float]]:
     """Label ``step`` items at a time from the non-test rows with ``strategy`` until ``budget``; the
-    model is chosen and retrained from scratch after each step, as `retrain` does (`fit_model`, the
-    rest of the pool as unlabelled items), and scored on the test rows. Strategies that need a model pick
+    model is trained after each step as the backend trains it (`TrainingSchedule`: the model search
+    when it could change the choice, else a refit of the choice; the rest of the pool as unlabelled
+    items), and scored on the test rows. Strategies that need a model pick
     their first batch with ``warm_start`` (a cold-start strategy)."""
     rng = np.random.default_rng(seed)
     chooser, warm = get_strategy(strategy), get_strategy(warm_start)
@@ -45,6 +46,7 @@ def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, 
     labelled = np.zeros(len(pool_rows), dtype=bool)
     curve: list[dict[str, float]] = []
     clf = None
+    schedule = TrainingSchedule(head, self_training=self_training, random_state=seed)
     budget = min(budget, len(pool_rows))
     while labelled.sum() < budget:
         n_new = int(min(step, budget - labelled.sum()))
@@ -54,8 +56,8 @@ def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, 
         if len(np.unique(yp[labelled])) < 2:
             clf = None
             continue
-        clf = fit_model({m: a[labelled] for m, a in Xp.items()}, yp[labelled], head=head, random_state=seed,
-                        unlabelled={m: a[~labelled] for m, a in Xp.items()}, self_training=self_training)
+        clf = schedule.fit({m: a[labelled] for m, a in Xp.items()}, yp[labelled],
+                           unlabelled={m: a[~labelled] for m, a in Xp.items()}).estimator_
         scores = evaluate(clf, Xt, yt)
         curve.append({"labels": int(labelled.sum()), "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]})
     return curve

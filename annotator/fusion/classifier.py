@@ -76,6 +76,11 @@ class FusionClassifier(EstimatorParams):
         For ``head="weighted"``: fixed weights in modality order; None chooses them by ``cv_folds``-fold
         cross-validation over a simplex grid.
     cv_folds : int, default=3
+    warm_start : bool, default=False
+        `fit` a fitted classifier again by training its network on for ``min_steps // 5`` steps on
+        every label, keeping its temperature and modality weights (a refit after a few corrections:
+        seconds instead of two trainings from scratch). Only when the classes, modalities, widths
+        and head are unchanged and no pseudo-labels are asked for; otherwise `fit` starts afresh.
     random_state : int, default=0
     device : str, default="cpu"
 
@@ -94,6 +99,8 @@ class FusionClassifier(EstimatorParams):
     part_dims_ : list of int or None
         ``coattention``: each modality's part width (its pooled width); ``dims_`` holds the parts
         per row times it.
+    warm_started_ : bool
+        Whether the last `fit` went on from the previous network (``warm_start``).
     """
 
     def __init__(self, head: str = "attention", hidden_dim: int | str = "auto", epochs: int = 60, min_steps: int = 300,
@@ -103,7 +110,7 @@ class FusionClassifier(EstimatorParams):
                  calibration_fraction: float = 0.15, min_calibration: int = 20, refit: bool = True,
                  pseudo_label_ratio: float = 15.0, pseudo_label_threshold: float = 0.9,
                  max_pseudo_labels: int = 2000, modality_weights: list[float] | None = None,
-                 cv_folds: int = 3, random_state: int = 0, device: str = "cpu"):
+                 cv_folds: int = 3, warm_start: bool = False, random_state: int = 0, device: str = "cpu"):
         self.head = head
         self.hidden_dim = hidden_dim
         self.epochs = epochs
@@ -123,6 +130,7 @@ class FusionClassifier(EstimatorParams):
         self.max_pseudo_labels = max_pseudo_labels
         self.modality_weights = modality_weights
         self.cv_folds = cv_folds
+        self.warm_start = warm_start
         self.random_state = random_state
         self.device = device
 
@@ -132,7 +140,7 @@ class FusionClassifier(EstimatorParams):
                "modality_dropout", "multilabel", "calibrate", "calibration_fraction", "min_calibration",
                "refit", "pseudo_label_ratio", "pseudo_label_threshold", "max_pseudo_labels",
                "modality_weights",
-               "cv_folds", "random_state", "device")
+               "cv_folds", "warm_start", "random_state", "device")
     _FITTED = "network_"
 
     @property
@@ -183,6 +191,7 @@ class FusionClassifier(EstimatorParams):
         """
         if self.head not in HEADS:
             raise UnknownNameError("fusion head", self.head, HEADS)
+        previous = self._warm_state() if self.warm_start else None  # before the fit overwrites it
         arrays, mask = self._arrays(X, fitting=True)
         if len(y) != len(mask):
             raise ValueError(f"X has {len(mask)} rows and y has {len(y)} labels")
@@ -193,6 +202,15 @@ class FusionClassifier(EstimatorParams):
         targets = self._targets(y)
         n = len(targets)
         self.hidden_dim_ = self._width(n)
+        self.warm_started_ = previous is not None and (unlabelled is None or self.pseudo_label_ratio <= 0) and \
+            (previous["classes"], previous["modalities"], previous["dims"], previous["hidden"]) == (
+                list(self.classes_), list(self.modalities_), list(self.dims_), self.hidden_dim_)
+        if self.warm_started_:
+            self.part_bases_, self.modality_weights_ = None, previous["weights"]
+            self.network_ = self._train(arrays, mask, targets, np.arange(n), self.modality_weights_, epochs=1,
+                                        min_steps=max(1, self.min_steps // 5), init=previous["network"])
+            self.temperature_, self.n_pseudo_labels_ = previous["temperature"], 0
+            return self
         rng = np.random.default_rng(self.random_state)
         fit_idx, cal_idx = self._calibration_split(targets, rng)
 
@@ -216,6 +234,15 @@ class FusionClassifier(EstimatorParams):
         if len(cal_idx) and self.refit:
             self.network_ = self._train(arrays, mask, targets, np.arange(len(targets)), self.modality_weights_)
         return self
+
+    def _warm_state(self) -> dict | None:
+        """What a warm start goes on from, or None (not fitted; ``coattention``, whose part bases
+        are drawn per fit, always starts afresh)."""
+        if not hasattr(self, "network_") or self.uses_parts:
+            return None
+        return {"network": self.network_, "classes": list(self.classes_), "modalities": list(self.modalities_),
+                "dims": list(self.dims_), "hidden": self.hidden_dim_, "weights": self.modality_weights_,
+                "temperature": self.temperature_}
 
     def _reduced_dims(self) -> list[int] | None:
         """``coattention``: the width each modality's parts are projected to (`_part_bases`)."""
@@ -274,7 +301,8 @@ class FusionClassifier(EstimatorParams):
         return np.array([i for i in order if i not in cal_set]), np.array(cal, dtype=np.int64)
 
     def _train(self, arrays, mask, targets, idx, head_weights, epochs: int | None = None,
-               min_steps: int | None = None):
+               min_steps: int | None = None, init=None):
+        """Train a network on rows ``idx`` (from ``init``'s weights when given)."""
         import torch
 
         torch.manual_seed(self.random_state)
@@ -284,6 +312,8 @@ class FusionClassifier(EstimatorParams):
                             self.part_dims_, self._reduced_dims())
         if self.part_bases_ is not None:
             net.set_bases(self.part_bases_)
+        if init is not None:
+            net.load_state_dict(init.state_dict())
         net = net.to(self.device)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss() if self.multilabel else torch.nn.CrossEntropyLoss()

@@ -39,6 +39,10 @@ NO_SELF_TRAINING = (*SINGLE_LABEL_ONLY, COATTENTION)
 MODELS = (LINEAR, KERNEL, *HEADS)  # simplest first: the order the one-standard-error rule prefers
 AUTO = "auto"
 SELF_TRAINING_CHOICES = ("auto", "on", "off")
+RACE_FIRST_FOLDS = 2  # folds every candidate is scored on before the race drops any
+RACE_MARGIN = 0.05  # macro-F1 a candidate must trail the leader by, on average and on every fold, to be dropped
+SEARCH_GROWTH = 0.5  # a new search once the labels grew by half since the last one
+SEARCH_MIN_NEW_LABELS = 10  # a lower refit score asks for a search only after this many new labels
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,15 @@ class ModelSearch:
         Extra parameters for the fusion heads.
     n_jobs : int, optional
         Worker processes for the folds (default: every core).
+    nice : int, default=0
+        Lower the fold workers' priority by this much: a search in the background leaves the cores
+        to the work people wait for.
+    race : bool, default=True
+        Drop a candidate from the cross-validation once it is clearly behind (`_race`); False
+        scores every candidate on every fold of the first repeat.
+    refit : bool, default=True
+        Fit the winner on every label (``best_estimator_``); False only scores, as when the model
+        that serves is fitted elsewhere (`GridSearchCV`'s ``refit``).
     random_state : int, default=0
     device : str, default="cpu"
 
@@ -251,7 +264,7 @@ class ModelSearch:
     results_ : list of CandidateResult
         Every candidate scored, in the order tried.
     best_ : Candidate
-    best_estimator_ : estimator fitted on every label
+    best_estimator_ : estimator fitted on every label (with ``refit``)
     reason_ : str
         Why the winner was chosen, in words.
     evaluation_ : str
@@ -264,8 +277,8 @@ class ModelSearch:
     def __init__(self, candidates: str | Sequence[Candidate | str] = AUTO, *, self_training: str = "auto",
                  multilabel: bool = False, folds: int = 5, repeats: int | str = "auto",
                  one_standard_error: bool = True, reference: tuple[str, Any, Sequence[str]] | None = None,
-                 params: Mapping[str, Any] | None = None, n_jobs: int | None = None, random_state: int = 0,
-                 device: str = "cpu"):
+                 params: Mapping[str, Any] | None = None, n_jobs: int | None = None, nice: int = 0,
+                 race: bool = True, refit: bool = True, random_state: int = 0, device: str = "cpu"):
         self.candidates = candidates
         self.self_training = self_training
         self.multilabel = multilabel
@@ -275,6 +288,9 @@ class ModelSearch:
         self.reference = reference
         self.params = params
         self.n_jobs = n_jobs
+        self.nice = nice
+        self.race = race
+        self.refit = refit
         self.random_state = random_state
         self.device = device
 
@@ -297,7 +313,7 @@ class ModelSearch:
         from joblib import delayed
 
         work = [(j, s) for j in range(len(jobs)) for s in range(len(splits))]
-        runner = fold_runner(self.n_jobs or os.cpu_count() or 1, len(work))
+        runner = fold_runner(self.n_jobs or os.cpu_count() or 1, len(work), nice=self.nice)
         outputs = runner(delayed(_safe_score)(jobs[j][1], jobs[j][2], X, y, splits[s][0], splits[s][1],
                                               unlabelled if jobs[j][3] else None, self.multilabel)
                          for j, s in work)
@@ -321,26 +337,47 @@ class ModelSearch:
         return results
 
     def _race(self, jobs, X, y, splits, unlabelled, n_reference: int) -> list[CandidateResult]:
-        """Every job on the first repeat of the folds; the further repeats only for the candidates
-        within two standard errors of the leader (and the reference), since more repeats only
-        matter to tell close candidates apart. Saves most of the cost when labels are few."""
+        """Score the jobs in stages, each stage only for the candidates still in the race: first
+        `RACE_FIRST_FOLDS` folds for all; the rest of the first repeat for those not clearly behind
+        the leader there (`_clearly_behind`); the further repeats for those within two standard
+        errors of the leader, since more repeats only matter to tell close candidates apart. The
+        reference (the last ``n_reference`` jobs) runs every stage. ``race=False``: the first
+        repeat for every candidate."""
         repeats = _n_repeats(splits, len(y))
         per_repeat = len(splits) // repeats
-        results = self._run(jobs, X, y, splits[:per_repeat], unlabelled)
+        first = RACE_FIRST_FOLDS if self.race and per_repeat > RACE_FIRST_FOLDS + 1 else per_repeat
+        results = self._run(jobs, X, y, splits[:first], unlabelled)
+        n_candidates = len(results) - n_reference
+        is_reference = lambda j: j >= n_candidates  # noqa: E731
+        if first < per_repeat:
+            ranked = [r for r in results[:n_candidates] if r.error is None]
+            leader = max(ranked, key=lambda r: r.mean) if ranked else None
+            alive = [j for j, r in enumerate(results) if is_reference(j) or (
+                r.error is None and leader is not None and not _clearly_behind(r, leader))]
+            self._extend(results, alive, jobs, X, y, splits[first:per_repeat], unlabelled, out_of_fold=True)
         if repeats == 1:
             return results
-        ranked = [r for r in results[: len(results) - n_reference] if r.error is None]
+        most = max((len(r.macro_f1) for r in results[:n_candidates] if r.error is None), default=0)
+        ranked = [r for r in results[:n_candidates] if r.error is None and len(r.macro_f1) == most]
         if not ranked:
             return results
         leader = max(ranked, key=lambda r: r.mean)
-        finalists = [j for j, r in enumerate(results)
-                     if j >= len(results) - n_reference or (r.error is None and r.mean >= leader.mean - 2 * leader.se)]
-        more = self._run([jobs[j] for j in finalists], X, y, splits[per_repeat:], unlabelled)
-        for j, extra in zip(finalists, more):
+        finalists = [j for j, r in enumerate(results) if is_reference(j) or (
+            r.error is None and len(r.macro_f1) == most and r.mean >= leader.mean - 2 * leader.se)]
+        self._extend(results, finalists, jobs, X, y, splits[per_repeat:], unlabelled, out_of_fold=False)
+        return results
+
+    def _extend(self, results: list[CandidateResult], which: list[int], jobs, X, y, splits, unlabelled, *,
+                out_of_fold: bool) -> None:
+        """Score jobs ``which`` on more ``splits``, adding to their results (and to their
+        out-of-fold probabilities when the splits are the first repeat's)."""
+        more = self._run([jobs[j] for j in which], X, y, splits, unlabelled)
+        for j, extra in zip(which, more):
             results[j].macro_f1 += extra.macro_f1
             results[j].accuracy += extra.accuracy
             results[j].error = results[j].error or extra.error
-        return results
+            if out_of_fold and results[j].oof_probs is not None and extra.oof_probs is not None:
+                results[j].oof_probs = results[j].oof_probs + extra.oof_probs  # disjoint test rows
 
     def _choose(self, scored: list[tuple[Candidate, CandidateResult]], n_modalities: int) -> tuple[Candidate, str]:
         valid = [(c, r) for c, r in scored if r.error is None and not np.isnan(r.mean)]
@@ -422,8 +459,9 @@ class ModelSearch:
                     self.reason_ += f"; self-training left off ({st_result.mean:.3f} with it)"
             self.results_ = results
             self.metrics_ = self._winner_metrics(y)
-        self.best_estimator_ = self.best_.fit(X, list(y) if self.multilabel else y,
-                                              unlabelled if has_pool else None, **self._build_options())
+        if self.refit:
+            self.best_estimator_ = self.best_.fit(X, list(y) if self.multilabel else y,
+                                                  unlabelled if has_pool else None, **self._build_options())
         self.metrics_["candidates"] = [dict(r.row(), chosen=r.name == self.best_.name) for r in self.results_]
         self.metrics_["chosen"] = self.best_.name
         self.metrics_["why"] = self.reason_
@@ -439,7 +477,7 @@ class ModelSearch:
     def _winner_metrics(self, y) -> dict[str, Any]:
         r = self.result(self.best_.name)
         out: dict[str, Any] = {"accuracy": float(np.mean(r.accuracy)) if r.accuracy else float("nan"),
-                               "macro_f1": r.mean, "macro_f1_sd": r.sd, "ece": float("nan")}
+                               "macro_f1": r.mean, "macro_f1_sd": r.sd, "macro_f1_se": r.se, "ece": float("nan")}
         if not self.multilabel and r.oof_probs is not None:
             classes = sorted(set(y.tolist()))
             targets = np.searchsorted(classes, y)
@@ -451,6 +489,44 @@ class ModelSearch:
             out["ece"] = expected_calibration_error(p, targets)
             out["ece_uncalibrated"] = expected_calibration_error(r.oof_probs, targets)
         return out
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """What the last full search saw; refits go on with its choice until `search_due` says otherwise."""
+
+    n_labels: int
+    classes: frozenset[str] | None  # None: not recorded (versions from before refits)
+    macro_f1: float | None
+    se: float = 0.0
+
+
+def search_due(last: SearchRecord | None, n_labels: int, classes, refit_macro_f1: float | None = None, *,
+               growth: float = SEARCH_GROWTH) -> str | None:
+    """Why the full search should run again, or None while refitting its choice is enough: only when
+    it can change the answer — no search yet, a class it never saw, the labels grown by ``growth``
+    since, or the refit's cross-validated macro-F1 more than the search's standard error below the
+    search's (after `SEARCH_MIN_NEW_LABELS` new labels, so noise on a few labels does not rerun it)."""
+    if last is None:
+        return "no model search yet"
+    new = sorted(set(classes) - last.classes) if last.classes is not None else []
+    if new:
+        return f"class {new[0]!r} appeared since the last search"
+    if n_labels >= last.n_labels * (1 + growth):
+        return f"labels grew from {last.n_labels} to {n_labels} since the last search"
+    if refit_macro_f1 is not None and last.macro_f1 is not None and n_labels >= last.n_labels + SEARCH_MIN_NEW_LABELS \
+            and refit_macro_f1 < last.macro_f1 - last.se - 1e-9:
+        return (f"the refit's macro-F1 fell to {refit_macro_f1:.3f}, below the search's {last.macro_f1:.3f} "
+                f"(standard error {last.se:.3f})")
+    return None
+
+
+def _clearly_behind(result: CandidateResult, leader: CandidateResult) -> bool:
+    """Whether ``result`` trails ``leader`` on every fold scored so far, and by more than
+    `RACE_MARGIN` on average: folds are shared, so the comparison is paired, and a candidate this
+    far behind after the first folds is not within one standard error of the best at the end."""
+    gaps = np.subtract(leader.macro_f1, result.macro_f1)
+    return bool(len(gaps) and (gaps > 0).all() and gaps.mean() > RACE_MARGIN)
 
 
 def _n_repeats(splits, n: int) -> int:
@@ -467,6 +543,53 @@ def _safe_score(*args):
         return _score_split(*args)
     except Exception as exc:  # reported in the candidate table; the other candidates go on
         return f"{type(exc).__name__}: {exc}"
+
+
+class TrainingSchedule:
+    """The backend's two speeds of training over a growing set of labels, in memory (for active-learning
+    simulations): each `fit` runs the full `ModelSearch` when `search_due` says it could change the
+    answer, and otherwise refits the last search's choice on the labels given — as the backend's
+    trainer does after each correction (it runs the search in the background).
+
+    Attributes: ``estimator_`` (fitted on the last `fit`'s labels), ``training_`` (``search`` or
+    ``refit``), ``searches_`` (searches so far), ``config_`` (the last search's choice). Refits are
+    not scored here, so a lower refit score never calls a search: that trigger is the backend's.
+    """
+
+    def __init__(self, head: str = AUTO, *, self_training: str = "auto", random_state: int = 0):
+        self.head = head
+        self.self_training = self_training
+        self.random_state = random_state
+        self.config_: Candidate | None = None
+        self.last_search_: SearchRecord | None = None
+        self.searches_ = 0
+
+    def fit(self, X: Mapping[str, np.ndarray], y, unlabelled: Mapping[str, np.ndarray] | None = None) -> TrainingSchedule:
+        labels = _labels(y, False)
+        classes = sorted(set(labels.tolist()))
+        due = self.config_ is None or (self.head == AUTO and search_due(self.last_search_, len(labels), classes))
+        if not due:
+            self.estimator_ = self.config_.fit(X, labels, unlabelled if self.config_.self_training else None,
+                                               random_state=self.random_state)
+            self.training_ = "refit"
+            return self
+        if self.head != AUTO and self.self_training != "auto":  # nothing to choose
+            forced = Candidate.parse(self.head)
+            self.config_ = Candidate(forced.model, forced.modalities, self.self_training == "on")
+            self.estimator_ = self.config_.fit(X, labels, unlabelled, random_state=self.random_state)
+        else:
+            search = ModelSearch(self.head, self_training=self.self_training, random_state=self.random_state)
+            search.fit(X, labels, unlabelled=unlabelled)
+            self.config_, self.estimator_ = search.best_, search.best_estimator_
+            self.last_search_ = SearchRecord(len(labels), frozenset(classes), finite_or_none(search.metrics_["macro_f1"]),
+                                             float(search.metrics_.get("macro_f1_se") or 0.0))
+        self.training_, self.searches_ = "search", self.searches_ + 1
+        return self
+
+
+def finite_or_none(value) -> float | None:
+    """A score as a float, or None where it is missing or NaN (too few labels to cross-validate)."""
+    return None if value is None or np.isnan(value) else float(value)
 
 
 def fit_model(X: dict[str, np.ndarray], y, *, head: str = "auto", unlabelled: dict[str, np.ndarray] | None = None,

@@ -39,22 +39,24 @@ PUBLISH_CHUNK = 2000  # items scored at a time: bounds memory on large projects
 
 
 def sync(store: Store, *, url: str, api_key: str, ls_project_id: int, ls=None,
-         tasks: list[dict] | None = None, updated_after: datetime | None = None) -> dict[str, Any]:
+         tasks: list[dict] | None = None, listed_at: datetime | None = None,
+         updated_after: datetime | None = None) -> dict[str, Any]:
     """Pull the project's tasks and annotations into the store; annotations deleted in Label Studio
     are soft-deleted here. ``updated_after`` pulls only the tasks changed since then (their
-    annotations' changes included); only a full pull can see that a task was deleted. The result's
-    ``last_update`` is the newest task change seen, on Label Studio's clock: the next incremental
-    pull's starting point."""
+    annotations' changes included); only a full pull can see that a task was deleted. ``tasks``: a
+    listing the caller made, begun at ``listed_at`` (labels written after it are never taken for
+    deleted). The result's ``last_update`` is the newest task change seen, on Label Studio's clock:
+    the next incremental pull's starting point."""
     ls = ls or client.client_for(url, api_key)
     schema = client.get_label_config(ls, ls_project_id)
-    listed_at = None
+    full = tasks is None and updated_after is None  # a full listing of our own: items whose task is gone are deleted
     if tasks is None:
-        if updated_after is None:  # a full listing of our own: items whose task is gone from it are deleted
-            listed_at = utcnow()
+        listed_at = utcnow()
         tasks = client.list_tasks(ls, ls_project_id, updated_after=updated_after)
     tasks = [{**t, "annotations": [client.as_dict(a) for a in t.get("annotations") or []]} for t in tasks]
     # the backend's trainer syncs while webhooks for the same tasks may arrive: an upsert race reruns it
-    recorded, deleted, gone = store.run(lambda s: mirror_project(s, ls_project_id, schema, tasks, listed_at=listed_at))
+    recorded, deleted, gone = store.run(lambda s: mirror_project(s, ls_project_id, schema, tasks, listed_at=listed_at,
+                                                                 full=full))
     return {"project": project_name_for(ls_project_id), "tasks": len(tasks), "labels": recorded,
             "deleted_labels": deleted, "deleted_tasks": gone, "last_update": client.last_update(tasks)}
 
@@ -119,8 +121,10 @@ def connect(store: Store, settings: Settings, *, url: str, api_key: str, ls_proj
     if backend_url:
         ml_id = client.find_backend(ls, ls_project_id, backend_url) or client.register_backend(
             ls, ls_project_id, backend_url, title)
+    listed_at = utcnow()
     tasks = client.list_tasks(ls, ls_project_id)
-    synced = sync(store, url=url, api_key=api_key, ls_project_id=ls_project_id, ls=ls, tasks=tasks)
+    synced = sync(store, url=url, api_key=api_key, ls_project_id=ls_project_id, ls=ls, tasks=tasks,
+                  listed_at=listed_at)
     name = project_name_for(ls_project_id)
     secret = store.run(lambda s: _connect_project(s, settings, name, url, api_key))
     webhook_id = client.secure_webhook(ls, ls_project_id, backend_url, secret) if backend_url else None

@@ -190,11 +190,12 @@ def record_annotations(session, project: Project, config: LabelConfig | None, an
 
 
 def mirror_project(session, ls_project_id: int, schema: str, tasks: list[dict[str, Any]], *,
-                   listed_at: datetime | None = None) -> tuple[int, int, int]:
-    """Make the store match a full pull of a Label Studio project: every task, every annotation, and
-    labels whose annotation is gone from Label Studio soft-deleted. With ``listed_at`` (when the
-    listing began), items whose task is not in it are deleted too, unless they arrived after it.
-    Returns (labels stored, labels deleted, items deleted)."""
+                   listed_at: datetime | None = None, full: bool = False) -> tuple[int, int, int]:
+    """Make the store match a pull of a Label Studio project: every task, every annotation, and
+    labels whose annotation is gone from Label Studio soft-deleted — unless they were written after
+    ``listed_at`` (when the listing began: a webhook's label is newer than a listing that could not
+    see it). ``full``: the listing holds every task, so items whose task is not in it are deleted
+    too, unless they arrived after ``listed_at``. Returns (labels stored, labels deleted, items deleted)."""
     config = parse_label_config(schema)
     p = ensure_project(session, ls_project_id, schema, config)
     items = upsert_tasks(session, p, config, [{"id": t["id"], "data": t["data"]} for t in tasks]) if tasks else {}
@@ -202,11 +203,12 @@ def mirror_project(session, ls_project_id: int, schema: str, tasks: list[dict[st
     recorded = record_annotations(session, p, config, annotations, [])
     live = {f"ls:{a['id']}" for a in annotations}
     pks = [it.id for it in items.values()]
-    stale = [k for k in repo.live_annotation_keys(session, project=p, item_pks=pks, prefix="ls:")
+    stale = [k for k in repo.live_annotation_keys(session, project=p, item_pks=pks, prefix="ls:",
+                                                  updated_before=listed_at)
              if _annotation_of(k) not in live]
     deleted = repo.soft_delete_labels(session, project=p, annotation_keys=stale)
     gone = []
-    if listed_at is not None:
+    if full and listed_at is not None:
         gone = repo.delete_items(session, project=p, external_ids=repo.task_items_missing(
             session, project=p, task_ids=[parse_id(t["id"]) for t in tasks], created_before=listed_at))
     return recorded, deleted, len(gone)

@@ -147,7 +147,8 @@ class TrainingRun(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    status: Mapped[str] = mapped_column(String(20), default="running")  # running|succeeded|failed
+    # running | succeeded | failed | skipped | interrupted | requested | handled; a background search: searched | search failed
+    status: Mapped[str] = mapped_column(String(20), default="running")
     trigger: Mapped[str] = mapped_column(String(50), default="cli")
     error: Mapped[str | None] = mapped_column(Text, default=None)
     model_version: Mapped[str | None] = mapped_column(String(100), default=None)

@@ -194,13 +194,18 @@ def soft_delete_labels(session: Session, *, project: Project, annotation_keys: I
     return result.rowcount or 0
 
 
-def live_annotation_keys(session: Session, *, project: Project, item_pks: Sequence[int], prefix: str = "") -> list[str]:
-    """Annotation keys (starting with ``prefix``) of the live labels on these items."""
+def live_annotation_keys(session: Session, *, project: Project, item_pks: Sequence[int], prefix: str = "",
+                         updated_before: datetime | None = None) -> list[str]:
+    """Annotation keys (starting with ``prefix``) of the live labels on these items; with
+    ``updated_before``, only of those last written before then."""
     if not item_pks:
         return []
-    return list(session.scalars(select(Label.annotation_key).where(
+    query = select(Label.annotation_key).where(
         Label.project_id == project.id, Label.item_id.in_(list(item_pks)), Label.deleted_at.is_(None),
-        Label.annotation_key.like(f"{prefix}%"))))
+        Label.annotation_key.like(f"{prefix}%"))
+    if updated_before is not None:
+        query = query.where(Label.updated_at < updated_before)
+    return list(session.scalars(query))
 
 
 def live_annotations(session: Session, *, project: Project, source: str = "human",

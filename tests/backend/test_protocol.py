@@ -65,8 +65,9 @@ def backend(settings, encoders):
 
 @pytest.fixture
 def trainer(settings, backend):
-    """The trainer, driven by hand (no thread), on the backend's store and runtime."""
-    return Trainer(settings, store=backend.store, runtime=backend.runtime, debounce_s=5, debounce_labels=1000)
+    """The trainer, driven by hand (no thread, no background search), on the backend's store and runtime."""
+    return Trainer(settings, store=backend.store, runtime=backend.runtime, debounce_s=5, debounce_labels=1000,
+                   background_search=False)
 
 
 @pytest.fixture
@@ -215,12 +216,36 @@ def test_webhooks_record_idempotently_and_training_changes_the_version(client, b
         {"status": "ok", "action": "START_TRAINING", "training": "requested"}
     assert trainer.train_due_projects() == ["v1"]
     assert trainer.train_due_projects() == []  # nothing new since
+    trainer.wait()  # the refit is served at once and scored in the background
     assert client.post("/setup", json={"project": "7.1", "schema": CONFIG}).json()["model_version"] == "v1"
     results = client.post("/predict", json={"tasks": [pairs[0][0]], "project": "7.1", "label_config": CONFIG}).json()["results"]
     assert results[0]["model_version"] == "v1" and results[0]["result"][0]["value"]["choices"] == ["animal"]
     versions = client.get("/versions").json()
     assert versions["versions"] == ["v1"]
     assert versions["stopping"]["ls-7"]["version"] == "v1" and versions["stopping"]["ls-7"]["signal"] in ("stop", "keep going")
+
+
+def test_the_first_refit_serves_the_baseline_and_the_search_follows_in_the_background(client, backend, settings):
+    trainer = Trainer(settings, store=backend.store, runtime=backend.runtime, debounce_s=5, debounce_labels=1000)
+    for n, (t, label) in enumerate(tasks_for_all()):
+        client.post("/webhook", headers=SECRET, json=annotation_event(300 + n, t, "car-like" if label == "vehicle" else label))
+    client.post("/webhook", headers=SECRET, json={"action": "START_TRAINING", "project": {"id": 7}})
+    assert trainer.train_due_projects() == ["v1"]  # a refit of the plain baseline: it serves at once
+    served = client.post("/predict", json={"tasks": [tasks_for_all()[0][0]], "project": "7.1", "label_config": CONFIG})
+    assert served.json()["results"][0]["model_version"] == "v1"
+    trainer.close()  # waits for the background search the refit started
+    assert not trainer.searching("ls-7")
+    with backend.store.session() as s:
+        versions = repo.list_model_versions(s, project=repo.get_project(s, name="ls-7"))
+        v1, v2 = versions
+        assert (v1.head, v1.metrics["training"], v1.metrics["search_due"]) == ("logreg", "refit", "no model search yet")
+        assert v2.metrics["training"] == "search" and len(v2.metrics["candidates"]) > 3
+        promoted = v2.status == "active"
+        assert repo.has_training_request(s, project=repo.get_project(s, name="ls-7")) == promoted
+    if promoted:  # the search's choice is refitted with any label that came meanwhile, and refits follow it
+        assert trainer.train_due_projects() == ["v3"]
+        with backend.store.session() as s:
+            assert repo.active_model_version(s, project=repo.get_project(s, name="ls-7")).head == v2.head
 
 
 def test_quiet_period_debounce_trains_once_after_a_storm(client, backend, trainer):

@@ -54,7 +54,9 @@ def backend_server(label_studio, offline_encoders, tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("backend") / "data", label_studio_url=label_studio.url,
                         label_studio_api_key=SecretStr(label_studio.token))
     runtime = Runtime(settings, encoders=Encoders(settings, overrides=dict(offline_encoders)))
-    app = create_app(settings, runtime=runtime, poll_s=0.2, debounce_s=2.0, debounce_labels=10_000, min_interval_s=3600)
+    # no background search: these tests follow one version at a time (tests/backend covers the search)
+    app = create_app(settings, runtime=runtime, poll_s=0.2, debounce_s=2.0, debounce_labels=10_000, min_interval_s=3600,
+                     background_search=False)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

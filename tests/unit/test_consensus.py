@@ -131,3 +131,32 @@ def test_an_annotator_is_the_same_whether_a_webhook_or_a_task_listing_names_them
         s.flush()
         who = sorted(a.annotator for a in repo.live_annotations(s, project=p))
     assert who == ["7", "7", "8"]
+
+
+def test_a_listing_older_than_a_label_does_not_delete_it(store):
+    """The backend lists a project's tasks while webhooks keep recording annotations: a label written
+    after the listing began is missing from it because it is new, not because it was deleted (it was
+    soft-deleted and revived, and each flip made the trainer refit again)."""
+    from annotator.labelstudio.tasks import mirror_project, record_annotations
+    from annotator.store import repo
+    from annotator.store.models import utcnow
+
+    schema = """<View><Text name="text" value="$text"/><Choices name="c" toName="text">
+      <Choice value="cat"/><Choice value="dog"/></Choices></View>"""
+    result = [{"from_name": "c", "to_name": "text", "type": "choices", "value": {"choices": ["cat"]}}]
+    tasks = [{"id": 1, "data": {"text": "a"}, "annotations": [{"id": 10, "completed_by": 7, "result": result}]},
+             {"id": 2, "data": {"text": "b"}, "annotations": []}]
+    with store.session() as s:
+        mirror_project(s, 5, schema, tasks)
+        p = repo.get_project(s, name="ls-5")
+        record_annotations(s, p, None, [{"id": 20, "task": 2, "completed_by": 7, "result": result}], [])  # old news
+    listed_at = utcnow()  # a listing begins; the annotation on task 1 is deleted in Label Studio meanwhile
+    with store.session() as s:
+        p = repo.get_project(s, name="ls-5")
+        record_annotations(s, p, None, [{"id": 30, "task": 1, "completed_by": 8, "result": result}], [])  # a webhook
+    stale = [{**tasks[0], "annotations": []}, tasks[1]]  # the listing saw neither 10, nor 20, nor 30
+    with store.session() as s:
+        _, deleted, _ = mirror_project(s, 5, schema, stale, listed_at=listed_at)
+        p = repo.get_project(s, name="ls-5")
+        live = set(repo.live_annotation_keys(s, project=p, item_pks=[it.id for it in repo.list_items(s, project=p)]))
+    assert deleted == 2 and live == {"ls:30"}

@@ -391,3 +391,86 @@ def test_coattention_without_part_features_is_a_clear_error(store, settings, enc
     with pytest.raises(ConfigError, match="ANNOTATOR_PARTS=true"):
         retrain(store, settings, project_name="p", head="coattention", encoders=encoders, progress=False)
     assert _active(store) is None
+
+
+def _versions(store):
+    with store.session() as s:
+        return {mv.version: (mv.status, mv.head, mv.metrics.get("training"))
+                for mv in repo.list_model_versions(s, project=repo.get_project(s, name="p"))}
+
+
+def test_refits_serve_the_chosen_configuration_and_say_when_a_search_is_due(store, settings, encoders, tmp_path):
+    make_project(store, tmp_path, labelled=6)  # 18 labels
+    first = retrain(store, settings, project_name="p", mode="refit", encoders=encoders, progress=False)
+    # before any search: the plain baseline serves at once, and the search is due
+    assert (first.model_version, first.promoted, first.model, first.training) == ("v1", True, "logreg", "refit")
+    assert first.search_due == "no model search yet"
+    assert 0 <= first.metrics["macro_f1"] <= 1 and first.metrics["evaluation"].endswith("-fold cross-validation")
+
+    searched = retrain(store, settings, project_name="p", encoders=encoders, progress=False)
+    assert searched.training == "search" and searched.search_due is None and searched.promoted
+    assert sorted(searched.metrics["classes"]) == sorted(WORDS)
+
+    make_project(store, tmp_path, labelled=7)  # 21 labels: fewer than half again as many
+    refit = retrain(store, settings, project_name="p", mode="refit", encoders=encoders, progress=False)
+    assert refit.training == "refit" and refit.promoted and refit.n_labels == 21
+    assert refit.model == searched.model  # the search's choice, fitted again on every label
+    assert refit.search_due is None
+    assert _versions(store)["v3"] == ("active", searched.model, "refit")
+
+    make_project(store, tmp_path, labelled=10)  # 30 labels: grown by half since the search
+    grown = retrain(store, settings, project_name="p", mode="refit", encoders=encoders, progress=False)
+    assert grown.search_due == "labels grew from 18 to 30 since the last search"
+
+
+def test_a_refit_serves_while_a_search_runs_and_a_better_search_result_is_promoted(store, settings, encoders, tmp_path,
+                                                                                  monkeypatch):
+    import threading
+
+    import annotator.training as training
+
+    make_project(store, tmp_path, labelled=12)  # 36 labels
+    bad = {"epochs": 1, "min_steps": 1, "lr": 1e-6}  # a configuration that has not learned anything
+    v1 = retrain(store, settings, project_name="p", head="attention", params=bad, force=True, encoders=encoders,
+                 progress=False)
+    assert v1.promoted
+
+    searching, release = threading.Event(), threading.Event()
+    waiting = training._training_lock_waiting
+
+    def held_before_recording(*args, **kwargs):  # the search has its result; hold it until the refit served
+        searching.set()
+        assert release.wait(120)
+        return waiting(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_training_lock_waiting", held_before_recording)
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("r", training.search_in_background(
+        store, settings, project_name="p", controls=[None], encoders=encoders)))
+    thread.start()
+    assert searching.wait(300)
+    # a second search of the project waits for nobody: it is refused at once
+    assert training.search_in_background(store, settings, project_name="p", controls=[None], encoders=encoders) is None
+
+    make_project(store, tmp_path, labelled=13)  # a correction arrives while the search runs
+    refit = retrain(store, settings, project_name="p", mode="refit", head="attention", params=bad,
+                    encoders=encoders, progress=False)
+    assert thread.is_alive() and refit.promoted and _active(store) == refit.model_version == "v2"
+    assert refit.metrics["warm_start"]  # the serving network, trained on with the new label
+
+    release.set()
+    thread.join(300)
+    [found] = out["r"]
+    # compared with the configuration that served when it began (still serving, refitted), on the same folds
+    assert found.training == "search" and found.model != "attention" and found.promoted, found.reason
+    assert found.metrics["macro_f1"] > found.previous["macro_f1_mean"]
+    assert _active(store) == found.model_version == "v3"
+    with store.session() as s:
+        p = repo.get_project(s, name="p")
+        assert repo.has_training_request(s, project=p)  # so the labels that came meanwhile are used
+        run = s.scalars(select(TrainingRun).where(TrainingRun.trigger == "backend search")).one()
+        assert run.status == "searched" and run.model_version == "v3" and run.finished_at >= run.started_at
+
+    # refits now follow the search's choice: a refit never goes back to the configuration it replaced
+    after = retrain(store, settings, project_name="p", mode="refit", encoders=encoders, progress=False)
+    assert after.model == found.model and after.promoted and after.n_labels == 39

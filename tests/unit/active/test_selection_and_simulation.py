@@ -110,6 +110,20 @@ def test_simulation_and_retrain_train_the_same_model_for_the_same_data(store, se
     used = {m: X[m] for m in served.modalities_}
     np.testing.assert_allclose(simulated.predict_proba(used), served.predict_proba(used), atol=1e-4)
 
+    # simulations train on the backend's schedule: a search first, then refits of its choice until
+    # the labels grow by half; on the same labels, the refit is the served model again
+    from annotator.fusion.selection import TrainingSchedule
+
+    y = [labels[it.id][0] for it in labelled]
+    schedule = TrainingSchedule().fit(X, y, unlabelled=pool)
+    assert (schedule.training_, schedule.config_.name) == ("search", result.model)
+    schedule.fit(X, y, unlabelled=pool)
+    assert schedule.training_ == "refit" and schedule.searches_ == 1
+    np.testing.assert_allclose(schedule.estimator_.predict_proba(used), served.predict_proba(used), atol=1e-4)
+    few = len(y) // 2 + 1  # from here, all the labels are more than half again as many: a search
+    schedule = TrainingSchedule().fit({m: a[:few] for m, a in X.items()}, y[:few], unlabelled=pool).fit(X, y, unlabelled=pool)
+    assert schedule.training_ == "search" and schedule.searches_ == 2
+
 
 def test_errors_in_a_multi_label_project_check_every_tag(store, settings, encoders, tmp_path):
     """A missing tag and a wrong extra tag are both found, with the tag set the model suggests."""

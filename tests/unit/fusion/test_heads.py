@@ -199,3 +199,20 @@ def test_errors_are_clear():
         FusionClassifier().fit(nothing, y)
     with pytest.raises(ValueError, match="at least 2 classes"):
         FusionClassifier().fit(X, ["same"] * len(y))
+
+
+def test_warm_start_goes_on_from_the_fitted_network_and_keeps_its_calibration(tmp_path):
+    X, y = planted(n=300)
+    first = FusionClassifier(head="concat", random_state=0).fit({m: a[:250] for m, a in X.items()}, y[:250])
+    first.save(tmp_path / "v1")
+    served = FusionClassifier.load(tmp_path / "v1")  # a refit starts from the saved version, as the backend's
+    before = {k: v.clone() for k, v in served.network_.state_dict().items()}
+    warm = served.set_params(warm_start=True).fit(X, y)  # 50 more labels
+    assert warm.warm_started_ and warm.temperature_ == first.temperature_
+    after = warm.network_.state_dict()
+    assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)  # it trained on
+    assert np.mean(np.array(warm.predict({m: a[250:] for m, a in X.items()})) == y[250:]) >= 0.9
+    # a new class (or a new width, modality, pseudo-labels) cannot go on from the old network: afresh
+    relabelled = np.where(np.arange(len(y)) % 7 == 0, "new", y)
+    assert not FusionClassifier.load(tmp_path / "v1").set_params(warm_start=True).fit(X, relabelled).warm_started_
+    assert not FusionClassifier(head="concat").fit(X, y).warm_started_

@@ -130,3 +130,19 @@ def test_too_few_labels_fit_the_first_candidate_without_scores():
     assert search.best_.name == "logreg" and search.results_ == []
     assert np.isnan(search.metrics_["macro_f1"]) and "too few labels" in search.reason_
     assert search.best_estimator_.predict(X)[:2] is not None
+
+
+def test_racing_drops_candidates_clearly_behind_and_returns_the_full_searchs_winner():
+    X, y = planted(n=200, noise=("image",), informative=("text",), strength=0.5)
+    full = ModelSearch(repeats=1, n_jobs=2, race=False).fit(X, y)
+    raced = ModelSearch(repeats=1, n_jobs=2).fit(X, y)
+    assert raced.best_ == full.best_ and raced.best_.modalities == ("text",)
+    splits = {r.name: len(r.macro_f1) for r in raced.results_}
+    assert set(splits.values()) == {2, 5}  # the race left some candidates after the first two folds
+    assert splits["logreg [image]"] == 2 and splits[raced.best_.name] == 5  # the noise-only model, the winner
+    # a candidate scored on all five folds has the same scores as in the full search: the folds are shared
+    for name, n in splits.items():
+        if n == 5:
+            assert raced.result(name).macro_f1 == pytest.approx(full.result(name).macro_f1)
+    # the winner's calibration error is measured on out-of-fold probabilities of every item
+    assert raced.metrics_["ece"] == pytest.approx(full.metrics_["ece"])
