@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import json
 import os
 import signal
@@ -306,6 +307,9 @@ def _latencies(url: str, token: str, workdir: Path, mode: str, levels: list[int]
     ls.projects.import_tasks(id=project.id, request=[t["data"] for t in tasks])
     ids = sorted(t.id for t in ls.tasks.list(project=project.id, page_size=1000))
     truth = dict(zip(ids, labels))
+    # classes take turns, as in a project's first annotations; the last task stays the never-annotated probe
+    by_class = [[i for i in ids[:-1] if truth[i] == c] for c in sorted(set(labels))]
+    ids = [i for batch in itertools.zip_longest(*by_class) for i in batch if i is not None] + ids[-1:]
     connect(app.state.backend.store, settings, url=url, api_key=token, ls_project_id=project.id,
             backend_url=backend_url, progress=False)
     store, name = app.state.backend.store, f"ls-{project.id}"
@@ -369,7 +373,10 @@ SECTIONS = ("prelabel", "bulk_upload", "webhook_storm", "kill_during_retrain", "
 def main() -> None:
     p = parser(__doc__, SECTIONS)
     p.add_argument("--label-studio", nargs=2, metavar=("URL", "TOKEN"),
-                   help="a running Label Studio for the bulk-upload section (default: one started here)")
+                   help="a running Label Studio for the bulk-upload and latency sections (default: one started here)")
+    p.add_argument("--latency-levels", default="50,200,1000", help="label counts the correction latency is timed at")
+    p.add_argument("--latency-annotations", type=int, nargs=2, default=(30, 5), metavar=("REFIT", "SEARCH"),
+                   help="annotations timed per level, for today's trainer and for search-every-time")
     args = p.parse_args()
     sections = chosen_sections(p, args, SECTIONS)
     from annotator.config import Settings
@@ -409,8 +416,9 @@ def main() -> None:
         try:
             url, token = ls_args or (ls_server.url, ls_server.token)
             out["correction_latency"] = correction_latency_section(
-                url, token, tmp / "latency", levels=[12] if args.smoke else [50, 200, 1000],
-                per_level=2 if args.smoke else 30, baseline_per_level=1 if args.smoke else 5,
+                url, token, tmp / "latency", levels=[12] if args.smoke else [int(x) for x in args.latency_levels.split(",")],
+                per_level=2 if args.smoke else args.latency_annotations[0],
+                baseline_per_level=1 if args.smoke else args.latency_annotations[1],
                 first_version_at=8 if args.smoke else 60)
         finally:
             if ls_server is not None:

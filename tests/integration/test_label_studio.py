@@ -183,13 +183,20 @@ def test_image_and_text_project_full_loop(label_studio, ls_client, backend_serve
     assert synced["tasks"] == 17 and synced["labels"] == 13
     assert len(human_labels(backend_server, project.id)) == 13
 
-    # 5. connect: bulk predictions for all tasks, and Label Studio's sampling follows our version
+    # 5. the imported annotation is a new label: a refit serves it within seconds (v2, or v3 when Label Studio's
+    # training request and the debounce each trained), and the backend pushes its predictions itself; connect
+    # then finds every task predicted by the serving version, once, and Label Studio's sampling follows it
+    served = wait_for(lambda: settled_version(backend_server, project.id), timeout_s=240, what="training to settle")
+    assert served != "v1"
+    wait_for(lambda: len([p for p in predictions_of(ls_client, project.id) if p["model_version"] == served]) == 17,
+             what=f"{served}'s predictions pushed by the backend")
+    backend_server.trainer.wait()
     result = connect(backend_server.store, backend_server.settings, url=label_studio.url, api_key=label_studio.token,
                      ls_project_id=project.id, backend_url=backend_server.url, progress=False)
-    assert result["ml_backend_id"] == ml.id and result["predictions"] == 1 and result["model_version"] == "v1"
-    assert ls_client.projects.get(id=project.id).model_version == "v1"
-    v1_tasks = [p["task"] for p in predictions_of(ls_client, project.id) if p["model_version"] == "v1"]
-    assert len(v1_tasks) == len(set(v1_tasks)) == 17  # every task once, none twice
+    assert result["ml_backend_id"] == ml.id and result["predictions"] == 0 and result["model_version"] == served
+    assert ls_client.projects.get(id=project.id).model_version == served
+    served_tasks = [p["task"] for p in predictions_of(ls_client, project.id) if p["model_version"] == served]
+    assert len(served_tasks) == len(set(served_tasks)) == 17  # every task once, none twice
     again = connect(backend_server.store, backend_server.settings, url=label_studio.url, api_key=label_studio.token,
                     ls_project_id=project.id, backend_url=backend_server.url, progress=False)
     assert again["predictions"] == 0
