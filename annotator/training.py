@@ -417,8 +417,7 @@ def _warm_refit(settings: Settings, config: Candidate, active: ModelVersion | No
     """The serving fusion network trained on for a few steps on every label (`FusionClassifier`'s
     ``warm_start``), or None where a refit starts afresh: another configuration, self-training, a
     linear or kernel model (those fit from scratch in about a second), or files that are gone."""
-    if active is None or config.self_training or config.model in (LINEAR, KERNEL) \
-            or Candidate.parse(active.head) != config:
+    if active is None or config.self_training or config.model in (LINEAR, KERNEL) or active.head != config.name:
         return None
     previous = _comparable_model(settings, active, encoders)
     if not isinstance(previous, FusionClassifier) or not set(previous.modalities_) <= set(data.X):
