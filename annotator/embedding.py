@@ -6,9 +6,11 @@ Retraining, re-scoring and search all read the cache; nothing is encoded twice.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,33 @@ def chunk_rows(modality: str, max_audio_s: float, rows: int = 64) -> int:
     return max(1, min(rows, int(DECODED_CHUNK_BYTES // (max_audio_s * AUDIO_BYTES_PER_S))))
 
 
+class Stages:
+    """Seconds spent per stage of a job, summed over calls and threads (thread-safe).
+
+    Stages that run on the media threads (``fetch``, ``decode``, ``prepare``) are thread-seconds and
+    overlap the network's forward passes; ``media_wait`` is what the encoding loop spent waiting
+    for them, the part of their time a person waits for."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - started)
+
+    def to_dict(self) -> dict[str, float]:
+        return {stage: round(s, 3) for stage, s in self.seconds.items()}
+
+
 @dataclass
 class EmbedReport:
     items: int = 0
@@ -45,43 +74,59 @@ class EmbedReport:
     failed: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     index: dict[str, Any] | None = None
+    stages: Stages = field(default_factory=Stages)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"items": self.items, "encoded": self.encoded, "cached": self.cached,
-               "failed": self.failed, "seconds": round(self.seconds, 3)}
+               "failed": self.failed, "seconds": round(self.seconds, 3), "stages": self.stages.to_dict()}
         if self.index is not None:
             out["index"] = self.index
         return out
 
 
-def decode_item(modality: str, item: Item, fetcher: MediaFetcher,
-            prepare: Callable[[Any], Any] | None = None) -> tuple[Any, str]:
+def decode_item(modality: str, item: Item, fetcher: MediaFetcher, prepare: Callable[[Any], Any] | None = None,
+                stages: Stages | None = None, input_side: int | None = None) -> tuple[Any, str]:
     """(decoded input, content hash) for one item's ``modality``; raises MediaError.
 
     ``prepare``: the encoder's per-input preprocessing (resize, normalise), run here, on the media
-    threads, so that it overlaps the network's forward passes."""
+    threads, so that it overlaps the network's forward passes; ``input_side``: the smallest image
+    side the encoder reads (`decode_media`)."""
     ref = item.data[modality]
     if modality == "text":  # the encoders read a few hundred tokens: a 50 MB line must not reach the tokenizer
         return ref[:fetcher.settings.max_text_chars], item.text_sha or sha256(ref.encode("utf-8"))
+    stages = stages or Stages()
     # the operator's own imports may name any local file; Label Studio tasks only inside the media roots
-    data = fetcher.fetch(ref, task_id=item.ls_task_id, trusted=item.ls_task_id is None)
-    return decode_media(modality, data, ref, max_audio_s=fetcher.settings.max_audio_s, prepare=prepare), sha256(data)
+    with stages.timed("fetch"):
+        data = fetcher.fetch(ref, task_id=item.ls_task_id, trusted=item.ls_task_id is None)
+        key = sha256(data)
+    decoded = decode_media(modality, data, ref, max_audio_s=fetcher.settings.max_audio_s, prepare=prepare,
+                           stages=stages, input_side=input_side)
+    return decoded, key
 
 
 def decode_media(modality: str, data: bytes, ref: str, *, max_audio_s: float,
-                 prepare: Callable[[Any], Any] | None = None) -> Any:
-    """Fetched image or audio bytes → the encoder's input; raises MediaError naming ``ref``."""
-    decoded = load_image(data, ref) if modality == "image" else load_audio(data, ref, max_seconds=max_audio_s)
+                 prepare: Callable[[Any], Any] | None = None, stages: Stages | None = None,
+                 input_side: int | None = None) -> Any:
+    """Fetched image or audio bytes → the encoder's input; raises MediaError naming ``ref``.
+    ``input_side``: the encoder's ``input_side`` where it has one (a network that reads images at a
+    fixed size): JPEGs are decoded at the smallest scale that covers it (`load_image`)."""
+    stages = stages or Stages()
+    with stages.timed("decode"):
+        if modality == "image":
+            decoded = load_image(data, ref, min_side=input_side) if input_side else load_image(data, ref)
+        else:
+            decoded = load_audio(data, ref, max_seconds=max_audio_s)
     if prepare is not None:
-        try:
-            decoded = prepare(decoded)
-        except Exception as exc:  # a decodable file the model cannot take (e.g. an odd image mode)
-            raise MediaError(ref, f"cannot prepare for the encoder: {exc}") from exc
+        with stages.timed("prepare"):
+            try:
+                decoded = prepare(decoded)
+            except Exception as exc:  # a decodable file the model cannot take (e.g. an odd image mode)
+                raise MediaError(ref, f"cannot prepare for the encoder: {exc}") from exc
     return decoded
 
 
 def _chunks_ahead(chunks: list[list[Item]], decode: Callable[[Item], tuple[Any, str]],
-                  fetcher: MediaFetcher) -> Iterator[tuple[list[Item], list]]:
+                  fetcher: MediaFetcher, stages: Stages) -> Iterator[tuple[list[Item], list]]:
     """Each chunk with its fetched and decoded media, the next chunk's being fetched meanwhile.
 
     The pipeline: while the caller encodes chunk k (the encoder releases the GIL), the media
@@ -91,7 +136,8 @@ def _chunks_ahead(chunks: list[list[Item]], decode: Callable[[Item], tuple[Any, 
     with ThreadPoolExecutor(1, thread_name_prefix="annotator-prefetch") as ahead:
         pending = ahead.submit(fetcher.map, decode, chunks[0])
         for k, chunk in enumerate(chunks):
-            decoded = pending.result()
+            with stages.timed("media_wait"):
+                decoded = pending.result()
             if k + 1 < len(chunks):
                 pending = ahead.submit(fetcher.map, decode, chunks[k + 1])
             yield chunk, decoded
@@ -122,18 +168,22 @@ def uncached_items(items: Sequence[Item], modality: str, encoders: Encoders) -> 
 
 
 def encode_into_cache(encoders: Encoders, modality: str, inputs: list, keys: list[str], *,
-                      prepared: bool) -> np.ndarray:
+                      prepared: bool, stages: Stages | None = None) -> np.ndarray:
     """Encode decoded ``inputs`` (already prepared, for an encoder that splits preprocessing off)
     and cache them under ``keys``: the vectors, and the part-level features from the same forward
     pass where they are on. Returns the vectors."""
+    stages = stages or Stages()
     encoder = encoders.get(modality)
     parts_cache = _parts_to_fill(encoders, modality)
-    if parts_cache is None:
-        vectors = (encoder.encode_prepared if prepared else encoder.encode)(inputs)
-    else:  # parts first: a cached vector then implies its parts
-        vectors, parts = (encoder.encode_prepared_parts if prepared else encoder.encode_parts)(inputs)
-        parts_cache.put(keys, parts.reshape(len(parts), -1))
-    encoders.cache(modality).put(keys, vectors)
+    with stages.timed("network"):
+        if parts_cache is None:
+            vectors, parts = (encoder.encode_prepared if prepared else encoder.encode)(inputs), None
+        else:
+            vectors, parts = (encoder.encode_prepared_parts if prepared else encoder.encode_parts)(inputs)
+    with stages.timed("cache_write"):
+        if parts is not None:  # parts first: a cached vector then implies its parts
+            parts_cache.put(keys, parts.reshape(len(parts), -1))
+        encoders.cache(modality).put(keys, vectors)
     return vectors
 
 
@@ -155,20 +205,23 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
         having = [it for it in items if it.data.get(modality)]
         if not having:
             continue
-        cache, parts_cache = encoders.cache(modality), _parts_to_fill(encoders, modality)
-        encoder = encoders.get(modality)
+        with report.stages.timed("load_encoders"):
+            cache, parts_cache = encoders.cache(modality), _parts_to_fill(encoders, modality)
+            encoder = encoders.get(modality)
         # encoders that split preprocessing from the forward pass get it done on the media threads
         prepared = hasattr(encoder, "prepare") and hasattr(encoder, "encode_prepared")
-        decode = partial(decode_item, modality, fetcher=fetcher, prepare=encoder.prepare if prepared else None)
+        decode = partial(decode_item, modality, fetcher=fetcher, prepare=encoder.prepare if prepared else None,
+                         stages=report.stages, input_side=getattr(encoder, "input_side", None))
         sha_attr = f"{modality}_sha"
-        todo = uncached_items(having, modality, encoders)
+        with report.stages.timed("cache_read"):
+            todo = uncached_items(having, modality, encoders)
         report.cached[modality] = len(having) - len(todo)
         report.encoded[modality] = 0
         bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="item", file=sys.stderr,
                    disable=not progress or not todo)
         rows = chunk_rows(modality, fetcher.settings.max_audio_s, chunk_size)
         chunks = [todo[start:start + rows] for start in range(0, len(todo), rows)]
-        for chunk, decoded_chunk in _chunks_ahead(chunks, decode, fetcher):
+        for chunk, decoded_chunk in _chunks_ahead(chunks, decode, fetcher, report.stages):
             inputs, keys = [], []
             for it, got in zip(chunk, decoded_chunk):
                 if isinstance(got, MediaError):
@@ -180,7 +233,7 @@ def embed_items(items: Sequence[Item], *, encoders: Encoders, fetcher: MediaFetc
                     inputs.append(decoded)
                     keys.append(key)
             if inputs:
-                encode_into_cache(encoders, modality, inputs, keys, prepared=prepared)
+                encode_into_cache(encoders, modality, inputs, keys, prepared=prepared, stages=report.stages)
                 report.encoded[modality] += len(inputs)
             bar.update(len(chunk))
         bar.close()

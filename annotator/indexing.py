@@ -22,8 +22,11 @@ def embed_project(store: Store, settings: Settings, *, project_name: str, encode
     engine = engine or LocalEngine(settings)
     with store.session() as s:
         items = repo.list_items(s, project=repo.get_project(s, name=project_name))
+        listed = time.perf_counter()
         report = engine.embed(items, encoders=encoders, progress=progress)
+    report.stages.add("list_items", listed - started)
     if index:
-        report.index = ProjectIndex(settings, project_name, encoders).update(store, items=items).to_dict()
+        with report.stages.timed("index"):
+            report.index = ProjectIndex(settings, project_name, encoders).update(store, items=items).to_dict()
     report.seconds = time.perf_counter() - started
     return report

@@ -79,7 +79,8 @@ class EncodeActor:
 
         def decode(row):
             return row.ref if modality == "text" else decode_media(
-                modality, row.data, row.ref, max_audio_s=self.settings.max_audio_s, prepare=prepare)
+                modality, row.data, row.ref, max_audio_s=self.settings.max_audio_s, prepare=prepare,
+                input_side=getattr(encoder, "input_side", None))
 
         # decoded in chunks bounded as the local path's are (`chunk_rows`: a few of the longest clips)
         rows_per_chunk = chunk_rows(modality, self.settings.max_audio_s, max(1, len(todo)))

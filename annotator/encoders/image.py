@@ -62,6 +62,7 @@ class EfficientNetLiteEncoder:
     dim = 1280
     n_parts = PART_GRID * PART_GRID
     name = "image:efficientnet-lite0:224"
+    input_side = 224  # `prepare` resizes to 224 × 224: JPEGs are decoded at the smallest scale covering it
     _cpu_batch_sizes = {"torch": 4, "onnx": 8}  # fastest on a 2-core CPU; see `forward_batch_size`
 
     def __init__(self, *, device: str = "cpu", batch_size: int = 32, weights_path: str | None = None,

@@ -56,6 +56,17 @@ class Encoders:
                     batch_size=self.settings.batch_size, runtime=self.settings.runtime, int8=self.settings.int8)
             return self._encoders[modality]
 
+    def share_space(self, a: str, b: str) -> bool:
+        """Whether modalities ``a`` and ``b`` are encoded into one native space (the two towers of
+        one CLIP checkpoint). Asked without loading a model that cannot share one: the packaged
+        defaults do not, and two towers of one checkpoint are configured by the same name (an
+        image-only project's ``embed`` no longer loads the text model to find out: 6 s)."""
+        names = {getattr(self.settings, f"{m}_model") for m in (a, b) if m not in self._encoders}
+        if DEFAULT_MODEL in names or len(names) > 1:
+            return False
+        space = getattr(self.get(a), "space", None)
+        return space is not None and space == getattr(self.get(b), "space", None)
+
     def cache(self, modality: str) -> EmbeddingCache:
         encoder = self.get(modality)
         with self._lock:

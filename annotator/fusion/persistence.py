@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from annotator.fusion.classifier import FusionClassifier
-from annotator.fusion.kernel import KernelFusionClassifier
-from annotator.fusion.linear import LinearClassifier
+if TYPE_CHECKING:
+    from annotator.fusion.classifier import FusionClassifier
+    from annotator.fusion.kernel import KernelFusionClassifier
+    from annotator.fusion.linear import LinearClassifier
 
-ESTIMATORS = {"FusionClassifier": FusionClassifier, "LinearClassifier": LinearClassifier,
-              "KernelFusionClassifier": KernelFusionClassifier}
+# by module, imported when a folder needs one: reading a logistic regression must not import torch
+ESTIMATORS = {"FusionClassifier": "annotator.fusion.classifier", "LinearClassifier": "annotator.fusion.linear",
+              "KernelFusionClassifier": "annotator.fusion.kernel"}
 
 
 def load_classifier(path: Path, device: str | None = None) -> FusionClassifier | LinearClassifier | KernelFusionClassifier:
@@ -18,4 +22,4 @@ def load_classifier(path: Path, device: str | None = None) -> FusionClassifier |
     kind = json.loads((Path(path) / "config.json").read_text()).get("estimator", "FusionClassifier")
     if kind not in ESTIMATORS:
         raise ValueError(f"{path}: unknown estimator {kind!r}; written by a newer annotator?")
-    return ESTIMATORS[kind].load(path, device=device)
+    return getattr(import_module(ESTIMATORS[kind]), kind).load(path, device=device)

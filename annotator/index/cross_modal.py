@@ -27,14 +27,14 @@ import numpy as np
 
 from annotator.artifacts import SharedArtifacts, current_generation
 from annotator.config import Settings
-from annotator.embedding import load_features
+from annotator.embedding import decode_media, load_features
 from annotator.encoders.base import MODALITIES
 from annotator.errors import AnnotatorError, NotEnoughLabelsError, NotFoundError, UnknownNameError
 from annotator.fusion.align import CrossModalAligner
 from annotator.index.choose import plan_index
 from annotator.index.engines import index_engine, stored_engine
 from annotator.index.vector_index import VectorIndex
-from annotator.media import MediaFetcher, load_audio, load_image
+from annotator.media import MediaFetcher
 from annotator.encoders.registry import Encoders
 from annotator.store import Store, repo
 from annotator.store.models import Item
@@ -84,13 +84,9 @@ class ProjectIndex:
     def _path(self, space: str, modality: str) -> Path:
         return self.root / f"{space}-{modality}"
 
-    def _clip_space(self, modality: str) -> str | None:
-        return getattr(self.encoders.get(modality), "space", None)
-
     def _native_shared(self) -> set[str]:
         """Modalities whose native space already is the shared one (one CLIP checkpoint)."""
-        spaces = {m: self._clip_space(m) for m in ("text", "image")}
-        return set(spaces) if spaces["text"] and spaces["text"] == spaces["image"] else set()
+        return {"text", "image"} if self.encoders.share_space("text", "image") else set()
 
     def _stale(self, key, path: Path) -> bool:
         """Whether ``path`` (an `atomic_directory` link) now names another generation than the one
@@ -218,9 +214,10 @@ class ProjectIndex:
             return modality, self.encoders.get("text").encode([ref[:self.settings.max_text_chars]])[0]
         with MediaFetcher(self.settings) as fetcher:
             data = fetcher.fetch(ref, trusted=trusted)
-        decoded = load_image(data, ref) if modality == "image" else load_audio(
-            data, ref, max_seconds=self.settings.max_audio_s)
-        return modality, self.encoders.get(modality).encode([decoded])[0]
+        encoder = self.encoders.get(modality)
+        decoded = decode_media(modality, data, ref, max_audio_s=self.settings.max_audio_s,
+                               input_side=getattr(encoder, "input_side", None))  # as `embed` decodes
+        return modality, encoder.encode([decoded])[0]
 
     def search(self, store: Store, *, text: str | None = None, image: str | None = None,
                audio: str | None = None, item: str | None = None, k: int = 10, modality: str | None = None,

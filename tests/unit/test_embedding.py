@@ -3,6 +3,7 @@ import time
 import shutil
 
 import numpy as np
+import pytest
 
 from annotator.embedding import embed_items, load_features
 from annotator.importer import import_manifest
@@ -105,6 +106,37 @@ def test_media_of_the_next_chunk_are_prepared_while_a_chunk_encodes(store, setti
     assert _cos_min(vectors, alone) >= 0.9999  # the pipeline changes when, not what, is encoded
 
 
+def test_the_report_says_where_the_time_went(store, settings, offline_encoders, tmp_path):
+    """Per-stage seconds (`embed --json` prints them): media stages on the threads, the network,
+    the cache; a second run spends nothing on media or the network."""
+    from PIL import Image
+
+    from annotator.encoders.registry import Encoders
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({"id": str(i), "image": f"{i}.jpg"}) for i in range(6)))
+    encoders = Encoders(settings, overrides={"image": offline_encoders["image"]})
+    with store.session() as s:
+        import_manifest(s, project_name="p", manifest=tmp_path / "m.jsonl")
+        items = repo.list_items(s, project=repo.get_project(s, name="p"))
+        with MediaFetcher(settings) as f:
+            first = embed_items(items, encoders=encoders, fetcher=f, progress=False).to_dict()["stages"]
+            second = embed_items(items, encoders=encoders, fetcher=f, progress=False).to_dict()["stages"]
+    assert {"fetch", "decode", "prepare", "media_wait", "network", "cache_write"} <= set(first)
+    assert all(first[k] > 0 for k in ("fetch", "decode", "prepare", "network"))
+    assert not {"fetch", "decode", "network"} & set(second) and "cache_read" in second
+
+
+def test_a_query_image_is_decoded_as_embed_decodes_it(project_with_photo):
+    """JPEGs are decoded at the smallest scale covering the encoder's input: a search by an item's
+    own image must meet the very vector `embed` stored for it."""
+    index, store, photo, item_vector = project_with_photo
+    _, query = index.encode_query(image=str(photo), trusted=True)
+    assert float(query @ item_vector) > 0.99999
+
+
 def _cos_min(a, b):
     return float(np.min(np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
 
@@ -158,3 +190,25 @@ def test_audio_chunks_are_bounded_by_their_decoded_bytes(store, settings, encode
             report = embed_items(items, encoders=encoders, fetcher=f, progress=False)
     audio = encoders.get("audio")
     assert report.encoded == {"audio": 5} and (audio.calls, audio.inputs) == (3, 5)  # 2 + 2 + 1
+
+
+@pytest.fixture
+def project_with_photo(store, settings, offline_encoders, tmp_path):
+    from PIL import Image
+
+    from annotator.encoders.registry import Encoders
+    from annotator.index.cross_modal import ProjectIndex
+
+    y, x = np.mgrid[0:600, 0:800]
+    pixels = np.stack([(x * 0.3 + y * 0.1) % 256, (y * 0.4) % 256, (x * 0.2 + 40) % 256], -1).astype(np.uint8)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(pixels).save(photo, quality=90)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "photo", "image": "photo.jpg"}))
+    encoders = Encoders(settings, overrides={"image": offline_encoders["image"]})
+    with store.session() as s:
+        import_manifest(s, project_name="p", manifest=tmp_path / "m.jsonl")
+        items = repo.list_items(s, project=repo.get_project(s, name="p"))
+        with MediaFetcher(settings) as f:
+            embed_items(items, encoders=encoders, fetcher=f, progress=False)
+        vector = load_features(items, encoders=encoders)["image"][0]
+    return ProjectIndex(settings, "p", encoders), store, photo, vector

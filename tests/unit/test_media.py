@@ -228,3 +228,14 @@ def test_large_images_are_reduced_on_decoding_and_keep_their_aspect():
         image = load_image(buf.getvalue(), f"photo.{fmt.lower()}")
         assert image.size == (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE * 3 // 4) and image.mode == "RGB"
     assert load_image((DATA / "coffee.jpg").read_bytes(), "coffee.jpg").size == (96, 72)  # small ones untouched
+
+
+def test_a_jpeg_is_decoded_at_the_smallest_scale_covering_what_the_encoder_reads():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1000, 800), (200, 30, 30)).save(buf, "JPEG")
+    assert load_image(buf.getvalue(), "photo.jpg", min_side=224).size == (500, 400)  # 1/4 would be under 224
+    assert load_image(buf.getvalue(), "photo.jpg").size == (1000, 800)

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from annotator.config import Settings
 from annotator.encoders import load_encoder
+from annotator.encoders.registry import Encoders
 from annotator.errors import ConfigError, UnknownNameError
 from annotator.media import load_audio
 from tests.conftest import DATA
@@ -90,6 +92,16 @@ def test_clip_checkpoint_by_path_gives_one_shared_space(tmp_path):
     _check(image.encode([_img("cat.png")]), 1, 16)
     with pytest.raises(ConfigError, match="no audio tower"):
         load_encoder("audio", str(path))
+
+
+def test_a_shared_space_is_asked_without_loading_models_that_cannot_share_one(tmp_path):
+    path = tiny_models.tiny_clip(tmp_path)
+    clip = Encoders(Settings(data_dir=tmp_path, text_model=str(path), image_model=str(path), device="cpu"))
+    assert clip.share_space("text", "image")
+    defaults = Encoders(Settings(data_dir=tmp_path))
+    assert not defaults.share_space("text", "image") and defaults.names() == {}  # nothing loaded to say so
+    mixed = Encoders(Settings(data_dir=tmp_path, text_model=str(path), device="cpu"))
+    assert not mixed.share_space("text", "image") and mixed.names() == {}
 
 
 @pytest.mark.parametrize("builder,dim", [(tiny_models.tiny_resnet, 16), (tiny_models.tiny_vit, 32)])
