@@ -49,16 +49,17 @@ def lower_thread_priority(nice: int) -> None:
         pass
 
 
-def fold_runner(n_jobs: int, n_tasks: int, *, nice: int = 0):
+def fold_runner(n_jobs: int, n_tasks: int, *, nice: int = 0, return_as: str = "list"):
     """A joblib ``Parallel`` for ``n_tasks`` independent fits: loky worker processes where more than
     one job is allowed (each leaving with this process, its priority lowered by ``nice`` for work in
-    the background), in-process otherwise."""
+    the background), in-process otherwise. ``return_as``: joblib's (``generator_unordered`` yields
+    each result as it is done)."""
     from joblib import Parallel
 
-    if n_jobs <= 1:
-        return Parallel(n_jobs=1, backend="sequential")
-    return Parallel(n_jobs=min(n_jobs, n_tasks) or 1, backend="loky", initializer=_start_worker,
-                    initargs=(os.getpid(), nice))
+    if n_jobs <= 1 or n_tasks <= 1:
+        return Parallel(n_jobs=1, backend="sequential", return_as=return_as)
+    return Parallel(n_jobs=min(n_jobs, n_tasks), backend="loky", initializer=_start_worker,
+                    initargs=(os.getpid(), nice), return_as=return_as)
 
 
 def stop_workers() -> None:

@@ -274,8 +274,9 @@ def correction_latency_section(url: str, token: str, workdir: Path, levels: list
     version trained on it."""
     out = {}
     for mode, per in (("refit", per_level), ("search", baseline_per_level)):
-        out[mode] = _latencies(url, token, workdir / mode, mode, levels, per, first_version_at)
-    for level in map(str, levels):
+        if per:  # no baseline annotations: the baseline is not run (the smoke run)
+            out[mode] = _latencies(url, token, workdir / mode, mode, levels, per, first_version_at)
+    for level in map(str, levels) if "search" in out else ():
         new, old = out["refit"]["levels"][level], out["search"]["levels"][level]
         out.setdefault("p50_ratio_search_over_refit", {})[level] = old["p50_s"] / max(new["p50_s"], 1e-9)
     out["targets"] = {"p50_s": 5, "p95_s": 15, "first_version_s": 15}
@@ -418,7 +419,7 @@ def main() -> None:
             out["correction_latency"] = correction_latency_section(
                 url, token, tmp / "latency", levels=[12] if args.smoke else [int(x) for x in args.latency_levels.split(",")],
                 per_level=2 if args.smoke else args.latency_annotations[0],
-                baseline_per_level=1 if args.smoke else args.latency_annotations[1],
+                baseline_per_level=0 if args.smoke else args.latency_annotations[1],  # smoke: no baseline
                 first_version_at=8 if args.smoke else 60)
         finally:
             if ls_server is not None:
@@ -446,7 +447,7 @@ def main() -> None:
               f"later {k['version_after_recovery']}")
     if "correction_latency" in sections:
         c = out["correction_latency"]
-        for mode in ("refit", "search"):
+        for mode in ("refit", "search") if "search" in c else ("refit",):
             r = c[mode]
             print(f"correction latency, {mode}: first version {r['first_version_s']:.1f} s; " + "; ".join(
                 f"{lvl} labels p50 {v['p50_s']:.1f} s p95 {v['p95_s']:.1f} s" for lvl, v in r["levels"].items()))

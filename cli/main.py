@@ -448,6 +448,8 @@ def simulate(
     seeds: Annotated[int, typer.Option(help="Repetitions with different splits.")] = 3,
     head: Annotated[str, typer.Option(help="The model, as for retrain (auto: chosen on each round's labels).")] = "auto",
     report: Annotated[Optional[Path], typer.Option(help="Write a learning-curve plot (.png or .html).")] = None,
+    jobs: Annotated[Optional[int], typer.Option(
+        min=1, help="Worker processes; each curve is one task (default: one per core).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Active-learning curve of a strategy against random, from a cold start (strategies that need a
@@ -455,7 +457,8 @@ def simulate(
     from annotator.active.simulation import simulate as run_simulation
     from annotator.report import plot_curves
 
-    result = run_simulation(_settings(), manifest, strategy=strategy, budget=budget, step=step, seeds=seeds, head=head)
+    result = run_simulation(_settings(), manifest, strategy=strategy, budget=budget, step=step, seeds=seeds, head=head,
+                            n_jobs=jobs)
     lines = [f"full-data accuracy {result['full_accuracy']:.3f} ({result['items']} items, {seeds} seeds)"]
     for name, curve in result["curves"].items():
         lines.append(f"{name:>16}: " + " ".join(f"{p['labels']}:{p['accuracy']:.2f}" for p in curve)

@@ -3,12 +3,14 @@ manifest's labels as the oracle, trained exactly as `retrain` trains (`fit_model
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from joblib import delayed
 from tqdm import tqdm
 
 from annotator.active.registry import get_strategy
@@ -18,6 +20,7 @@ from annotator.encoders.registry import Encoders
 from annotator.errors import NotEnoughLabelsError
 from annotator.fusion.metrics import evaluate
 from annotator.fusion.selection import Candidate, TrainingSchedule, fit_model
+from annotator.parallel import fold_runner
 from annotator.store import open_store
 
 
@@ -31,12 +34,13 @@ def stratified_holdout(y: np.ndarray, rng, fraction: float) -> np.ndarray:
 
 def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, strategy: str, *, budget: int,
               step: int, seed: int, head: str = "auto", warm_start: str = "typiclust",
-              self_training: str = "auto") -> list[dict[str, float]]:
+              self_training: str = "auto", n_jobs: int | None = None) -> list[dict[str, float]]:
     """Label ``step`` items at a time from the non-test rows with ``strategy`` until ``budget``; the
     model is trained after each step as the backend trains it (`TrainingSchedule`: the model search
     when it could change the choice, else a refit of the choice; the rest of the pool as unlabelled
     items), and scored on the test rows. Strategies that need a model pick
-    their first batch with ``warm_start`` (a cold-start strategy)."""
+    their first batch with ``warm_start`` (a cold-start strategy). ``n_jobs``: the searches' fold
+    workers (default: every core)."""
     rng = np.random.default_rng(seed)
     chooser, warm = get_strategy(strategy), get_strategy(warm_start)
     pool_rows = np.flatnonzero(~test)
@@ -46,7 +50,7 @@ def run_curve(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, 
     labelled = np.zeros(len(pool_rows), dtype=bool)
     curve: list[dict[str, float]] = []
     clf = None
-    schedule = TrainingSchedule(head, self_training=self_training, random_state=seed)
+    schedule = TrainingSchedule(head, self_training=self_training, random_state=seed, n_jobs=n_jobs)
     budget = min(budget, len(pool_rows))
     while labelled.sum() < budget:
         n_new = int(min(step, budget - labelled.sum()))
@@ -67,9 +71,17 @@ def labels_to_reach(curve: list[dict[str, float]], target: float) -> int | None:
     return next((p["labels"] for p in curve if p["accuracy"] >= target), None)
 
 
+def full_pool_accuracy(features: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, *, seed: int,
+                       head: str = "auto", self_training: str = "auto", n_jobs: int | None = None) -> float:
+    """Test accuracy of the model `retrain` would train on every non-test row (the curves' ceiling)."""
+    clf = fit_model({m: a[~test] for m, a in features.items()}, y[~test], head=head, random_state=seed,
+                    self_training=self_training, n_jobs=n_jobs)
+    return evaluate(clf, {m: a[test] for m, a in features.items()}, y[test])["accuracy"]
+
+
 def simulate(settings: Settings, manifest: Path, *, strategy: str, budget: int, step: int, seeds: int = 3,
              head: str = "auto", test_fraction: float = 0.2, encoders: Encoders | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, n_jobs: int | None = None) -> dict[str, Any]:
     """Active-learning curve of ``strategy`` against random, with the manifest's labels as the oracle.
 
     The manifest is imported into a throwaway store (the embedding cache is shared, so a re-run
@@ -77,6 +89,11 @@ def simulate(settings: Settings, manifest: Path, *, strategy: str, budget: int, 
     (one that needs a model picks its first batch with TypiClust) and label ``step`` items at a time
     up to ``budget``. Also reported: full-pool accuracy and the labels each strategy needs to reach
     95 % of it.
+
+    Each curve and each seed's full-pool fit is one task; with ``n_jobs`` > 1 (default: every core)
+    the tasks run in worker processes, each training on one core (whole tasks parallelise better
+    than the folds of one search: 235 → 170 s for 3 seeds on 2 cores, `bench_simulate`); the
+    results are those of a run in one process.
     """
     from annotator.importer import import_manifest
 
@@ -98,23 +115,34 @@ def simulate(settings: Settings, manifest: Path, *, strategy: str, budget: int, 
     features = {m: a[rows] for m, a in data.features.items()}
     names = [strategy] if strategy == "random" else [strategy, "random"]
     runs: dict[str, list[list[dict]]] = {n: [] for n in names}
-    full = []
-    bar = tqdm(total=seeds * len(names), desc="simulate", file=sys.stderr, disable=not progress)
+    workers = n_jobs or os.cpu_count() or 1
+    inner = 1 if workers > 1 else None  # one process per task; alone, a task's searches use every core
+    curves, fits = [], []  # the curves first: the longest tasks first leave the shortest for the end
     for seed in range(seeds):
         test = stratified_holdout(y, np.random.default_rng(seed), test_fraction)
-        clf = fit_model({m: a[~test] for m, a in features.items()}, y[~test], head=head, random_state=seed,
-                        self_training=settings.self_training)
-        full.append(evaluate(clf, {m: a[test] for m, a in features.items()}, y[test])["accuracy"])
-        for name in names:
-            runs[name].append(run_curve(features, y, test, name, budget=budget, step=step, seed=seed, head=head,
-                                        self_training=settings.self_training))
-            bar.update()
+        common = dict(seed=seed, head=head, self_training=settings.self_training, n_jobs=inner)
+        fits.append((("full", seed), full_pool_accuracy, (features, y, test), common))
+        curves += [((name, seed), run_curve, (features, y, test, name), dict(budget=budget, step=step, **common))
+                   for name in names]
+    tasks = curves + fits
+    results = {}
+    bar = tqdm(total=len(tasks), desc="simulate", file=sys.stderr, disable=not progress)
+    runner = fold_runner(workers, len(tasks), return_as="generator_unordered")
+    for key, result in runner(delayed(_keyed)(key, fn, *args, **kwargs) for key, fn, args, kwargs in tasks):
+        results[key] = result
+        bar.update()
     bar.close()
-    full_accuracy = float(np.mean(full))
+    for name in names:
+        runs[name] = [results[name, seed] for seed in range(seeds)]
+    full_accuracy = float(np.mean([results["full", seed] for seed in range(seeds)]))
     curves = {name: _mean_curve(r) for name, r in runs.items()}
     return {"curves": curves, "full_accuracy": full_accuracy, "seeds": seeds, "items": len(rows),
             "skipped_lines": len(report.skipped),
             "labels_to_95pct_of_full": {n: labels_to_reach(c, 0.95 * full_accuracy) for n, c in curves.items()}}
+
+
+def _keyed(key, fn, *args, **kwargs):
+    return key, fn(*args, **kwargs)
 
 
 def _mean_curve(runs: list[list[dict]]) -> list[dict[str, float]]:

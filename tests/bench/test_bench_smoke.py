@@ -8,7 +8,7 @@ import pytest
 
 from tests.cli.test_cli import ROOT
 
-BENCHES = ["bench_import_jsonl", "bench_fusion_heads", "bench_model_choice", "bench_search_index", "bench_al_curve",
+BENCHES = ["bench_import_jsonl", "bench_fusion_heads", "bench_model_choice", "bench_search_index", "bench_al_curve", "bench_simulate",
            "bench_backend", "bench_media", "bench_encode", "bench_embed_command", "bench_transcribe", "bench_ray_embed"]
 
 

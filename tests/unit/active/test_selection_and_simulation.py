@@ -26,7 +26,8 @@ def test_typiclust_cold_start_with_zero_labels(store, settings, encoders, tmp_pa
 
 def test_margin_with_a_model_picks_only_unlabelled_items(store, settings, encoders, tmp_path):
     make_project(store, tmp_path, labelled=10)
-    retrain(store, settings, project_name="p", encoders=encoders, progress=False)
+    settings = settings.model_copy(update={"self_training": "off"})  # any model will do: no search
+    retrain(store, settings, project_name="p", head="logreg", encoders=encoders, progress=False)
     picks = select_next(store, settings, project_name="p", strategy="margin", k=8, runtime=Runtime(settings, encoders=encoders), progress=False)
     with store.session() as s:
         p = repo.get_project(s, name="p")
@@ -50,17 +51,17 @@ def test_errors_rank_flipped_labels_first(store, settings, encoders, tmp_path):
     assert all(top[i]["suggested"] == i.split("-")[0] for i in flips)
 
 
-def test_simulate_is_reproducible(settings, encoders, tmp_path):
+def test_simulate_is_reproducible_and_its_worker_processes_change_nothing(settings, encoders, tmp_path):
     rows = [{"id": f"{c}-{i}", "text": f"a photo of a {w} {i}", "label": c}
             for c, words in WORDS.items() for i, w in enumerate(words * 3)]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     settings = settings.model_copy(update={"self_training": "off"})  # a forced model: nothing to choose per round
     a = simulate(settings, tmp_path / "m.jsonl", strategy="margin", budget=15, step=5, seeds=1, encoders=encoders,
-                 progress=False, head="concat")
+                 progress=False, head="concat", n_jobs=1)
     b = simulate(settings, tmp_path / "m.jsonl", strategy="margin", budget=15, step=5, seeds=1, encoders=encoders,
-                 progress=False, head="concat")
-    # Same seed, same run: identical up to BLAS rounding (kernels may round differently with memory
-    # alignment), which can flip at most one prediction on this 15-item test split.
+                 progress=False, head="concat", n_jobs=2)  # its curves and full-pool fit in two processes
+    # Same seed: identical up to BLAS rounding (kernels may round differently with memory alignment
+    # and thread counts), which can flip at most one prediction on this 15-item test split.
     one_item = 1 / 15 + 1e-9
     assert set(a["curves"]) == set(b["curves"]) == {"margin", "random"}
     for name in a["curves"]:
@@ -111,18 +112,20 @@ def test_simulation_and_retrain_train_the_same_model_for_the_same_data(store, se
     np.testing.assert_allclose(simulated.predict_proba(used), served.predict_proba(used), atol=1e-4)
 
     # simulations train on the backend's schedule: a search first, then refits of its choice until
-    # the labels grow by half; on the same labels, the refit is the served model again
+    # the labels grow by half (then a search, which chooses what retrain chose on the same labels);
+    # on the same labels, the refit is the served model again
     from annotator.fusion.selection import TrainingSchedule
 
     y = [labels[it.id][0] for it in labelled]
-    schedule = TrainingSchedule().fit(X, y, unlabelled=pool)
-    assert (schedule.training_, schedule.config_.name) == ("search", result.model)
-    schedule.fit(X, y, unlabelled=pool)
-    assert schedule.training_ == "refit" and schedule.searches_ == 1
-    np.testing.assert_allclose(schedule.estimator_.predict_proba(used), served.predict_proba(used), atol=1e-4)
     few = len(y) // 2 + 1  # from here, all the labels are more than half again as many: a search
-    schedule = TrainingSchedule().fit({m: a[:few] for m, a in X.items()}, y[:few], unlabelled=pool).fit(X, y, unlabelled=pool)
-    assert schedule.training_ == "search" and schedule.searches_ == 2
+    schedule = TrainingSchedule().fit({m: a[:few] for m, a in X.items()}, y[:few], unlabelled=pool)
+    assert schedule.training_ == "search" and schedule.searches_ == 1
+    schedule.fit(X, y, unlabelled=pool)
+    assert (schedule.training_, schedule.searches_, schedule.config_.name) == ("search", 2, result.model)
+    np.testing.assert_allclose(schedule.estimator_.predict_proba(used), served.predict_proba(used), atol=1e-4)
+    schedule.fit(X, y, unlabelled=pool)
+    assert schedule.training_ == "refit" and schedule.searches_ == 2
+    np.testing.assert_allclose(schedule.estimator_.predict_proba(used), served.predict_proba(used), atol=1e-4)
 
 
 def test_errors_in_a_multi_label_project_check_every_tag(store, settings, encoders, tmp_path):
