@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from annotator.encoders.base import MODALITIES, is_parts_key, parts_key
 from annotator.errors import MediaError
-from annotator.media import MediaFetcher, load_audio, load_image, sha256
+from annotator.media import MAX_IMAGE_SIDE, MediaFetcher, load_audio, load_image, sha256
 from annotator.encoders.registry import Encoders
 from annotator.store.models import Item
 
@@ -113,7 +113,7 @@ def decode_media(modality: str, data: bytes, ref: str, *, max_audio_s: float,
     stages = stages or Stages()
     with stages.timed("decode"):
         if modality == "image":
-            decoded = load_image(data, ref, min_side=input_side) if input_side else load_image(data, ref)
+            decoded = load_image(data, ref, min_side=input_side or MAX_IMAGE_SIDE)
         else:
             decoded = load_audio(data, ref, max_seconds=max_audio_s)
     if prepare is not None:

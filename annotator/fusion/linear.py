@@ -49,6 +49,10 @@ class LinearClassifier(SingleLabelMixin, EstimatorParams):
     min_calibration : int, default=20
         Fewer labels than this: no temperature.
     max_iter : int, default=1000
+    warm_start : bool, default=False
+        `fit` a fitted classifier again from its coefficients (same classes, modalities and widths;
+        else from zero): a refit after one more label converges in a few iterations. The optimum
+        is the same (the problem is convex); only the time to reach it changes.
     random_state : int, default=0
     device : str, default="cpu"
         Accepted for interface parity with `FusionClassifier`; this model always runs on the CPU.
@@ -63,22 +67,26 @@ class LinearClassifier(SingleLabelMixin, EstimatorParams):
     temperature_ : float
     n_pseudo_labels_ : int
         Always 0: this model does not self-train.
+    warm_started_ : bool
+        Whether the last `fit` went on from the previous coefficients (``warm_start``).
     """
 
     multilabel = False
     head = "logreg"
 
     def __init__(self, C: float = 10.0, calibrate: bool = True, calibration_folds: int = 3, min_calibration: int = 20,
-                 max_iter: int = 1000, random_state: int = 0, device: str = "cpu"):
+                 max_iter: int = 1000, warm_start: bool = False, random_state: int = 0, device: str = "cpu"):
         self.C = C
         self.calibrate = calibrate
         self.calibration_folds = calibration_folds
         self.min_calibration = min_calibration
         self.max_iter = max_iter
+        self.warm_start = warm_start
         self.random_state = random_state
         self.device = device
 
-    _PARAMS = ("C", "calibrate", "calibration_folds", "min_calibration", "max_iter", "random_state", "device")
+    _PARAMS = ("C", "calibrate", "calibration_folds", "min_calibration", "max_iter", "warm_start", "random_state",
+               "device")
     _FITTED = "coef_"
 
 
@@ -91,34 +99,58 @@ class LinearClassifier(SingleLabelMixin, EstimatorParams):
 
     # --- training ------------------------------------------------------------------------
 
-    def _logistic(self):
+    def _logistic(self, start=None):
+        """scikit-learn's model, starting from ``start`` (a fitted one of the same classes) if given."""
         from sklearn.linear_model import LogisticRegression
 
-        return LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+        model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state,
+                                   warm_start=start is not None)
+        if start is not None:
+            model.coef_, model.intercept_ = start.coef_.copy(), start.intercept_.copy()
+        return model
+
+    def _warm_state(self):
+        """The fitted coefficients as scikit-learn holds them (one row for two classes), with the
+        problem they solve; None when not fitted."""
+        from types import SimpleNamespace
+
+        if not hasattr(self, "coef_"):
+            return None
+        coef, intercept = self.coef_.astype(np.float64), self.intercept_.astype(np.float64)
+        if len(self.classes_) == 2:  # the softmax pair back to scikit-learn's single row
+            coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+        return SimpleNamespace(coef_=coef, intercept_=intercept, classes=list(self.classes_),
+                               modalities=list(self.modalities_), dims=list(self.dims_))
 
     def fit(self, X: Mapping[str, np.ndarray], y: Sequence,
             unlabelled: Mapping[str, np.ndarray] | None = None) -> LinearClassifier:
         """Fit on ``X`` ({modality: (n, d)}, NaN rows = missing) and labels ``y``; ``unlabelled``
         is accepted for interface parity and not used (this model does not self-train)."""
+        previous = self._warm_state() if self.warm_start else None  # before the fit overwrites it
         Z, mask = self._design(X, fitting=True)
         targets = self._fit_targets(y, mask)
-        model = self._logistic().fit(Z, targets)
+        self.warm_started_ = previous is not None and (previous.classes, previous.modalities, previous.dims) == (
+            list(self.classes_), list(self.modalities_), list(self.dims_))
+        model = self._logistic(previous if self.warm_started_ else None).fit(Z, targets)
         self.coef_ = model.coef_.astype(np.float32)
         self.intercept_ = model.intercept_.astype(np.float32)
         if len(self.classes_) == 2:  # scikit-learn keeps one row for two classes: make it a softmax pair
             self.coef_ = np.vstack([-self.coef_ / 2, self.coef_ / 2])
             self.intercept_ = np.array([-self.intercept_[0] / 2, self.intercept_[0] / 2], dtype=np.float32)
-        self.temperature_ = self._out_of_fold_temperature(Z, targets)
+        self.temperature_ = self._out_of_fold_temperature(Z, targets, model)
         self.n_pseudo_labels_ = 0
         return self
 
-    def _out_of_fold_temperature(self, Z: np.ndarray, targets: np.ndarray) -> float:
+    def _out_of_fold_temperature(self, Z: np.ndarray, targets: np.ndarray, full) -> float:
+        """Each fold's fit starts from the model fitted on every label (``full``), which is close to
+        its own optimum: 3 fold fits on 1,000 labels took 4 s from zero."""
         splits = self._calibration_splits(targets)
         if not splits:
             return 1.0
         logits = np.zeros((len(targets), len(self.classes_)), dtype=np.float64)
         for train, test in splits:
-            fold = self._logistic().fit(Z[train], targets[train])
+            same_classes = np.array_equal(np.unique(targets[train]), full.classes_)
+            fold = self._logistic(full if same_classes else None).fit(Z[train], targets[train])
             decision = fold.decision_function(Z[test])
             if decision.ndim == 1:
                 decision = np.stack([-decision / 2, decision / 2], axis=1)

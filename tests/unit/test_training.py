@@ -406,6 +406,8 @@ def test_refits_serve_the_chosen_configuration_and_say_when_a_search_is_due(stor
     assert (first.model_version, first.promoted, first.model, first.training) == ("v1", True, "logreg", "refit")
     assert first.search_due == "no model search yet"
     assert 0 <= first.metrics["macro_f1"] <= 1 and first.metrics["evaluation"].endswith("-fold cross-validation")
+    again = retrain(store, settings, project_name="p", mode="refit", encoders=encoders, progress=False)
+    assert again.model == "logreg" and again.metrics["warm_start"]  # from v1's coefficients
 
     searched = retrain(store, settings, project_name="p", encoders=encoders, progress=False)
     assert searched.training == "search" and searched.search_due is None and searched.promoted
@@ -416,7 +418,7 @@ def test_refits_serve_the_chosen_configuration_and_say_when_a_search_is_due(stor
     assert refit.training == "refit" and refit.promoted and refit.n_labels == 21
     assert refit.model == searched.model  # the search's choice, fitted again on every label
     assert refit.search_due is None
-    assert _versions(store)["v3"] == ("active", searched.model, "refit")
+    assert _versions(store)["v4"] == ("active", searched.model, "refit")
 
     make_project(store, tmp_path, labelled=10)  # 30 labels: grown by half since the search
     grown = retrain(store, settings, project_name="p", mode="refit", encoders=encoders, progress=False)

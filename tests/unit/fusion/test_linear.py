@@ -65,3 +65,23 @@ def test_two_classes_and_clear_errors():
         LinearClassifier().fit(X, ["cat"] * len(y))
     with pytest.raises(ValueError, match="invalid parameter 'head'"):
         LinearClassifier().set_params(head="x")
+
+
+def test_a_warm_refit_reaches_the_cold_fits_model_and_other_classes_start_from_zero():
+    """A refit after a few more labels goes on from the fitted coefficients: the problem is convex,
+    so it lands on the model a fit from zero finds; labels of another class set start afresh."""
+    X, y = planted(noise_modality=True)
+    (Xtr, ytr), (Xte, _) = split(X, y)
+    n = len(ytr) - 5
+    warm = LinearClassifier(warm_start=True).fit({m: a[:n] for m, a in Xtr.items()}, ytr[:n])
+    assert not warm.warm_started_  # nothing to go on from yet
+    warm.fit(Xtr, ytr)
+    cold = LinearClassifier().fit(Xtr, ytr)
+    assert warm.warm_started_ and not cold.warm_started_
+    # the same optimum, reached within the solver's tolerance (lbfgs stops at a gradient of 1e-4)
+    np.testing.assert_allclose(warm.predict_proba(Xte), cold.predict_proba(Xte), atol=1e-2)
+    assert warm.predict(Xte) == cold.predict(Xte)
+    assert abs(warm.temperature_ - cold.temperature_) < 0.02 * cold.temperature_
+    two = np.isin(ytr, ["cat", "dog"])
+    warm.fit({m: a[two] for m, a in Xtr.items()}, ytr[two])
+    assert not warm.warm_started_ and warm.classes_ == ["cat", "dog"]
