@@ -114,17 +114,16 @@ def simulate(settings: Settings, manifest: Path, *, strategy: str, budget: int, 
     y = np.array([data.labels[data.items[i].id][0] for i in rows])
     features = {m: a[rows] for m, a in data.features.items()}
     names = [strategy] if strategy == "random" else [strategy, "random"]
-    runs: dict[str, list[list[dict]]] = {n: [] for n in names}
     workers = n_jobs or os.cpu_count() or 1
     inner = 1 if workers > 1 else None  # one process per task; alone, a task's searches use every core
-    curves, fits = [], []  # the curves first: the longest tasks first leave the shortest for the end
+    curve_tasks, fit_tasks = [], []  # the curves first: the longest tasks first leave the shortest for the end
     for seed in range(seeds):
         test = stratified_holdout(y, np.random.default_rng(seed), test_fraction)
         common = dict(seed=seed, head=head, self_training=settings.self_training, n_jobs=inner)
-        fits.append((("full", seed), full_pool_accuracy, (features, y, test), common))
-        curves += [((name, seed), run_curve, (features, y, test, name), dict(budget=budget, step=step, **common))
-                   for name in names]
-    tasks = curves + fits
+        fit_tasks.append((("full", seed), full_pool_accuracy, (features, y, test), common))
+        curve_tasks += [((name, seed), run_curve, (features, y, test, name), dict(budget=budget, step=step, **common))
+                        for name in names]
+    tasks = curve_tasks + fit_tasks
     results = {}
     bar = tqdm(total=len(tasks), desc="simulate", file=sys.stderr, disable=not progress)
     runner = fold_runner(workers, len(tasks), return_as="generator_unordered")
@@ -132,8 +131,7 @@ def simulate(settings: Settings, manifest: Path, *, strategy: str, budget: int, 
         results[key] = result
         bar.update()
     bar.close()
-    for name in names:
-        runs[name] = [results[name, seed] for seed in range(seeds)]
+    runs = {name: [results[name, seed] for seed in range(seeds)] for name in names}
     full_accuracy = float(np.mean([results["full", seed] for seed in range(seeds)]))
     curves = {name: _mean_curve(r) for name, r in runs.items()}
     return {"curves": curves, "full_accuracy": full_accuracy, "seeds": seeds, "items": len(rows),

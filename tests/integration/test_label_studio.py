@@ -336,7 +336,9 @@ def test_next_batch_and_review_queue_in_label_studio(label_studio, ls_client, ba
     finally:
         trainer.settings = settings
     version = ls_client.projects.get(id=project.id).model_version
-    assert sent == len(rows) and version.startswith("v1-next-entropy-")
+    with store.session() as s:  # the version that serves now (a second training may have followed the settled one)
+        active = repo.active_model_version(s, project=repo.get_project(s, name=name)).version
+    assert sent == len(rows) and version.startswith(f"{active}-next-entropy-")
     expected = select_next(store, settings, project_name=name, strategy="entropy", k=2, runtime=runtime, progress=False)
     ordered = sorted((p for p in predictions_of(ls_client, project.id) if p["model_version"] == version),
                      key=lambda p: p["score"])
