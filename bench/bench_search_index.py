@@ -5,8 +5,9 @@ Measured side by side in one run:
   memory-read bandwidth (measured here; % of the limit for one query, which must stream the data);
 - IVF + exact re-rank at 1M: recall@10 against exact and latency p50/p95 over an nprobe sweep (PNG);
 - add 10,000 items then query (time until searchable), delete one item;
-- Milvus Lite (the embedded Milvus) vs our FAISS index at 100k and 1M: build time, recall@10 against
-  exact search, single-query latency p50/p95 (the index types each engine chooses for that size);
+- Milvus Lite (the embedded Milvus) and a Milvus server (the standalone binary of the `milvus`
+  package, on this machine) vs our FAISS index at 100k and 1M: time until searchable, recall@10
+  against exact search, single-query latency p50/p95 (the index types each engine chooses for that size);
 - retrieval quality on held-out OpenMoji image↔caption pairs, R@1/5/10 and mAP both ways, for the
   learned aligner vs the ridge-projection baseline (fitted here on the same split), and InfoNCE
   alone vs InfoNCE + adversarial alignment at weights 1 and 3 (3 seeds; with the modality gap).
@@ -15,8 +16,12 @@ Measured side by side in one run:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -249,24 +254,30 @@ def plot(ivf: dict, path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def milvus_section(n: int, d: int, smoke: bool, folder) -> dict:
-    """Milvus Lite vs FAISS (`VectorIndex`) on the same vectors, each with the index type it picks
-    for ``n`` (FAISS: flat, then IVF + exact re-rank; Milvus Lite: FLAT, then IVF_FLAT)."""
+def milvus_section(n: int, d: int, smoke: bool, folder, server: tuple[str, str] | None) -> dict:
+    """FAISS (`VectorIndex`), Milvus Lite and a Milvus server (standalone, on this machine) on the
+    same vectors, each with the index type it picks for ``n`` (FAISS: flat, then IVF + exact re-rank;
+    Milvus: FLAT, then IVF_FLAT on Lite and HNSW on a server). ``server`` is (uri, token) or None."""
     from annotator.index import VectorIndex
-    from annotator.index.milvus_index import MilvusIndex, connect, disconnect
+    from annotator.index.milvus_index import MilvusIndex, connect, disconnect, milvus_uri
 
     data = clustered(n + 200, d, seed=6)
     x, q = data[:n], data[n:]
     truth = VectorIndex.build(np.arange(n), x, exact_threshold=n).search(q, 10)[1]
-    uri = str(folder / f"milvus-{n}.db")
     engines = {}
     with timer() as t:
         faiss_index = VectorIndex.build(np.arange(n), x)
     engines["faiss"] = (faiss_index, t(), faiss_index.plan.factory)
-    with timer() as t:
-        milvus_index = MilvusIndex.build(connect(uri), f"bench_{n}", np.arange(n), x, uri=uri)
-        milvus_index.client.flush(milvus_index.collection)
-    engines["milvus_lite"] = (milvus_index, t(), milvus_index.index_type)
+    uris = {"milvus_lite": (str(folder / f"milvus-{n}.db"), "")}
+    if server is not None:
+        uris["milvus_server"] = (milvus_uri(server[0]), server[1])
+    for name, (uri, token) in uris.items():
+        with timer() as t:  # the rows inserted, sealed, and the index built over them
+            index = MilvusIndex.build(connect(uri, token), f"bench_{n}", np.arange(n), x, uri=uri)
+            index.client.flush(index.collection)
+            while index.client.describe_index(index.collection, "vector").get("pending_index_rows", 0) > 0:
+                time.sleep(0.5)
+        engines[name] = (index, t(), index.index_type)
     out = {"n": n, "dim": d}
     for name, (index, build_s, kind) in engines.items():
         index.search(q[:1], 10)  # warm
@@ -274,10 +285,28 @@ def milvus_section(n: int, d: int, smoke: bool, folder) -> dict:
         recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
         out[name] = {"index_type": kind, "build_s": build_s, "recall_at_10": recall,
                      **latency(lambda: index.search(q[:1], 10), 5 if smoke else 30)}
-    disconnect(uri)
-    out["milvus_lite_vs_faiss_build"] = out["milvus_lite"]["build_s"] / out["faiss"]["build_s"]
-    out["milvus_lite_vs_faiss_p50"] = out["milvus_lite"]["p50_ms"] / out["faiss"]["p50_ms"]
+    for name, (uri, _) in uris.items():
+        engines[name][0].client.drop_collection(engines[name][0].collection)
+        disconnect(uri)
+        out[f"{name}_vs_faiss_build"] = out[name]["build_s"] / out["faiss"]["build_s"]
+        out[f"{name}_vs_faiss_p50"] = out[name]["p50_ms"] / out["faiss"]["p50_ms"]
     return out
+
+
+def milvus_server(args, stack) -> tuple[str, str] | None:
+    """(uri, token) of the Milvus server to measure: ``--milvus-server``, else one started here from
+    the `milvus` package (a standalone Milvus binary), else None (its rows are left out)."""
+    if args.milvus_server:
+        return args.milvus_server, args.milvus_token
+    try:
+        from tests.milvus_server import MilvusServer
+
+        started = MilvusServer(Path(stack.enter_context(tempfile.TemporaryDirectory()))).start()
+    except (ImportError, OSError, RuntimeError) as exc:
+        print(f"no Milvus server measured: {exc}", file=sys.stderr)
+        return None
+    stack.callback(started.stop)
+    return started.uri, started.token
 
 
 SECTIONS = ("exact", "ivf", "incremental", "openmoji_retrieval", "milvus")
@@ -285,6 +314,9 @@ SECTIONS = ("exact", "ivf", "incremental", "openmoji_retrieval", "milvus")
 
 def main() -> None:
     p = parser(__doc__, SECTIONS)
+    p.add_argument("--milvus-server", help="a running Milvus server to measure (milvus://host:port); "
+                   "without it, one is started from the milvus package where installed")
+    p.add_argument("--milvus-token", default="", help="its token (user:password)")
     args = p.parse_args()
     sections = chosen_sections(p, args, SECTIONS)
     d = 384
@@ -304,11 +336,10 @@ def main() -> None:
     if "openmoji_retrieval" in sections:
         out["openmoji_retrieval"] = openmoji_section(args.smoke)
     if "milvus" in sections:
-        import tempfile
-        from pathlib import Path
-
-        with tempfile.TemporaryDirectory() as folder:
-            out["milvus"] = [milvus_section(n, d, args.smoke, Path(folder))
+        with contextlib.ExitStack() as stack:
+            server = milvus_server(args, stack)
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            out["milvus"] = [milvus_section(n, d, args.smoke, folder, server)
                              for n in ([5_000] if args.smoke else [100_000, 1_000_000])]
     out["not_run"] = "10M x 384: 15 GB of raw vectors plus the index do not fit this 24 GB machine with headroom"
     write_results(name, out, args.out)
@@ -330,10 +361,12 @@ def main() -> None:
         print(f"add 10k then searchable: {incremental['add_then_searchable_s']:.3f} s (target 1 s); delete one: "
               f"{incremental['delete_one_ms_p50']:.3f} ms (target 10 ms)")
     for m in milvus or []:
-        print(f"Milvus Lite vs FAISS at {m['n']:,} x {d}: " + "; ".join(
+        names = [e for e in ("faiss", "milvus_lite", "milvus_server") if e in m]
+        print(f"Milvus vs FAISS at {m['n']:,} x {d}: " + "; ".join(
             f"{e} ({m[e]['index_type']}) build {m[e]['build_s']:.1f} s, recall@10 {m[e]['recall_at_10']:.3f}, "
-            f"p50 {m[e]['p50_ms']:.2f} ms p95 {m[e]['p95_ms']:.2f} ms" for e in ("faiss", "milvus_lite"))
-            + f" | Milvus Lite/FAISS: build {m['milvus_lite_vs_faiss_build']:.1f}x, p50 {m['milvus_lite_vs_faiss_p50']:.1f}x")
+            f"p50 {m[e]['p50_ms']:.2f} ms p95 {m[e]['p95_ms']:.2f} ms" for e in names)
+            + "".join(f" | {e}/faiss: build {m[f'{e}_vs_faiss_build']:.1f}x, p50 {m[f'{e}_vs_faiss_p50']:.1f}x"
+                      for e in names[1:]))
     if moji:
         rows = [("aligner", moji["aligner"]), ("ridge", moji["ridge_baseline"]), *moji.get("adversarial", {}).items()]
         for name_, res in rows:

@@ -143,6 +143,21 @@ def s3_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus standalone server for the session (the `milvus` package's binary, on loopback,
+    authentication on; see tests/milvus_server.py); skipped where the package or its binary cannot run."""
+    pytest.importorskip("milvus", reason="the milvus package (a Milvus server binary) is not installed here")
+    from tests.milvus_server import MilvusServer
+
+    try:
+        server = MilvusServer(tmp_path_factory.mktemp("milvus-server")).start()
+    except (OSError, RuntimeError) as exc:
+        pytest.skip(f"the Milvus server could not start here: {exc}")
+    yield server
+    server.stop()
+
+
 # --- real models, loaded once per test session ----------------------------------------------
 
 @pytest.fixture(scope="session")

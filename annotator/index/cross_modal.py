@@ -190,10 +190,13 @@ class ProjectIndex:
             index = self.engine.build(path, ids, vectors)
         else:
             wanted, present = set(ids.tolist()), set(index.ids().tolist())
-            index.remove(sorted(present - wanted))
+            gone = sorted(present - wanted)
+            index.remove(gone)
             new = np.array([i not in present for i in ids.tolist()], dtype=bool)
             if new.any():
                 index.add(ids[new], vectors[new])
+            if not gone and not new.any():
+                return  # unchanged: no new generation, which every other worker would reload
         index.save(self._path(space, modality))
         if self._shared is not None:
             self._shared.publish(self._path(space, modality) / "current")

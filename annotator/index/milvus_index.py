@@ -2,8 +2,8 @@
 outgrow one machine's memory (a Milvus standalone or cluster deployment), or Milvus Lite (an
 embedded Milvus in one file, one process at a time).
 
-Milvus keeps the vectors and their index itself, so ``save`` only flushes and records which
-collection a project's index lives in (a marker generation under the index folder, so other
+Milvus keeps the vectors and their index itself, so ``save`` only records which collection a
+project's index lives in (after a flush, on Milvus Lite) (a marker generation under the index folder, so other
 processes notice a rebuild as they do for FAISS files); ``load`` reconnects.
 """
 
@@ -26,6 +26,14 @@ from annotator.index.choose import IndexPlan, plan_index
 
 MAX_TOPK = 16384  # Milvus's limit on results per query
 _BATCH = 4096  # rows per insert/get/delete request: well under Milvus's 64 MB message limit at 4096-d
+# true of every row; written with small constants because a Milvus server's parser reads "-2**63" as
+# "-(2**63)", out of the int64 range (Milvus Lite accepts it)
+_EVERY_ID = "id < 0 or id >= 0"
+# Consistency of reads. "Strong" waits for Milvus's next time tick (0.2 s) on every read, a search
+# included; "Session" does not, and sees this client's inserts, but a Milvus 2.3 server returns no
+# timestamp for a delete. So the first read after this process wrote to a collection is "Strong",
+# the others "Session": a process reads its own writes, and other processes' within a tick.
+_unread_writes: set[tuple[str, str]] = set()
 _clients: dict[tuple[str, str], object] = {}
 _clients_lock = threading.Lock()
 
@@ -52,6 +60,7 @@ def is_lite(uri: str) -> bool:
 def connect(uri: str, token: str = ""):
     """One `MilvusClient` per (uri, token) and process: Milvus Lite allows one server per file."""
     from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
 
     with _clients_lock:
         key = (uri, token)
@@ -61,7 +70,14 @@ def connect(uri: str, token: str = ""):
                 # Milvus Lite's in-process gRPC server logs a traceback for each call it does not
                 # implement (pymilvus asks for a server timestamp, then falls back on its own)
                 logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-            _clients[key] = MilvusClient(uri=uri, token=token)
+            try:
+                _clients[key] = MilvusClient(uri=uri, token=token)
+            except MilvusException as exc:  # pymilvus says "illegal connection params or server unavailable"
+                if is_lite(uri):
+                    raise
+                raise ConfigError(f"cannot connect to Milvus at {uri}: {getattr(exc, 'message', exc)}; check "
+                                  "ANNOTATOR_VECTOR_STORE (is the server up?) and ANNOTATOR_MILVUS_TOKEN "
+                                  "(user:password or an API key, where the server has authentication on)") from exc
         return _clients[key]
 
 
@@ -106,8 +122,8 @@ class MilvusIndex:
     """Inner-product search over vectors keyed by int64 ids, in one Milvus collection.
 
     Same methods and meaning as `VectorIndex` (add replaces an id, remove ignores unknown ids,
-    search returns -1/-inf in empty slots, ``allowed_ids`` filters). Reads are strongly
-    consistent: what was added is found by the next search.
+    search returns -1/-inf in empty slots, ``allowed_ids`` filters). What this process added is
+    found by its next search; another process's writes show within Milvus's time tick (0.2 s).
     """
 
     def __init__(self, client, collection: str, dim: int, plan: IndexPlan | None = None, *, uri: str = "",
@@ -135,7 +151,7 @@ class MilvusIndex:
         kind, build, _ = milvus_index_params(plan, lite=is_lite(uri), forced=index_type)
         params = client.prepare_index_params()
         params.add_index("vector", index_type=kind, metric_type="IP", params=build)
-        client.create_collection(collection, schema=schema, index_params=params, consistency_level="Strong")
+        client.create_collection(collection, schema=schema, index_params=params, consistency_level="Session")
         return index
 
     @classmethod
@@ -149,17 +165,35 @@ class MilvusIndex:
 
     needs_retrain = False  # Milvus maintains its own index as rows come and go
 
+    def _level(self) -> str:
+        """The consistency of the next read (see ``_unread_writes``)."""
+        with _clients_lock:
+            if (self.uri, self.collection) in _unread_writes:
+                _unread_writes.discard((self.uri, self.collection))
+                return "Strong"
+        return "Session"
+
+    def _wrote(self) -> None:
+        with _clients_lock:
+            _unread_writes.add((self.uri, self.collection))
+
     # --- contents ----------------------------------------------------------------------------
 
     @property
     def ntotal(self) -> int:
-        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"],
+                                 consistency_level=self._level())
         return int(rows[0]["count(*)"]) if rows else 0
 
     def ids(self) -> np.ndarray:
+        level = self._level()
+        rows = self.client.query(self.collection, filter=_EVERY_ID, output_fields=["id"], limit=MAX_TOPK,
+                                 consistency_level=level)
+        if len(rows) < MAX_TOPK:  # one query answers most projects; an iterator costs a second on a server
+            return np.sort(np.asarray([int(r["id"]) for r in rows], dtype=np.int64))
         found: list[int] = []
-        iterator = self.client.query_iterator(self.collection, batch_size=16384, filter="id >= -9223372036854775808",
-                                              output_fields=["id"])
+        iterator = self.client.query_iterator(self.collection, batch_size=MAX_TOPK, filter=_EVERY_ID,
+                                              output_fields=["id"], consistency_level=level)
         try:
             while batch := iterator.next():
                 found += [int(r["id"]) for r in batch]
@@ -168,7 +202,8 @@ class MilvusIndex:
         return np.sort(np.asarray(found, dtype=np.int64))
 
     def __contains__(self, item_id: int) -> bool:
-        return bool(self.client.get(self.collection, ids=[int(item_id)], output_fields=["id"]))
+        return bool(self.client.get(self.collection, ids=[int(item_id)], output_fields=["id"],
+                                    consistency_level=self._level()))
 
     def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Add vectors; an id already present is replaced."""
@@ -184,6 +219,7 @@ class MilvusIndex:
             rows = [{"id": int(i), "vector": v} for i, v in zip(ids[start:start + _BATCH],
                                                                  vectors[start:start + _BATCH].tolist())]
             self.client.upsert(self.collection, rows)
+        self._wrote()
 
     def remove(self, ids: Sequence[int]) -> int:
         """Delete ids (unknown ones are ignored); returns how many were there."""
@@ -191,8 +227,10 @@ class MilvusIndex:
         removed = 0
         for start in range(0, len(ids), _BATCH):
             chunk = ids[start:start + _BATCH]
-            removed += len(self.client.get(self.collection, ids=chunk, output_fields=["id"]))
+            removed += len(self.client.get(self.collection, ids=chunk, output_fields=["id"],
+                                           consistency_level=self._level()))
             self.client.delete(self.collection, ids=chunk)
+            self._wrote()
         return removed
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
@@ -200,7 +238,8 @@ class MilvusIndex:
         ids = [int(i) for i in ids]
         found: dict[int, list[float]] = {}
         for start in range(0, len(ids), _BATCH):
-            for row in self.client.get(self.collection, ids=ids[start:start + _BATCH], output_fields=["vector"]):
+            for row in self.client.get(self.collection, ids=ids[start:start + _BATCH], output_fields=["vector"],
+                                       consistency_level=self._level()):
                 found[int(row["id"])] = row["vector"]
         missing = [i for i in ids if i not in found]
         if missing:
@@ -231,7 +270,7 @@ class MilvusIndex:
         for start in range(0, len(queries), 256):
             block = queries[start:start + 256]
             results = self.client.search(self.collection, data=block.tolist(), limit=limit, search_params=params,
-                                         output_fields=[], **kwargs)
+                                         output_fields=[], consistency_level=self._level(), **kwargs)
             for q, hits in enumerate(results, start=start):
                 for j, hit in enumerate(hits[:limit]):
                     out_s[q, j], out_i[q, j] = hit["distance"], hit["id"]
@@ -240,8 +279,11 @@ class MilvusIndex:
     # --- persistence -------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Flush, and record this collection as a new generation of ``path/current``."""
-        self.client.flush(self.collection)
+        """Record this collection as a new generation of ``path/current`` (Milvus Lite: after a flush,
+        so the next process to open the file finds the rows; a server keeps acknowledged rows in its
+        log already, and a flush there costs seconds and leaves small segments)."""
+        if is_lite(self.uri):
+            self.client.flush(self.collection)
         with atomic_directory(Path(path) / "current") as gen:
             meta = {"engine": "milvus", "collection": self.collection, "dim": self.dim, "plan": self.plan.__dict__,
                     "index_type": self._forced}
@@ -256,6 +298,9 @@ class MilvusIndex:
         if not client.has_collection(meta["collection"]):
             raise NotFoundError(f"Milvus has no collection {meta['collection']} (the index at {path}); "
                                 "run `annotator embed` to rebuild it")
-        client.load_collection(meta["collection"])
+        from pymilvus.client.types import LoadState
+
+        if client.get_load_state(meta["collection"]).get("state") != LoadState.Loaded:  # a load waits ~1 s
+            client.load_collection(meta["collection"])
         return cls(client, meta["collection"], meta["dim"], IndexPlan(**meta["plan"]), uri=uri,
                    index_type=meta.get("index_type", "auto"))

@@ -18,11 +18,19 @@ def test_benchmark_smoke(name, tmp_path, request):
     if name == "bench_backend":  # the session's Label Studio, not a second one (a minute of start-up)
         server = request.getfixturevalue("label_studio")
         extra = ["--label-studio", server.url, server.token]
+    if name == "bench_search_index":  # the session's Milvus server, where one runs, not a second one
+        try:
+            server = request.getfixturevalue("milvus_server")
+            extra = ["--milvus-server", server.uri, "--milvus-token", server.token]
+        except pytest.skip.Exception:
+            pass
     proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--smoke", "--out", str(tmp_path), *extra], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / f"{name}_smoke.json").read_text())
     assert doc["benchmark"] == f"{name}_smoke" and doc["machine"]["cpus"] >= 1
+    if "--milvus-server" in extra:
+        assert doc["milvus"][0]["milvus_server"]["recall_at_10"] == 1.0  # exact (FLAT) at the smoke size
 
 
 def test_gpu_benchmark_needs_cuda():

@@ -110,6 +110,19 @@ def test_near_duplicates_are_grouped(project, tmp_path):
     embed_project(store, settings, project_name="p", encoders=encoders, progress=False)
 
 
+def test_an_update_that_changes_nothing_writes_no_new_generation(project):
+    """Every worker reloads an index whose generation moved: an embed with nothing new must not move it."""
+    from annotator.artifacts import current_generation
+
+    settings, store, encoders, _, _ = project
+    idx = ProjectIndex(settings, "p", encoders)
+    keys = [("native", "image"), ("shared", "text")]
+    before = {key: current_generation(idx._path(*key) / "current") for key in keys}
+    assert all(before.values())
+    assert ProjectIndex(settings, "p", encoders).update(store).indexes["native-image"] == 48
+    assert {key: current_generation(idx._path(*key) / "current") for key in keys} == before
+
+
 def test_index_missing_ids_are_readded_from_the_store(project):
     settings, store, encoders, _, _ = project
     idx = ProjectIndex(settings, "p", encoders)
@@ -121,15 +134,23 @@ def test_index_missing_ids_are_readded_from_the_store(project):
     assert report.indexes["native-text"] == 48
 
 
-def test_milvus_vector_store_answers_like_faiss(project, tmp_path):
-    """The same project on Milvus (Lite: a real embedded Milvus): switching the vector store rebuilds
-    the indexes there, and exact search gives FAISS's results: text→image, item→similar with a
-    label filter, near-duplicates; a deleted item leaves Milvus on the next embed."""
+@pytest.mark.parametrize("deployment", ["lite", "server"])
+def test_milvus_vector_store_answers_like_faiss(project, tmp_path, request, deployment):
+    """The same project on Milvus (Milvus Lite, the embedded one, and a real Milvus server with a
+    token): switching the vector store rebuilds the indexes there, and exact search gives FAISS's
+    results: text→image, item→similar with a label filter, near-duplicates; a deleted item leaves
+    Milvus on the next embed."""
     pytest.importorskip("pymilvus")
-    from annotator.index.milvus_index import disconnect
+    from pydantic import SecretStr
+
+    from annotator.index.milvus_index import disconnect, milvus_uri
 
     settings, store, encoders, _, _ = project
-    milvus = settings.model_copy(update={"vector_store": f"milvus-lite://{tmp_path / 'vectors.db'}"})
+    if deployment == "lite":
+        milvus = settings.model_copy(update={"vector_store": f"milvus-lite://{tmp_path / 'vectors.db'}"})
+    else:
+        server = request.getfixturevalue("milvus_server")
+        milvus = settings.model_copy(update={"vector_store": server.uri, "milvus_token": SecretStr(server.token)})
     queries = [dict(text="an emoji of a car", k=8, modality="image"), dict(item="1F40A", k=6, label="animal"),
                dict(text="food", k=10)]
     expected = [[(h.id, round(h.score, 4)) for h in _index(project).search(store, **q)] for q in queries]
@@ -149,7 +170,7 @@ def test_milvus_vector_store_answers_like_faiss(project, tmp_path):
         assert ProjectIndex(milvus, "p", encoders).update(store).indexes["native-image"] == 47
         assert pk not in ProjectIndex(milvus, "p", encoders).index("native", "image").ids()
     finally:
-        disconnect(str(tmp_path / "vectors.db"))
+        disconnect(milvus_uri(milvus.vector_store))
         if data is not None:  # the deleted item comes back for the module's other tests
             (tmp_path / "back.jsonl").write_text(json.dumps({"id": "1F40A", **data}))
             with store.session() as s:

@@ -1,5 +1,6 @@
-"""The index contract, run against both engines: FAISS (`VectorIndex`) and Milvus (a real embedded
-Milvus: Milvus Lite, one file per test session). Same calls, same answers for exact indexes."""
+"""The index contract, run against every engine: FAISS (`VectorIndex`), Milvus Lite (the embedded
+Milvus, one file per test session) and a real Milvus server (standalone, with authentication, one per
+test session). Same calls, same answers for exact indexes."""
 
 import subprocess
 import sys
@@ -27,14 +28,14 @@ def milvus_lite(tmp_path_factory):
 class Engine:
     """Builds, saves and reloads one engine's indexes."""
 
-    def __init__(self, name, uri=None):
-        self.name, self.uri = name, uri
+    def __init__(self, name, uri=None, token=""):
+        self.name, self.uri, self.token = name, uri, token
 
     @property
     def client(self):
         from annotator.index.milvus_index import connect
 
-        return connect(self.uri)
+        return connect(self.uri, self.token)
 
     def build(self, ids, x):
         if self.name == "faiss":
@@ -54,9 +55,15 @@ class Engine:
         return MilvusIndex.load(path, self.client, uri=self.uri)
 
 
-@pytest.fixture(params=["faiss", "milvus"])
+@pytest.fixture(params=["faiss", "milvus-lite", "milvus-server"])
 def engine(request):
-    return Engine(request.param, request.getfixturevalue("milvus_lite") if request.param == "milvus" else None)
+    if request.param == "milvus-lite":
+        return Engine("milvus-lite", request.getfixturevalue("milvus_lite"))
+    if request.param == "milvus-server":
+        from annotator.index.milvus_index import milvus_uri
+        server = request.getfixturevalue("milvus_server")
+        return Engine("milvus-server", milvus_uri(server.uri), server.token)
+    return Engine("faiss")
 
 
 def test_exact_search_returns_the_true_top_k(engine):
@@ -114,7 +121,7 @@ def test_persists_across_restart(engine, tmp_path):
     q = normalised(5, seed=3, clusters=20)
     before = index.search(q, 10)
     index.save(tmp_path / "idx")
-    if engine.name == "milvus":  # Milvus Lite serves one process at a time: hand the file over
+    if engine.name == "milvus-lite":  # Milvus Lite serves one process at a time: hand the file over
         from annotator.index.milvus_index import disconnect
 
         disconnect(engine.uri)
@@ -129,7 +136,7 @@ if {engine.name!r} == "faiss":
 else:
     from annotator.index.milvus_index import MilvusIndex, connect
     uri = {engine.uri!r}
-    index = MilvusIndex.load(Path({str(tmp_path / "idx")!r}), connect(uri), uri=uri)
+    index = MilvusIndex.load(Path({str(tmp_path / "idx")!r}), connect(uri, {engine.token!r}), uri=uri)
 s, i = index.search(q, 10)
 np.save({str(tmp_path / "after.npy")!r}, np.concatenate([s, i.astype(np.float32)]))
 print(index.ntotal)
