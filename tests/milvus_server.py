@@ -10,15 +10,10 @@ random one before anything else is done.
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from annotator.labelstudio.server import free_port
 
 
 class MilvusServer:
@@ -32,7 +27,7 @@ class MilvusServer:
         import milvus
 
         template = Path(milvus.__file__).parent / "data" / "config.yaml.template"
-        client_port, peer_port = _free_port(), _free_port()
+        client_port, peer_port = free_port(), free_port()
         etcd_yaml = self.data_dir / "etcd.yaml"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         etcd_yaml.write_text(
@@ -46,11 +41,11 @@ class MilvusServer:
         ours.write_text(text.replace("etcd:\n", f"etcd:\n  config:\n    path: {etcd_yaml}\n", 1))
         config = milvus.MilvusServerConfig(template=str(ours), data_dir=str(self.data_dir / "server"))
         config.glog_conf_file = str(template.with_name("glog.conf"))  # set only for the package's own template
-        ports = {key: _free_port() for key in config.configurable_items if key.endswith("_port")}
+        ports = {key: free_port() for key in config.configurable_items if key.endswith("_port")}
         ports["etcd_port"] = client_port
         config.set("authorization_enabled", True)
         server = milvus.MilvusServer(config, wait_for_started=False, **ports)
-        server.webservice_port = _free_port()
+        server.webservice_port = free_port()
         server.start()
         self._server = server
         try:

@@ -3,8 +3,8 @@ outgrow one machine's memory (a Milvus standalone or cluster deployment), or Mil
 embedded Milvus in one file, one process at a time).
 
 Milvus keeps the vectors and their index itself, so ``save`` only records which collection a
-project's index lives in (after a flush, on Milvus Lite) (a marker generation under the index folder, so other
-processes notice a rebuild as they do for FAISS files); ``load`` reconnects.
+project's index lives in: a marker generation under the index folder, so other processes notice a
+rebuild as they do for FAISS files (Milvus Lite flushes first); ``load`` reconnects.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def is_lite(uri: str) -> bool:
 
 def connect(uri: str, token: str = ""):
     """One `MilvusClient` per (uri, token) and process: Milvus Lite allows one server per file."""
+    import grpc
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
@@ -71,11 +72,18 @@ def connect(uri: str, token: str = ""):
                 # implement (pymilvus asks for a server timestamp, then falls back on its own)
                 logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
             try:
-                _clients[key] = MilvusClient(uri=uri, token=token)
-            except MilvusException as exc:  # pymilvus says "illegal connection params or server unavailable"
+                client = MilvusClient(uri=uri, token=token)
+                if not is_lite(uri):  # a server can accept the connection and refuse the first call
+                    client.list_collections()
+                _clients[key] = client
+            # pymilvus says "illegal connection params or server unavailable", or lets gRPC's
+            # UNAUTHENTICATED through (a server's former default password passes the connection)
+            except (MilvusException, grpc.RpcError) as exc:
                 if is_lite(uri):
                     raise
-                raise ConfigError(f"cannot connect to Milvus at {uri}: {getattr(exc, 'message', exc)}; check "
+                details = getattr(exc, "details", None)
+                reason = details() if callable(details) else getattr(exc, "message", exc)
+                raise ConfigError(f"cannot connect to Milvus at {uri}: {reason}; check "
                                   "ANNOTATOR_VECTOR_STORE (is the server up?) and ANNOTATOR_MILVUS_TOKEN "
                                   "(user:password or an API key, where the server has authentication on)") from exc
         return _clients[key]

@@ -23,12 +23,15 @@ def server(milvus_server):
     return uri, milvus_server.token, connect(uri, milvus_server.token)
 
 
-def test_a_wrong_token_is_a_clear_configuration_error(server):
+# the default password (changed when the server started: the connection is accepted, the first call
+# refused with gRPC's UNAUTHENTICATED), and a wrong one (refused at once)
+@pytest.mark.parametrize("token", ["root:Milvus", "root:not-the-password"])
+def test_a_wrong_token_is_a_clear_configuration_error(server, token):
     from annotator.index.milvus_index import connect
 
     uri, _, _ = server
     with pytest.raises(ConfigError, match=f"cannot connect to Milvus at {uri}.*ANNOTATOR_MILVUS_TOKEN"):
-        connect(uri, "root:Milvus")  # the default password, changed when the server started
+        connect(uri, token)
 
 
 def test_a_large_collection_gets_a_graph_index_with_high_recall(server):
