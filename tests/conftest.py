@@ -145,8 +145,9 @@ def s3_server():
 
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
-    """A real Milvus standalone server for the session (the `milvus` package's binary, on loopback,
-    authentication on; see tests/milvus_server.py); skipped where the package or its binary cannot run."""
+    """A real Milvus standalone server for the session (the `milvus` package's binary, reached on
+    127.0.0.1, authentication on with a random password; see tests/milvus_server.py); skipped where
+    the package or its binary cannot run."""
     pytest.importorskip("milvus", reason="the milvus package (a Milvus server binary) is not installed here")
     from tests.milvus_server import MilvusServer
 

@@ -19,6 +19,7 @@ pytest.importorskip("pymilvus")
 @pytest.fixture(scope="module")
 def server(milvus_server):
     from annotator.index.milvus_index import connect, milvus_uri
+
     uri = milvus_uri(milvus_server.uri)
     return uri, milvus_server.token, connect(uri, milvus_server.token)
 
