@@ -91,7 +91,24 @@ class Settings(BaseSettings):
         Run the int8-quantised ONNX export (faster; other vectors: they get their own cache
         entries, and models trained on fp32 vectors ask for a retrain).
     text_model, image_model, audio_model : str
-        Hugging Face id or local path, or ``"default"`` for the offline model shipped in a package.
+        Hugging Face id or local path, or ``"default"`` for the offline model shipped in a package
+        (for audio also ``mfcc``, the MFCC-statistics baseline, and ``mfcc-gru``, the encoder
+        ``annotator audio-encoder`` trained).
+    batch_size : int, default=32
+        Items per forward pass of an encoder. On a CPU, image networks run at most 8 at a time
+        (EfficientNet on torch: 4): a convolutional network's large batches outgrow the cache.
+    label_studio_url, label_studio_api_key : str, optional
+        The operator's Label Studio and its legacy token or personal access token (also read as
+        ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``). Its address is exempt from the media
+        policy; a personal access token is exchanged for a short-lived access token before use.
+    local_files_document_root : Path, optional
+        Serve Label Studio's ``/data/local-files/?d=`` paths from this folder on disk (also read as
+        ``LOCAL_FILES_DOCUMENT_ROOT``), only inside it.
+    label_studio_venv : Path, optional
+        Where ``annotator demo`` installs Label Studio. Default: ``<data_dir>/label-studio/venv``.
+    basic_auth_user, basic_auth_pass : str, optional
+        Basic authentication on every route but ``/webhook`` (also read as ``BASIC_AUTH_USER`` /
+        ``BASIC_AUTH_PASS``, as ML-backend containers set them); see the security page.
     explanation_textarea : str, optional
         The name of a ``<TextArea>`` in the label config that each pre-label fills with a short
         explanation: per question, the answer, its score and the modality weights it rests on.
@@ -127,12 +144,18 @@ class Settings(BaseSettings):
         When set (e.g. ``entropy``), every automatic retrain also chooses the next
         ``next_batch_size`` tasks with this strategy and makes Label Studio serve them first
         (checked by the trainer at startup). Unset: Label Studio's uncertainty sampling follows the new model's confidence.
+    next_batch_size : int, default=50
+        How many tasks ``next_batch_strategy`` puts first.
     log_level : {"DEBUG", "INFO", "WARNING", "ERROR"}, default="INFO"
         The backend's log level (``ANNOTATOR_LOG_LEVEL``, or ``LOG_LEVEL`` as ML-backend containers set it).
     predict_budget_s : float, default=50
         How long /predict may encode before it answers (Label Studio gives it 100 s): tasks not
         encoded by then are answered as pending (model version ``<version>-pending``, no result),
         finished in the background and pushed to Label Studio in bulk.
+    max_media_bytes : int, default=52428800
+        Media larger than this (50 MiB) are not downloaded: that item fails, the others go on.
+    media_timeout_s : float, default=30
+        Timeout of one media download attempt.
     webhook_secret : str, optional
         Shared secret Label Studio sends in the ``X-Annotator-Secret`` header of its webhook
         (`annotator ls connect` puts it there). An event carrying it is trusted as Label Studio's;

@@ -74,7 +74,10 @@ def _emit(data: Any, as_json: bool, human: str | None = None) -> None:
 
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
-    """Migrate the database to the latest schema (or REVISION)."""
+    """Migrate the database to the latest schema (or REVISION).
+
+    Example: annotator db upgrade
+    """
     from annotator.store.session import make_engine, schema_revisions, upgrade
 
     settings = _settings()
@@ -87,7 +90,10 @@ def db_upgrade(revision: str = "head") -> None:
 
 @db_app.command("current")
 def db_current(as_json: JsonOpt = False) -> None:
-    """Show the database's schema revision and the code's head."""
+    """Show the database's schema revision and the code's head.
+
+    Example: annotator db current
+    """
     from annotator.store.session import make_engine, schema_revisions
 
     engine = make_engine(_settings().resolved_database_url)
@@ -108,7 +114,10 @@ def import_(
         help="The file's encoding when not UTF-8 (e.g. cp1252 for Excel CSVs); UTF-16 with a BOM is detected.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Load items (fields id, text, image, audio, label); bad lines are reported, good ones land."""
+    """Load items (fields id, text, image, audio, label); bad lines are reported, good ones land.
+
+    Example: annotator import items.jsonl --project pets --json
+    """
     from annotator.importer import import_manifest
 
     classes = [c.strip() for c in labels.split(",") if c.strip()] if labels else None
@@ -160,7 +169,10 @@ def embed(
 ) -> None:
     """Encode all items (cached: unchanged items cost nothing) and update the search indexes.
     Says where the time went, per stage (``stages``: seconds; fetch, decode and prepare are summed
-    over the media threads, which overlap the network)."""
+    over the media threads, which overlap the network).
+
+    Example: annotator embed --project pets --engine ray
+    """
     from annotator.indexing import embed_project
 
     began = time.perf_counter()
@@ -182,7 +194,10 @@ def audio_encoder(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the project's own audio encoder (a GRU over MFCC frames) on its labelled audio, or on its
-    audio paired with the items' texts; then set the variable it prints and run `annotator embed`."""
+    audio paired with the items' texts; then set the variable it prints and run `annotator embed`.
+
+    Example: annotator audio-encoder --project pets
+    """
     from annotator.audio_encoder import train_project_audio_encoder
 
     result = train_project_audio_encoder(_store(), _settings(), project_name=project, out=out)
@@ -210,7 +225,10 @@ def retrain(
     as_json: JsonOpt = False,
 ) -> None:
     """Choose the model on the project's labels, fit it on all of them, promote it only if it is not worse.
-    With --refit: fit the configuration already chosen, and say whether a search could change it."""
+    With --refit: fit the configuration already chosen, and say whether a search could change it.
+
+    Example: annotator retrain --project pets --json
+    """
     from annotator.training import retrain as run_retrain
 
     settings = _settings()
@@ -258,7 +276,10 @@ def predict(
         help="Then push every task's pre-label to Label Studio in bulk (a Label Studio project).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Pre-label items with the active model version (items not encoded yet are encoded first)."""
+    """Pre-label items with the active model version (items not encoded yet are encoded first).
+
+    Example: annotator predict --project ls-3 --to-labelstudio
+    """
     from annotator.prediction import predict as run_predict
     from annotator.runtime import Runtime
 
@@ -293,7 +314,10 @@ def search(
              "search's tab).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cross-modal search: text→image, image→text, item→similar, audio→anything."""
+    """Cross-modal search: text→image, image→text, item→similar, audio→anything.
+
+    Example: annotator search --project pets --text "a cat on a sofa" -k 5 --modality image
+    """
     from annotator.index.cross_modal import ProjectIndex
 
     hits = ProjectIndex(_settings(), project).search(
@@ -320,7 +344,10 @@ def duplicates(
     modality: Annotated[Optional[str], typer.Option(help="Only this modality.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Groups of near-duplicate items, largest first."""
+    """Groups of near-duplicate items, largest first.
+
+    Example: annotator duplicates --project pets --threshold 0.95
+    """
     from annotator.index.cross_modal import ProjectIndex
 
     groups = ProjectIndex(_settings(), project).duplicates(_store(), threshold=threshold, modality=modality)
@@ -344,7 +371,10 @@ def select(
     actors: ActorsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The next items worth labelling, best first."""
+    """The next items worth labelling, best first.
+
+    Example: annotator select --project ls-3 --strategy margin -k 50 --to-labelstudio
+    """
     from annotator.active.selection import select_next
     from annotator.runtime import Runtime
 
@@ -369,7 +399,10 @@ def errors(
     to_labelstudio: Annotated[bool, typer.Option(help="Create a review queue (a Data Manager tab) in Label Studio.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Suspected wrong labels, most suspicious first, with the label the model suggests."""
+    """Suspected wrong labels, most suspicious first, with the label the model suggests.
+
+    Example: annotator errors --project pets --limit 10
+    """
     from annotator.active.selection import find_label_errors
 
     found = find_label_errors(_store(), _settings(), project_name=project)
@@ -393,7 +426,10 @@ def explain(
     as_json: JsonOpt = False,
 ) -> None:
     """Why the active model predicted what it did for ITEM: the image regions, words and audio segments
-    whose hiding costs the prediction most (occlusion), the modality weights and the top classes."""
+    whose hiding costs the prediction most (occlusion), the modality weights and the top classes.
+
+    Example: annotator explain --project pets --item 17 --out why.png
+    """
     from annotator.explain import explain_item
 
     explanation = explain_item(_store(), _settings(), project_name=project, item_id=item, control=control)
@@ -418,7 +454,10 @@ def agreement(
     as_json: JsonOpt = False,
 ) -> None:
     """How far annotators agree: per annotator (with the consensus; estimated accuracy where they
-    overlap enough for Dawid–Skene), Krippendorff's alpha, and the tasks they disagree on."""
+    overlap enough for Dawid–Skene), Krippendorff's alpha, and the tasks they disagree on.
+
+    Example: annotator agreement --project ls-3 --to-labelstudio
+    """
     from annotator.active.selection import annotator_agreement
 
     report = annotator_agreement(_store(), project_name=project)
@@ -453,7 +492,10 @@ def simulate(
     as_json: JsonOpt = False,
 ) -> None:
     """Active-learning curve of a strategy against random, from a cold start (strategies that need a
-    model take their first batch with typiclust); each round trains the model `retrain` would."""
+    model take their first batch with typiclust); each round trains the model `retrain` would.
+
+    Example: annotator simulate items.jsonl --strategy margin --budget 200 --step 20 --report curve.html
+    """
     from annotator.active.simulation import simulate as run_simulation
     from annotator.report import plot_curves
 
@@ -477,7 +519,10 @@ def serve(
     log_level: Annotated[Optional[str], typer.Option(
         help="DEBUG | INFO | WARNING | ERROR (default: ANNOTATOR_LOG_LEVEL or LOG_LEVEL, else INFO).")] = None,
 ) -> None:
-    """Run the Label Studio ML backend (add it in a project's Settings → Model, or `annotator ls connect`)."""
+    """Run the Label Studio ML backend (add it in a project's Settings → Model, or `annotator ls connect`).
+
+    Example: annotator serve --host 0.0.0.0 --port 9090 --workers 4
+    """
     import os
 
     import uvicorn
@@ -498,7 +543,10 @@ def demo(
     backend_port: Annotated[int, typer.Option(help="Backend port (the next free one if taken).")] = 9090,
     as_json: JsonOpt = False,
 ) -> None:
-    """First run: a real Label Studio with a sample project, wired to the backend, everything pre-labelled."""
+    """First run: a real Label Studio with a sample project, wired to the backend, everything pre-labelled.
+
+    Example: annotator demo --offline
+    """
     settings = _settings()
     if offline:
         from annotator.cli.demo import run_offline_demo
@@ -539,7 +587,10 @@ def ls_connect(
     as_json: JsonOpt = False,
 ) -> None:
     """Register the backend on a project (its webhook then sends the project's secret), import its tasks,
-    and bulk-upload predictions for all of them. The project is then ``ls-<id>`` for the other commands."""
+    and bulk-upload predictions for all of them. The project is then ``ls-<id>`` for the other commands.
+
+    Example: annotator ls connect --project 3 --backend-url http://127.0.0.1:9090
+    """
     from annotator.labelstudio.sync import connect
 
     url, key = _ls_credentials(url, api_key)
@@ -552,7 +603,10 @@ def ls_connect(
 
 @ls_app.command("sync")
 def ls_sync(project: LsProjectOpt, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
-    """Pull tasks and annotations from Label Studio into the store (recovers missed webhooks)."""
+    """Pull tasks and annotations from Label Studio into the store (recovers missed webhooks).
+
+    Example: annotator ls sync --project 3
+    """
     from annotator.labelstudio.sync import sync
 
     url, key = _ls_credentials(url, api_key)
@@ -564,7 +618,10 @@ def ls_sync(project: LsProjectOpt, url: UrlOpt = None, api_key: KeyOpt = None, a
 @models_app.command("list")
 def models_list(project: ProjectOpt, as_json: JsonOpt = False) -> None:
     """Model versions of a project, oldest first; each classification control has its own (``v3`` is
-    the primary control's, ``mood.v2`` the control ``mood``'s)."""
+    the primary control's, ``mood.v2`` the control ``mood``'s).
+
+    Example: annotator models list --project pets
+    """
     from annotator.store import repo
 
     with _store().session() as s:
@@ -588,7 +645,10 @@ def models_list(project: ProjectOpt, as_json: JsonOpt = False) -> None:
 
 @models_app.command("promote")
 def models_promote(project: ProjectOpt, version: Annotated[str, typer.Argument()]) -> None:
-    """Make VERSION the active model (e.g. to roll back)."""
+    """Make VERSION the active model (e.g. to roll back).
+
+    Example: annotator models promote --project pets v2
+    """
     from annotator.store import repo
 
     with _store().session() as s:

@@ -43,6 +43,7 @@ RACE_FIRST_FOLDS = 2  # folds every candidate is scored on before the race drops
 RACE_MARGIN = 0.05  # macro-F1 a candidate must trail the leader by, on average and on every fold, to be dropped
 SEARCH_GROWTH = 0.5  # a new search once the labels grew by half since the last one
 SEARCH_MIN_NEW_LABELS = 10  # a lower refit score asks for a search only after this many new labels
+FOLD_PLATEAU_LOSS = 0.01  # a fold's head stops training here (`FusionClassifier.plateau_loss`)
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,8 @@ def _score_split(estimator, modalities, X, y, train, test, unlabelled, multilabe
     try:
         Xs = inputs_for(estimator, X, modalities)
         clf = estimator.clone().set_params(calibrate=False)
-        if isinstance(clf, FusionClassifier):
-            clf.set_params(refit=False)
+        if isinstance(clf, FusionClassifier):  # the fold ranks; the served model trains every step
+            clf.set_params(refit=False, plateau_loss=clf.plateau_loss or FOLD_PLATEAU_LOSS)
         y_train = [y[i] for i in train] if multilabel else y[train]
         u = inputs_for(estimator, unlabelled, modalities) if unlabelled is not None else None
         clf.fit({m: a[train] for m, a in Xs.items()}, y_train, unlabelled=u)

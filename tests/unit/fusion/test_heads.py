@@ -216,3 +216,16 @@ def test_warm_start_goes_on_from_the_fitted_network_and_keeps_its_calibration(tm
     relabelled = np.where(np.arange(len(y)) % 7 == 0, "new", y)
     assert not FusionClassifier.load(tmp_path / "v1").set_params(warm_start=True).fit(X, relabelled).warm_started_
     assert not FusionClassifier(head="concat").fit(X, y).warm_started_
+
+
+def test_training_stops_on_a_plateau_of_the_training_loss_and_predicts_as_well():
+    """`plateau_loss`: once the last 25 steps' mean loss is below it, training stops (the labels are
+    fitted); 0 trains every planned step. Model search's folds use it."""
+    X, y = planted(n=160)
+    (Xtr, ytr), (Xte, yte) = split(X, y, k=100)
+    full = FusionClassifier(head="concat", calibrate=False, random_state=0).fit(Xtr, ytr)
+    stopped = FusionClassifier(head="concat", calibrate=False, plateau_loss=0.05, random_state=0).fit(Xtr, ytr)
+    assert full.n_steps_ == 300  # min_steps: one batch per epoch at 100 items
+    assert stopped.n_steps_ % 25 == 0 and stopped.n_steps_ < full.n_steps_ / 2
+    agree = (np.array(full.predict(Xte)) == np.array(stopped.predict(Xte))).mean()
+    assert agree >= 0.9
