@@ -23,22 +23,16 @@ MARKER = re.compile(r"<!-- generated: (\w+) -->")
 # --- configuration -------------------------------------------------------------------------
 
 def _docstring_parameters(doc: str) -> dict[str, str]:
-    """numpydoc ``Parameters`` of a docstring: {name: description}; a line naming several
-    (``max_audio_s, max_text_chars : float, int``) gives each the same text."""
-    section = doc.split("Parameters\n    ----------\n", 1)[1]
-    section = re.split(r"\n    \S[^\n]*\n    -{3,}\n", section)[0]  # up to the next section
-    out, names, lines = {}, [], []
-    for line in section.splitlines():
-        if line.startswith("    ") and not line.startswith("        ") and line.strip():
-            for name in names:
-                out[name] = " ".join(lines)
-            head = line.strip().split(" : ")[0]
-            names, lines = [n.strip() for n in head.split(",")], []
-        elif line.strip():
-            lines.append(line.strip())
-    for name in names:
-        out[name] = " ".join(lines)
-    return out
+    """numpydoc ``Parameters`` of a docstring, read by griffe (mkdocstrings' own parser, so the
+    configuration page and the API reference read a docstring alike): {name: description}; a line
+    naming several (``max_audio_s, max_text_chars : float, int``) gives each the same text."""
+    import inspect
+
+    from griffe import Docstring, DocstringSectionKind
+
+    sections = Docstring(inspect.cleandoc(doc)).parse("numpy")
+    parameters = next(s.value for s in sections if s.kind is DocstringSectionKind.parameters)
+    return {p.name: " ".join(p.description.split()) for p in parameters}
 
 
 def _rst_to_markdown(text: str) -> str:
@@ -133,7 +127,7 @@ def _figures(value, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
     if isinstance(value, dict) and depth < 3:
         return [f for k, v in value.items() if k not in ("benchmark", "date", "machine", "measured_at")
                 for f in _figures(v, f"{prefix}{k} / " if depth else f"{k} / ", depth + 1)]
-    if isinstance(value, bool) or isinstance(value, (int, float)):
+    if isinstance(value, (int, float)):  # bools too
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         return [(prefix.rstrip(" /"), shown)]
     return []

@@ -3,7 +3,7 @@ Studio and backend (`annotator demo`, in a temporary data folder) and headless C
 
     python scripts/screenshot.py [--out docs/img/label-studio.png] [--chromium /usr/bin/chromium]
 
-Needs Playwright (`pip install -c constraints.txt '.[docs]'`) and a Chromium: Debian's package
+Needs Playwright (`pip install -c constraints.txt '.[screenshot]'`) and a Chromium: Debian's package
 (`apt-get install chromium`) or `playwright install chromium`. Label Studio comes from the tests'
 virtualenv (.cache/label-studio/venv) when it exists, else the demo installs one (minutes).
 """

@@ -115,7 +115,8 @@ def test_the_examples_of_each_page_run(page, tmp_path):
 
 
 def test_a_broken_example_fails(tmp_path):
-    """The checks above can fail: a wrong expected output, a failing command, a bad label config."""
+    """The checks above can fail (a wrong expected output, a label config with nothing to predict), and a
+    block marked not run is no example."""
     page = tmp_path / "broken.md"
     page.write_text("```console\n$ annotator --version\nannotator 9.9.9\n```\n\n"
                     "<!-- not run: shown only -->\n```bash\nannotator no-such-command\n```\n\n"
